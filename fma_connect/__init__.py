@@ -1,0 +1,57 @@
+"""fma_connect: move model weights between federated clients and an FMA service.
+
+Start with :class:`WebClient`; codecs are listed by ``fma-connect codecs``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .auth import TokenAuth
+from .clients import WebClient
+from .codecs.base import Codec, Tensors
+from .exceptions import (
+    APIError,
+    APIException,
+    CodecError,
+    ConnectError,
+    DecodeError,
+    EncodeError,
+    FMAConnectError,
+    FrameworkError,
+    PluginError,
+    RequestTimeout,
+    TransportError,
+    UnknownCodecError,
+)
+from .hookspecs import hookimpl
+from .plugins import build_codec_registry, default_codec_registry, plugin_manager
+from .registry import CodecRegistry
+from .spec import Spec, flatten
+
+__all__ = [
+    "APIError",
+    "APIException",
+    "Codec",
+    "CodecError",
+    "CodecRegistry",
+    "ConnectError",
+    "DecodeError",
+    "EncodeError",
+    "FMAConnectError",
+    "FrameworkError",
+    "PluginError",
+    "RequestTimeout",
+    "Spec",
+    "Tensors",
+    "TokenAuth",
+    "TransportError",
+    "UnknownCodecError",
+    "WebClient",
+    "__version__",
+    "build_codec_registry",
+    "default_codec_registry",
+    "flatten",
+    "hookimpl",
+    "plugin_manager",
+]

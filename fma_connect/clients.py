@@ -1,0 +1,412 @@
+"""WebClient: the federated client's side of an FMA service.
+
+The seed API (``WebClient(federated_model_id, uuid=None, url=None)`` and its methods) is
+kept as the original client documents it; every new option is keyword-only.
+"""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import orjson
+import requests
+
+from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Chunks, Progress, Transport, dumps_json
+from .codecs.base import Codec, Tensors, read_tag
+from .exceptions import APIError, DecodeError, UnknownCodecError
+from .plugins import default_codec_registry
+from .registry import CodecRegistry
+from .settings import default_url
+from .spec import Spec, flatten, untyped
+
+__all__ = ["APIException", "WebClient"]
+
+from .exceptions import APIException  # noqa: E402  (re-exported: the seed's import path)
+
+_API = "api/v1/"
+_JSON = "application/json"
+#: Response header holding the JSON fields of a response whose body is a binary payload.
+META_HEADER = "FMA-Meta"
+
+
+class WebClient:
+    """REST client of one federated model on an FMA service.
+
+    Args:
+        federated_model_id: Id of the federated model this client sends updates for.
+        uuid: The client's UUID; None registers on first use.
+        url: Base URL of the service; default :func:`fma_connect.settings.default_url`.
+        codec: Codec name or object for updates (default ``"json"``, which the stock
+            service aggregates). Responses in any installed codec are decoded.
+        timeout: Seconds, or ``(connect, read)``; read bounds silence, not a transfer.
+        retries: Retries of GETs and of connections that failed before a request was sent.
+        session: A requests.Session to use (its headers, auth, proxies); the client
+            closes only a session it created.
+        headers: Extra headers on every request.
+        auth: A requests auth (e.g. :class:`fma_connect.TokenAuth`) for every request.
+        registry: The codecs to use; default: every installed codec.
+        progress: Called as ``progress(bytes_done, bytes_total_or_None)`` during uploads
+            and downloads of weights.
+
+    The client is a context manager; ``close()`` releases its connections. Use one
+    client per thread.
+    """
+
+    def __init__(
+        self,
+        federated_model_id: int,
+        uuid: str | None = None,
+        url: str | None = None,
+        *,
+        codec: str | Codec = "json",
+        timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        session: requests.Session | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: Any = None,
+        registry: CodecRegistry | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self._federated_model_id = federated_model_id
+        self._uuid = uuid
+        self._url = url if url is not None else default_url()
+        self._registry = registry if registry is not None else default_codec_registry()
+        self._codec = self._registry.get(codec) if isinstance(codec, str) else codec
+        self._transport = Transport(
+            self._url, timeout=timeout, retries=retries, session=session, headers=headers, auth=auth
+        )
+        self._progress = progress
+        self._spec: Spec | None = None
+        self._last_aggregate: int | None = None
+
+    # -- the seed's properties ------------------------------------------------------
+
+    @property
+    def uuid(self) -> str:
+        """Client UUID; registers with the federated model first if there is none yet."""
+        if self._uuid is None:
+            self.register()
+        assert self._uuid is not None
+        return self._uuid
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API."""
+        return self._url
+
+    @property
+    def federated_model_id(self) -> int:
+        """Id of the federated model for which to send updates."""
+        return self._federated_model_id
+
+    # -- additions ------------------------------------------------------------------
+
+    @property
+    def codec(self) -> Codec:
+        """The codec updates are sent in."""
+        return self._codec
+
+    @property
+    def spec(self) -> Spec | None:
+        """The structure of the last update sent, used to restore received weights."""
+        return self._spec
+
+    def close(self) -> None:
+        """Release the client's connections."""
+        self._transport.close()
+
+    def __enter__(self) -> WebClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the seed's methods ---------------------------------------------------------
+
+    def register(self) -> str:
+        """Register this client with the federated model and return its UUID.
+
+        A client that already has a UUID re-registers under it (no change if it is
+        registered already).
+
+        Raises:
+            APIException: the service answered something other than 200 or 201.
+        """
+        response = self._transport.request(
+            "POST",
+            f"{_API}models/{self._federated_model_id}/register_client/",
+            headers=self._client_headers(register=True),
+        )
+        self._uuid = str(_json(response)["uuid"])
+        return self._uuid
+
+    def send_update(
+        self, data: Any, base_aggregate: int | None = None, *, num_examples: int | None = None
+    ) -> dict[str, Any]:
+        """Send a weight update for the federated model.
+
+        Args:
+            data: The weights: numpy arrays, numbers, or dicts/lists/tuples of them.
+            base_aggregate: Id of the aggregate these weights start from.
+            num_examples: How many examples trained them (weights FedAvg on services
+                that support it; others ignore it).
+
+        Returns:
+            The service's answer (on the stock service, ``data`` is the stored file's URL).
+
+        Raises:
+            EncodeError: the weights cannot be written in this client's codec.
+            APIException: the service did not answer 201.
+        """
+        tensors, spec = flatten(data)
+        payload = self._codec.encode(tensors)
+        headers = self._client_headers()
+        # Lets a service that honours it store a retried POST once (the stock one ignores it).
+        headers["Idempotency-Key"] = str(uuid_module.uuid4())
+        path = f"{_API}model_updates/"
+        fields: dict[str, Any] = {
+            "federated_model": self._federated_model_id,
+            "base_aggregate": base_aggregate,
+        }
+        if num_examples is not None:
+            fields["num_examples"] = num_examples
+        try:
+            if self._codec.json_native:
+                response = self._transport.request(
+                    "POST",
+                    path,
+                    body=dumps_json({**fields, "data": payload}),
+                    content_type=_JSON,
+                    headers=headers,
+                )
+            else:
+                params = {k: v for k, v in fields.items() if v is not None}
+                response = self._transport.request(
+                    "POST",
+                    path,
+                    body=Chunks(payload, self._progress),
+                    content_type=self._codec.media_type,
+                    headers=headers,
+                    params=params,
+                )
+        except APIError as exc:
+            if exc.status_code == 415 and not self._codec.json_native:
+                json_codecs = [i.codec.name for i in self._registry if i.codec.json_native]
+                raise APIError(
+                    415,
+                    exc.detail,
+                    f"This service does not accept {self._codec.name!r} bodies "
+                    f"({self._codec.media_type}); a JSON-only service (such as the stock FMA "
+                    f"service) takes the JSON-native codecs: {', '.join(json_codecs)}",
+                ) from exc
+            raise
+        self._spec = spec
+        return _json(response)
+
+    def check_for_new_model_aggregate(
+        self, update_after: int | None = None, *, like: Any = None
+    ) -> dict[str, Any] | None:
+        """Return the latest aggregate if it is newer than ``update_after``.
+
+        Args:
+            update_after: Aggregate id the new one must exceed; default: the last
+                aggregate this client has seen (any aggregate, on a fresh client).
+            like: A template to restore the weights into (default: the last update's
+                structure, or what the service sent if none was sent yet).
+
+        Returns:
+            ``{"id", "result", "validation_score", ...}`` with ``result`` holding the
+            weights, or None when there is no newer aggregate.
+
+        Raises:
+            APIException: the service did not answer 200.
+        """
+        response = self._transport.request(
+            "GET",
+            f"{_API}models/{self._federated_model_id}/get_latest_aggregate/",
+            headers=self._client_headers(),
+        )
+        aggregate = _json(response)
+        if not aggregate or not self._is_new(aggregate.get("id"), update_after):
+            return None
+        aggregate["result"] = self._weights(aggregate.get("result"), like)
+        self._last_aggregate = aggregate["id"]
+        return aggregate
+
+    def get_current_artifact(self, *, like: Any = None) -> dict[str, Any] | None:
+        """Return the model's published artifact, with ``values`` holding its weights.
+
+        Returns:
+            ``{"id", "values", "version", "created_on", "federated_model"}``, or None
+            when nothing has been published.
+
+        Raises:
+            APIException: the service did not answer 200.
+        """
+        response = self._transport.request(
+            "GET",
+            f"{_API}models/{self._federated_model_id}/get_current_artifact/",
+            headers=self._client_headers(),
+        )
+        artifact = _json(response)
+        if not artifact:
+            return None
+        artifact["values"] = self._weights(artifact.get("values"), like)
+        return artifact
+
+    def check_for_latest_model(
+        self, update_after: int | None = None, *, like: Any = None
+    ) -> dict[str, Any] | None:
+        """Return the latest model (aggregate or artifact) if newer than ``update_after``.
+
+        Args:
+            update_after: Aggregate id the latest must exceed; default: the last
+                aggregate this client has seen. Values from an artifact (``aggregate``
+                None) are always returned.
+            like: A template to restore the weights into.
+
+        Returns:
+            ``{"values": <weights>, "aggregate": id or None}``, or None.
+
+        Raises:
+            APIException: the service did not answer 200.
+        """
+        response = self._transport.request(
+            "GET",
+            f"{_API}models/{self._federated_model_id}/get_latest_model/",
+            headers={**self._client_headers(), "Accept": self._accept()},
+            stream=True,
+        )
+        if _is_json(response):
+            latest = _json(response)
+            if not latest or not self._is_new(latest.get("aggregate"), update_after, none_is_new=True):
+                return None
+            latest["values"] = self._weights(latest.get("values"), like)
+        else:
+            latest = _meta(response)
+            if not self._is_new(latest.get("aggregate"), update_after, none_is_new=True):
+                response.close()
+                return None
+            latest["values"] = self._restore(self._decode_binary(response), like)
+        if latest.get("aggregate") is not None:
+            self._last_aggregate = latest["aggregate"]
+        return latest
+
+    def send_val_results(self, results: Any, aggregate_id: int) -> dict[str, Any]:
+        """Send this client's validation results for an aggregate.
+
+        Raises:
+            APIException: the service did not answer 201 (the stock service answers 400
+                to a second score for the same aggregate and client).
+        """
+        body = {"validation_results": results, "aggregate": aggregate_id, "client": self.uuid}
+        response = self._transport.request(
+            "POST",
+            f"{_API}client_aggregate_scores/",
+            body=dumps_json(body),
+            content_type=_JSON,
+            headers=self._client_headers(),
+        )
+        return _json(response)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _client_headers(self, register: bool = False) -> dict[str, str]:
+        if register:
+            return {"CLIENT-UUID": self._uuid} if self._uuid else {}
+        return {"CLIENT-UUID": self.uuid}
+
+    def _accept(self) -> str:
+        if self._codec.json_native:
+            return _JSON
+        return f"{self._codec.media_type}, {_JSON};q=0.9"
+
+    def _is_new(self, aggregate_id: Any, update_after: int | None, none_is_new: bool = False) -> bool:
+        threshold = update_after if update_after is not None else self._last_aggregate
+        if aggregate_id is None:
+            return none_is_new
+        return threshold is None or aggregate_id > threshold
+
+    def _weights(self, value: Any, like: Any) -> Any:
+        """Turn a weight field of a JSON answer (inline weights or a URL) into weights."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return self._download(value, like)
+        tagged = read_tag(value)
+        if tagged is not None:
+            return self._restore(self._registry.get(tagged[0]).decode(value), like)
+        if like is None and self._spec is None:
+            return value  # plain JSON and nothing to restore into: what the service sent
+        return self._restore(self._registry.get("json").decode(value), like)
+
+    def _download(self, url: str, like: Any) -> Any:
+        response = self._transport.request(
+            "GET", url, headers={**self._client_headers(), "Accept": self._accept()}, stream=True
+        )
+        if _is_json(response) or not _is_known_binary(response, self._registry):
+            body = self._transport.read_body(response, self._progress)
+            try:
+                value = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise DecodeError(
+                    f"weights at {url} are neither JSON nor an installed binary codec "
+                    f"(Content-Type {response.headers.get('Content-Type')!r}): {exc}"
+                ) from exc
+            return self._weights(value, like)
+        return self._restore(self._decode_binary(response), like)
+
+    def _decode_binary(self, response: requests.Response) -> Tensors:
+        codec = self._registry.for_media_type(response.headers.get("Content-Type", ""))
+        return codec.decode(self._transport.read_body(response, self._progress))
+
+    def _restore(self, tensors: Tensors, like: Any) -> Any:
+        if like is not None:
+            return flatten(like)[1].restore(tensors)
+        if self._spec is not None:
+            return self._spec.restore(tensors)
+        return untyped(tensors)
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(
+            f"{response.request.method} {response.url} answered {response.status_code} with a "
+            f"body that is not JSON: {response.content[:200]!r}"
+        ) from exc
+
+
+def _is_json(response: requests.Response) -> bool:
+    content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return content_type == _JSON or content_type.endswith("+json")
+
+
+def _is_known_binary(response: requests.Response, registry: CodecRegistry) -> bool:
+    try:
+        registry.for_media_type(response.headers.get("Content-Type", ""))
+    except UnknownCodecError:
+        return False
+    return True
+
+
+def _meta(response: requests.Response) -> dict[str, Any]:
+    raw = response.headers.get(META_HEADER)
+    if raw is None:
+        return {}
+    try:
+        meta = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"{META_HEADER} header is not JSON: {raw[:200]!r}") from exc
+    if not isinstance(meta, dict):
+        raise DecodeError(f"{META_HEADER} header must be a JSON object, got {raw[:200]!r}")
+    return meta

@@ -1,0 +1,36 @@
+"""Pluggy markers and the hook specifications plugins implement.
+
+A plugin is a module (or object) with functions marked ``@fma_connect.hookimpl``,
+advertised in the ``fma_connect`` entry-point group of its distribution::
+
+    [project.entry-points.fma_connect]
+    my_codec = "my_package.plugin"
+
+The built-in codecs register through these same hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .registry import CodecRegistry
+
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+
+#: The pluggy project name, which is also the entry-point group.
+PROJECT_NAME = "fma_connect"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def fma_connect_register_codecs(registry: CodecRegistry) -> None:
+    """Add codecs to ``registry`` with ``registry.add(codec)``.
+
+    Args:
+        registry: The registry being built; adding a name that is taken raises PluginError.
+    """

@@ -1,0 +1,146 @@
+"""Finding plugins: the built-in ones and those advertised through entry points.
+
+Environment variables:
+
+* ``FMA_CONNECT_DISABLE_PLUGINS=1`` - load only the built-in plugins (no entry points).
+* ``FMA_CONNECT_BLOCK_PLUGINS=a,b`` - skip the entry points with these names.
+* ``FMA_CONNECT_STRICT_PLUGINS=1`` - a plugin that fails to import or to register raises
+  :class:`~fma_connect.exceptions.PluginError` instead of warning and being skipped.
+
+A registry clash (two codecs with one name) is an error in every mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import os
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .exceptions import PluginError
+from .registry import CodecRegistry
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "PluginManager",
+    "PluginWarning",
+    "build_codec_registry",
+    "default_codec_registry",
+    "plugin_manager",
+]
+
+#: Modules of the plugins that ship with fma_connect; they use the same hooks as any other.
+BUILTIN_PLUGINS = (
+    "fma_connect.codecs.json_lists",
+    "fma_connect.codecs.msgpack_numpy",
+    "fma_connect.codecs.npz_base64",
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class PluginWarning(UserWarning):
+    """A plugin was skipped because it failed to import or to register."""
+
+
+class PluginManager(pluggy.PluginManager):
+    """A pluggy manager that remembers which distribution each plugin came from.
+
+    Attributes:
+        distributions: plugin name -> (distribution name, version), when known.
+        failures: one message per plugin that was skipped.
+        strict: whether a failing plugin raises instead of being skipped.
+    """
+
+    def __init__(self, *, strict: bool = False) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+        self.distributions: dict[str, tuple[str | None, str | None]] = {}
+        self.failures: list[str] = []
+        self.strict = strict
+
+    def skip(self, message: str, exc: BaseException) -> None:
+        """Record a failing plugin: raise in strict mode, else warn and go on."""
+        if self.strict:
+            raise PluginError(message) from exc
+        self.failures.append(message)
+        warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def plugin_manager(
+    *,
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+    autoload: bool | None = None,
+    strict: bool | None = None,
+) -> PluginManager:
+    """Build a fresh plugin manager holding the built-in plugins and the installed ones.
+
+    Args:
+        entry_points: The entry points to load; default: the installed ``fma_connect`` group.
+        autoload: Load entry points at all; default: unless ``FMA_CONNECT_DISABLE_PLUGINS``.
+        strict: Raise on a failing plugin; default: ``FMA_CONNECT_STRICT_PLUGINS``.
+    """
+    pm = PluginManager(strict=_env_flag("FMA_CONNECT_STRICT_PLUGINS") if strict is None else strict)
+    from . import __version__
+
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+        pm.distributions[module_name] = ("fma-connect", __version__)
+    if autoload is None:
+        autoload = not _env_flag("FMA_CONNECT_DISABLE_PLUGINS")
+    if not autoload:
+        return pm
+    if entry_points is None:
+        entry_points = importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME)
+    blocked = {n.strip() for n in os.environ.get("FMA_CONNECT_BLOCK_PLUGINS", "").split(",")}
+    for ep in entry_points:
+        if ep.name in blocked or pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must not take the library down
+            pm.skip(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc!r}", exc)
+            continue
+        pm.register(plugin, name=ep.name)
+        dist = ep.dist
+        pm.distributions[ep.name] = (dist.name, dist.version) if dist else (None, None)
+    return pm
+
+
+def build_codec_registry(pm: PluginManager) -> CodecRegistry:
+    """Run every plugin's ``fma_connect_register_codecs`` hook into a new registry.
+
+    Raises:
+        PluginError: two plugins registered the same codec name, or (strict mode) a
+            plugin's hook raised.
+    """
+    registry = CodecRegistry()
+    # One call per implementation (instead of the hook caller) so each registration
+    # is attributed to its plugin and one failing plugin does not stop the others.
+    for impl in pm.hook.fma_connect_register_codecs.get_hookimpls():
+        registry.source = (impl.plugin_name, *pm.distributions.get(impl.plugin_name, (None, None)))
+        kwargs: dict[str, Any] = {name: registry for name in impl.argnames}
+        try:
+            impl.function(**kwargs)
+        except PluginError:
+            raise
+        except Exception as exc:
+            pm.skip(f"plugin {impl.plugin_name!r} failed to register its codecs: {exc!r}", exc)
+    registry.source = ("user", None, None)
+    return registry
+
+
+@functools.cache
+def default_codec_registry() -> CodecRegistry:
+    """Return the process-wide registry built from the installed plugins (built once)."""
+    return build_codec_registry(plugin_manager())

@@ -1,0 +1,103 @@
+"""CodecRegistry: the installed codecs, looked up by name, media type or payload tag."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .codecs.base import Codec
+from .exceptions import PluginError, UnknownCodecError
+
+__all__ = ["CodecInfo", "CodecRegistry"]
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """A registered codec and where it came from.
+
+    Attributes:
+        codec: The codec object.
+        plugin: The name of the plugin that registered it (``"builtin"`` for ours).
+        distribution: The distribution that ships the plugin, when known.
+        version: That distribution's version, when known.
+    """
+
+    codec: Codec
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+class CodecRegistry:
+    """Codecs by name. Names are unique: registering a taken name is an error."""
+
+    def __init__(self) -> None:
+        self._infos: dict[str, CodecInfo] = {}
+        # Set by the plugin loader while a plugin's hook runs, so add() knows who called it.
+        self.source: tuple[str, str | None, str | None] = ("user", None, None)
+
+    def add(self, codec: Codec) -> None:
+        """Register ``codec`` under ``codec.name``.
+
+        Raises:
+            PluginError: the object is not a codec, or its name is already registered.
+        """
+        if not isinstance(codec, Codec):
+            raise PluginError(
+                f"{self.source[0]} registered {codec!r}, which lacks the codec attributes "
+                "(name, media_type, lossless, json_native, encode, decode)"
+            )
+        taken = self._infos.get(codec.name)
+        if taken is not None:
+            raise PluginError(
+                f"codec name {codec.name!r} is registered twice: by {taken.plugin} and by "
+                f"{self.source[0]}; uninstall or block one of them (FMA_CONNECT_BLOCK_PLUGINS)"
+            )
+        self._infos[codec.name] = CodecInfo(codec, *self.source)
+
+    def get(self, name: str) -> Codec:
+        """Return the codec named ``name``.
+
+        Raises:
+            UnknownCodecError: no such codec; the message lists the installed ones.
+        """
+        try:
+            return self._infos[name].codec
+        except KeyError:
+            raise UnknownCodecError(
+                f"no codec named {name!r}; installed codecs: {', '.join(self.names())}"
+            ) from None
+
+    def for_media_type(self, media_type: str) -> Codec:
+        """Return the binary codec whose media type is ``media_type`` (parameters ignored).
+
+        Raises:
+            UnknownCodecError: no binary codec uses that media type.
+        """
+        bare = media_type.split(";", 1)[0].strip().lower()
+        for info in self._infos.values():
+            if not info.codec.json_native and info.codec.media_type == bare:
+                return info.codec
+        binary = [f"{i.codec.name} ({i.codec.media_type})" for i in self if not i.codec.json_native]
+        raise UnknownCodecError(
+            f"no installed codec reads media type {bare!r}; binary codecs installed: "
+            f"{', '.join(binary) or 'none'}"
+        )
+
+    def info(self, name: str) -> CodecInfo:
+        """Return the registration record of ``name`` (see :meth:`get` for errors)."""
+        self.get(name)
+        return self._infos[name]
+
+    def names(self) -> list[str]:
+        """Return the registered names, sorted."""
+        return sorted(self._infos)
+
+    def __iter__(self) -> Iterator[CodecInfo]:
+        return iter(sorted(self._infos.values(), key=lambda info: info.codec.name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
