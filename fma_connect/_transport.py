@@ -160,7 +160,7 @@ class Transport:
             response = self.session.request(
                 method,
                 url,
-                data=body,
+                data=body,  # type: ignore[arg-type]  # a sized iterable of buffers is fine
                 headers=all_headers,
                 params=params,
                 timeout=self.timeout,

@@ -24,7 +24,7 @@ from .spec import Spec, flatten, untyped
 
 __all__ = ["APIException", "WebClient"]
 
-from .exceptions import APIException  # noqa: E402  (re-exported: the seed's import path)
+from .exceptions import APIException  # re-exported: the seed's import path
 
 _API = "api/v1/"
 _JSON = "application/json"
@@ -287,7 +287,9 @@ class WebClient:
         )
         if _is_json(response):
             latest = _json(response)
-            if not latest or not self._is_new(latest.get("aggregate"), update_after, none_is_new=True):
+            if not latest or not self._is_new(
+                latest.get("aggregate"), update_after, none_is_new=True
+            ):
                 return None
             latest["values"] = self._weights(latest.get("values"), like)
         else:
@@ -329,7 +331,9 @@ class WebClient:
             return _JSON
         return f"{self._codec.media_type}, {_JSON};q=0.9"
 
-    def _is_new(self, aggregate_id: Any, update_after: int | None, none_is_new: bool = False) -> bool:
+    def _is_new(
+        self, aggregate_id: Any, update_after: int | None, none_is_new: bool = False
+    ) -> bool:
         threshold = update_after if update_after is not None else self._last_aggregate
         if aggregate_id is None:
             return none_is_new
@@ -376,14 +380,21 @@ class WebClient:
         return untyped(tensors)
 
 
-def _json(response: requests.Response) -> Any:
+def _json(response: requests.Response) -> dict[str, Any]:
+    """Parse a response that must be a JSON object."""
     try:
-        return orjson.loads(response.content)
+        value = orjson.loads(response.content)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(
             f"{response.request.method} {response.url} answered {response.status_code} with a "
             f"body that is not JSON: {response.content[:200]!r}"
         ) from exc
+    if not isinstance(value, dict):
+        raise DecodeError(
+            f"{response.request.method} {response.url} answered a JSON {type(value).__name__}, "
+            "expected an object"
+        )
+    return value
 
 
 def _is_json(response: requests.Response) -> bool:

@@ -45,7 +45,8 @@ def _ml_dtype(tag: str) -> np.dtype[np.generic]:
             f"the payload holds {tag} data, which needs the ml_dtypes package: "
             "pip install ml_dtypes (or fma-connect[bfloat16])"
         ) from None
-    return np.dtype(getattr(ml_dtypes, tag))
+    dtype: np.dtype[np.generic] = np.dtype(getattr(ml_dtypes, tag))
+    return dtype
 
 
 def dtype_from_tag(tag: object) -> np.dtype[np.generic]:
@@ -93,4 +94,5 @@ def to_wire_array(array: np.ndarray, where: str = "") -> np.ndarray:
     tag_of(array.dtype, where)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array)
+    # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
+    return array if array.flags.c_contiguous else array.copy(order="C")

@@ -7,7 +7,7 @@ Every error the library raises on purpose derives from :class:`FMAConnectError`:
     │   ├── UnknownCodecError     no installed codec has that name / media type / tag
     │   ├── EncodeError           the weights cannot be written in the chosen codec
     │   └── DecodeError           a payload is corrupt, truncated, hostile or of an unknown format
-    ├── FrameworkError            weights do not match the template / framework they are restored into
+    ├── FrameworkError            weights do not fit the template / framework they are restored into
     ├── PluginError               a plugin failed to load or registered a clashing name
     └── TransportError
         ├── ConnectError          the service could not be reached

@@ -193,7 +193,11 @@ def _build(node: Any, arrays: list[Any]) -> Any:
     if kind == "dict":
         _, cls, keys, children = node
         values = [_build(c, arrays) for c in children]
-        return cls(zip(keys, values, strict=True)) if cls is not dict else dict(zip(keys, values, strict=True))
+        return (
+            cls(zip(keys, values, strict=True))
+            if cls is not dict
+            else dict(zip(keys, values, strict=True))
+        )
     if kind == "namedtuple":
         return node[1](*(_build(c, arrays) for c in node[2]))
     values = [_build(c, arrays) for c in node[1]]

@@ -55,7 +55,7 @@ class Codec(Protocol):
     json_native: bool
 
     def encode(self, tensors: Sequence[tuple[str, np.ndarray]]) -> Any:
-        """Encode ``tensors``: a JSON value if ``json_native``, else a sequence of bytes-like chunks.
+        """Encode ``tensors``: a JSON value if ``json_native``, else bytes-like chunks.
 
         Raises:
             EncodeError: a tensor cannot be written (its name is in the message).

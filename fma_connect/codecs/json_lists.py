@@ -68,7 +68,7 @@ def _json_ready(name: str, array: np.ndarray) -> Any:
         return array.item()
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    return np.ascontiguousarray(array)
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _layer_array(index: int, layer: Any) -> np.ndarray:
@@ -85,12 +85,24 @@ def _layer_array(index: int, layer: Any) -> np.ndarray:
     try:
         array = np.asarray(layer)
     except (ValueError, OverflowError) as exc:
-        raise DecodeError(f"json layer {index} is not a rectangular list of numbers: {exc}") from exc
+        raise DecodeError(
+            f"json layer {index} is not a rectangular list of numbers: {exc}"
+        ) from exc
+    if array.dtype.kind == "f" and array.size and np.abs(array).max() >= 2.0**63:
+        array = _exact_uint64(array, layer)
     if array.dtype.kind not in "biuf":
         raise DecodeError(
             f"json layer {index} must hold numbers only, got elements of type {array.dtype}"
         )
     return array.reshape(()) if scalar else array
+
+
+def _exact_uint64(array: np.ndarray, layer: list[Any]) -> np.ndarray:
+    # numpy reads integers above int64's range as float64; uint64 weights need them exact.
+    values = np.array(layer, dtype=object)
+    if all(type(v) is int and 0 <= v < 2**64 for v in values.flat):
+        return values.astype(np.uint64)
+    return array
 
 
 @hookimpl

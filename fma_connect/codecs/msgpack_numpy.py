@@ -56,7 +56,7 @@ class MsgpackCodec:
         offset = 0
         for name, array in tensors:
             array = to_wire_array(array, name)
-            raw = memoryview(array.reshape(-1).view(np.uint8))
+            raw = array.reshape(-1).view(np.uint8).data
             descriptors.append(
                 {
                     "name": name,
@@ -92,7 +92,7 @@ class MsgpackCodec:
         start = _align(header_len)
         data_len = view.nbytes - start
         out: Tensors = []
-        for i, d in enumerate(_tensor_descriptors(header)):
+        for i, d in enumerate(_tensor_descriptors(header, self.name)):
             where = f"tensor {i} ({d['name']!r})"
             dtype = dtype_from_tag(d["dtype"])
             count = math.prod(d["shape"])
@@ -109,7 +109,7 @@ class MsgpackCodec:
             raw = view[start + d["offset"] : start + d["offset"] + d["nbytes"]]
             if zlib.crc32(raw) != d["crc32"]:
                 raise DecodeError(f"msgpack {where} is corrupt: its crc32 does not match")
-            array = np.frombuffer(raw, dtype=dtype, count=count).reshape(d["shape"])
+            array = np.frombuffer(raw, dtype=dtype, count=count).reshape(tuple(d["shape"]))
             out.append((d["name"], array))
         return out
 
@@ -139,19 +139,19 @@ def _read_header(view: memoryview) -> tuple[Any, int]:
         return header, unpacker.tell()
 
 
-def _tensor_descriptors(header: Any) -> list[dict[str, Any]]:
+def _tensor_descriptors(header: Any, name: str) -> list[dict[str, Any]]:
     if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
         raise DecodeError(
             "not an fma_connect msgpack payload: expected a header map with keys "
             f"{sorted(_HEADER_KEYS)}, got {type(header).__name__}"
             + (f" with keys {sorted(map(str, header))}" if isinstance(header, dict) else "")
         )
-    if header["codec"] != MsgpackCodec.name:
-        raise DecodeError(f"payload is tagged {header['codec']!r}, not 'msgpack'")
+    if header["codec"] != name:
+        raise DecodeError(f"payload is tagged {header['codec']!r}, not {name!r}")
     version = header["format_version"]
     if type(version) is not int:
         raise DecodeError(f"msgpack format_version must be an integer, got {version!r}")
-    check_version(MsgpackCodec.name, version, FORMAT_VERSION)
+    check_version(name, version, FORMAT_VERSION)
     tensors = header["tensors"]
     if not isinstance(tensors, list):
         raise DecodeError("msgpack header 'tensors' must be a list")

@@ -17,7 +17,6 @@ payload cannot expand beyond its own size.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import zipfile
@@ -74,26 +73,40 @@ class NpzBase64Codec:
             raise DecodeError("npz-b64 'payload' must be a base64 string")
         try:
             raw = base64.b64decode(tagged[2], validate=True)
-            archive = zipfile.ZipFile(io.BytesIO(raw))
-            for info in archive.infolist():
-                if info.compress_type != zipfile.ZIP_STORED:
-                    raise DecodeError(f"npz-b64 entry {info.filename!r} is compressed; only stored entries are accepted")
+            _check_stored_only(raw)
             with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-                manifest = json.loads(npz[_MANIFEST].tobytes())
-                names, tags = manifest["names"], manifest["dtypes"]
-                if not (isinstance(names, list) and isinstance(tags, list) and len(names) == len(tags)):
-                    raise DecodeError("npz-b64 manifest must list as many names as dtypes")
-                expected = {f"t{i}.npy" for i in range(len(names))} | {f"{_MANIFEST}.npy"}
-                if set(archive.namelist()) != expected:
-                    raise DecodeError(
-                        f"npz-b64 archive entries {sorted(archive.namelist())} do not match "
-                        f"its manifest of {len(names)} tensors"
-                    )
-                return [_restore(i, name, t, npz[f"t{i}"]) for i, (name, t) in enumerate(zip(names, tags))]
+                names, tags = _manifest(npz)
+                return [
+                    _restore(i, name, t, npz[f"t{i}"])
+                    for i, (name, t) in enumerate(zip(names, tags, strict=True))
+                ]
         except DecodeError:
             raise
-        except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, binascii.Error) as exc:
+        except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DecodeError(f"npz-b64 payload is corrupt or truncated: {exc}") from exc
+
+
+def _check_stored_only(raw: bytes) -> None:
+    # Stored entries cannot expand beyond the payload: no zip bomb gets through.
+    for info in zipfile.ZipFile(io.BytesIO(raw)).infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise DecodeError(
+                f"npz-b64 entry {info.filename!r} is compressed; only stored ones are read"
+            )
+
+
+def _manifest(npz: Any) -> tuple[list[Any], list[Any]]:
+    manifest = json.loads(npz[_MANIFEST].tobytes())
+    names, tags = manifest["names"], manifest["dtypes"]
+    if not (isinstance(names, list) and isinstance(tags, list) and len(names) == len(tags)):
+        raise DecodeError("npz-b64 manifest must list as many names as dtypes")
+    expected = {f"t{i}" for i in range(len(names))} | {_MANIFEST}
+    if set(npz.files) != expected:
+        raise DecodeError(
+            f"npz-b64 archive entries {sorted(npz.files)} do not match its manifest "
+            f"of {len(names)} tensors"
+        )
+    return names, tags
 
 
 def _restore(index: int, name: Any, dtype_tag: Any, stored: np.ndarray) -> tuple[str, np.ndarray]:
@@ -102,10 +115,14 @@ def _restore(index: int, name: Any, dtype_tag: Any, stored: np.ndarray) -> tuple
     dtype = dtype_from_tag(dtype_tag)
     if dtype.kind == "V":
         if stored.dtype != np.dtype(f"<u{dtype.itemsize}"):
-            raise DecodeError(f"npz-b64 tensor {name!r}: {dtype_tag} must be stored as uint{8 * dtype.itemsize}")
+            raise DecodeError(
+                f"npz-b64 tensor {name!r}: {dtype_tag} must be stored as uint{8 * dtype.itemsize}"
+            )
         return name, stored.view(dtype)
     if stored.dtype != dtype:
-        raise DecodeError(f"npz-b64 tensor {name!r}: manifest says {dtype_tag}, archive holds {stored.dtype}")
+        raise DecodeError(
+            f"npz-b64 tensor {name!r}: manifest says {dtype_tag}, archive holds {stored.dtype}"
+        )
     return name, stored
 
 

@@ -18,7 +18,7 @@ urlpatterns = [
     path("api/", include("fma_django_api.urls")),
     path("api-token-auth/", obtain_auth_token, name="api_token_auth"),
     re_path(
-        r"^%s(?P<path>.*)$" % settings.MEDIA_URL.lstrip("/"),
+        rf"^{settings.MEDIA_URL.lstrip('/')}(?P<path>.*)$",
         serve,
         {"document_root": settings.MEDIA_ROOT},
     ),

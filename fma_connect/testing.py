@@ -1,0 +1,217 @@
+"""Contract checks and hypothesis strategies for codec authors (and for our own codecs).
+
+A plugin's test suite needs one call::
+
+    from fma_connect.testing import check_codec
+
+    def test_my_codec_keeps_the_contract():
+        check_codec(MyCodec())
+
+It checks the codec's attributes, round-trips generated tensors through a simulated
+wire (JSON text for JSON-native codecs, one joined buffer for binary ones) and feeds
+``decode`` garbage, which must raise :class:`~fma_connect.exceptions.DecodeError` and
+nothing else. Needs ``hypothesis`` (``pip install fma-connect[test]``).
+
+What "round-trips" means follows the codec's flags: a lossless codec must return every
+dtype numpy has (bfloat16 too, when ml_dtypes is installed), bit for bit, with names,
+dtypes and shapes; a codec that is not lossless is fed finite real values only, and its
+output is compared with ``tolerance`` (exact when None), matched by position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ._transport import dumps_json
+from .codecs.base import Codec, Tensors
+from .exceptions import DecodeError
+
+__all__ = [
+    "check_codec",
+    "check_round_trip",
+    "lossless_dtypes",
+    "real_dtypes",
+    "tensor_lists",
+    "tensors",
+    "to_wire_and_back",
+]
+
+_NAME = re.compile(r"^[a-z0-9]+(?:[-+][a-z0-9]+)*$")
+Tolerance = Callable[[np.ndarray, np.ndarray], bool]
+
+
+def real_dtypes() -> list[np.dtype[Any]]:
+    """Bool, every int/uint width, float16/32/64, and bfloat16 when ml_dtypes is installed."""
+    names = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+    dtypes = [np.dtype(n) for n in [*names, "float16", "float32", "float64"]]
+    try:
+        import ml_dtypes
+    except ImportError:
+        return dtypes
+    return [*dtypes, np.dtype(ml_dtypes.bfloat16)]
+
+
+def lossless_dtypes() -> list[np.dtype[Any]]:
+    """Every dtype a lossless codec must carry: :func:`real_dtypes` plus complex64/128."""
+    return [*real_dtypes(), np.dtype("complex64"), np.dtype("complex128")]
+
+
+@st.composite
+def tensors(draw: st.DrawFn, dtypes: Sequence[np.dtype[Any]], finite: bool = False) -> np.ndarray:
+    """An array of one of ``dtypes`` in any layout a user may hand over.
+
+    Values are drawn as raw bits, so floats include NaN payloads, -0.0, infinities and
+    subnormals (unless ``finite``); layouts include 0-d, empty, Fortran-order,
+    non-contiguous and big-endian arrays.
+    """
+    dtype = draw(st.sampled_from(list(dtypes)))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+    bits = draw(hnp.arrays(np.uint8, (*shape, 2 * dtype.itemsize)))
+    array = (bits & 1).astype(bool) if dtype.kind == "b" else bits.view(dtype)
+    if finite and dtype.kind in "fV":
+        with np.errstate(invalid="ignore"):
+            array = np.where(np.isfinite(array.astype(np.float64)), array, 0).astype(dtype)
+    array = array[..., 0]  # every other element: a non-contiguous view
+    layout = draw(st.sampled_from(["c", "fortran", "strided", "big-endian"]))
+    if layout == "strided":
+        return array
+    if layout == "fortran":
+        return np.asfortranarray(array)
+    if layout == "big-endian" and dtype.kind in "iufc" and dtype.itemsize > 1:
+        return array.astype(dtype.newbyteorder(">"))
+    return array.copy(order="C")
+
+
+@st.composite
+def tensor_lists(draw: st.DrawFn, codec: Codec) -> Tensors:
+    """Named tensors suited to ``codec`` (all dtypes if lossless, finite reals otherwise)."""
+    dtypes = lossless_dtypes() if codec.lossless else real_dtypes()
+    arrays = draw(st.lists(tensors(dtypes, finite=not codec.lossless), max_size=5))
+    names = draw(
+        st.lists(
+            st.text(min_size=1, max_size=12),
+            min_size=len(arrays),
+            max_size=len(arrays),
+            unique=True,
+        )
+    )
+    return list(zip(names, arrays, strict=True))
+
+
+def to_wire_and_back(codec: Codec, tensors: Sequence[tuple[str, np.ndarray]]) -> Tensors:
+    """Encode, pass through what a transport does, and decode.
+
+    JSON-native payloads are serialised to JSON text and parsed back; binary payloads
+    are joined into one ``bytearray``, as a receiver would read them.
+    """
+    payload = codec.encode(tensors)
+    if codec.json_native:
+        return codec.decode(orjson.loads(dumps_json(payload)))
+    body = bytearray()
+    for chunk in payload:
+        body += memoryview(chunk).cast("B")
+    return codec.decode(body)
+
+
+def check_round_trip(
+    codec: Codec, sent: Sequence[tuple[str, np.ndarray]], tolerance: Tolerance | None = None
+) -> None:
+    """Assert that ``sent`` comes back through ``codec`` as its flags promise."""
+    received = to_wire_and_back(codec, sent)
+    assert len(received) == len(sent), f"sent {len(sent)} tensors, received {len(received)}"
+    for i, ((name, before), (got_name, after)) in enumerate(zip(sent, received, strict=True)):
+        assert isinstance(after, np.ndarray), f"tensor {i} decoded to {type(after)}"
+        if codec.lossless:
+            assert got_name == name, f"tensor {i}: sent name {name!r}, received {got_name!r}"
+            assert after.dtype == before.dtype.newbyteorder("="), (
+                f"{name!r}: sent {before.dtype}, received {after.dtype}"
+            )
+            assert after.shape == before.shape, f"{name!r}: sent {before.shape}, got {after.shape}"
+            assert _bits(after) == _bits(before), f"{name!r}: bytes differ"
+            continue
+        assert after.size == before.size, f"tensor {i}: sent {before.size} values, got {after.size}"
+        restored = after.reshape(before.shape)
+        if tolerance is None:
+            exact = restored.astype(before.dtype)
+            assert _bits(exact) == _bits(before), f"tensor {i}: values differ"
+        else:
+            assert tolerance(before, restored), f"tensor {i}: outside the codec's tolerance"
+
+
+def _bits(array: np.ndarray) -> bytes:
+    little = array.astype(array.dtype.newbyteorder("<")) if array.dtype.byteorder == ">" else array
+    return np.ascontiguousarray(little).tobytes()
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def check_codec(
+    codec: Codec, *, max_examples: int = 100, tolerance: Tolerance | None = None
+) -> None:
+    """Run the whole codec contract on ``codec``; raise AssertionError on a breach.
+
+    Args:
+        codec: The codec under test.
+        max_examples: Hypothesis examples per property.
+        tolerance: For codecs that are not lossless: ``tolerance(sent, received)`` says
+            whether a received tensor is close enough (exact equality when None).
+    """
+    assert isinstance(codec, Codec), f"{codec!r} lacks the codec attributes"
+    assert _NAME.match(codec.name), f"codec name {codec.name!r} is not lowercase kebab-case"
+    assert isinstance(codec.lossless, bool) and isinstance(codec.json_native, bool)
+    assert "/" in codec.media_type, f"media type {codec.media_type!r} is not type/subtype"
+    run = settings(
+        max_examples=max_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+    @run
+    @given(tensor_lists(codec))
+    def round_trips(sent: Tensors) -> None:
+        check_round_trip(codec, sent, tolerance)
+
+    garbage: st.SearchStrategy[Any] = _json_values if codec.json_native else st.binary(max_size=512)
+
+    @run
+    @given(garbage)
+    def refuses_garbage(payload: Any) -> None:
+        with contextlib.suppress(DecodeError):
+            codec.decode(payload)
+
+    @run
+    @given(tensor_lists(codec), st.data())
+    def refuses_damage(sent: Tensors, data: st.DataObject) -> None:
+        # A truncated or bit-flipped binary body decodes to nothing but DecodeError.
+        if codec.json_native:
+            return
+        body = bytearray()
+        for chunk in codec.encode(sent):
+            body += memoryview(chunk).cast("B")
+        if not body:
+            return
+        cut = data.draw(st.integers(0, len(body) - 1))
+        flip = data.draw(st.integers(0, len(body) - 1))
+        damaged = bytearray(body)
+        damaged[flip] ^= 1 << data.draw(st.integers(0, 7))
+        for payload in (body[:cut], damaged):
+            with contextlib.suppress(DecodeError):
+                codec.decode(payload)
+
+    round_trips()
+    refuses_garbage()
+    refuses_damage()

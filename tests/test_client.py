@@ -1,0 +1,362 @@
+"""WebClient against mocked HTTP (responses): URLs, headers, bodies per codec, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from fma_connect import (
+    APIException,
+    CodecRegistry,
+    ConnectError,
+    DecodeError,
+    RequestTimeout,
+    TokenAuth,
+    WebClient,
+)
+
+BASE = "http://fma.test"
+API = f"{BASE}/api/v1"
+UUID = "7f2a3c1e-0000-4000-8000-000000000001"
+WEIGHTS = {
+    "dense": np.arange(6, dtype=np.float32).reshape(2, 3) / 10,
+    "bias": np.array([1, 2], np.int8),
+}
+
+
+def client(registry: CodecRegistry, codec: str = "json", **options: Any) -> WebClient:
+    return WebClient(7, UUID, BASE, codec=codec, registry=registry, retries=0, **options)
+
+
+def body_of(call: Any) -> Any:
+    return orjson.loads(call.request.body)
+
+
+def binary_body(call: Any) -> bytearray:
+    body = bytearray()
+    for chunk in call.request.body:
+        body += chunk
+    return body
+
+
+# -- register / uuid ----------------------------------------------------------------
+
+
+@responses.activate
+def test_register_posts_without_a_uuid_and_keeps_the_one_returned(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/models/7/register_client/", json={"uuid": UUID})
+    fresh = WebClient(7, url=BASE, registry=registry)
+    assert fresh.uuid == UUID  # registers lazily
+    assert "CLIENT-UUID" not in responses.calls[0].request.headers
+    assert fresh.register() == UUID
+    assert responses.calls[1].request.headers["CLIENT-UUID"] == UUID
+
+
+@responses.activate
+def test_register_failure_keeps_the_seed_message_format(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/models/7/register_client/", status=403, json={"detail": "Invalid UUID"})
+    with pytest.raises(APIException) as err:
+        client(registry).register()
+    assert str(err.value) == "An API error occurred (status_code=403): {'detail': 'Invalid UUID'}"
+    assert err.value.status_code == 403
+
+
+def test_seed_properties(registry: CodecRegistry) -> None:
+    c = client(registry)
+    assert (c.uuid, c.url, c.federated_model_id, c.codec.name) == (UUID, BASE, 7, "json")
+
+
+def test_default_url_comes_from_the_environment(
+    registry: CodecRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FMA_CONNECT_URL", "http://elsewhere:9000")
+    assert WebClient(1, registry=registry).url == "http://elsewhere:9000"
+    monkeypatch.delenv("FMA_CONNECT_URL")
+    assert WebClient(1, registry=registry).url == "http://127.0.0.1:8000"
+
+
+# -- send_update per codec ----------------------------------------------------------
+
+
+@responses.activate
+def test_json_update_is_plain_lists_with_the_seed_fields(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/model_updates/", status=201, json={"id": 1, "data": "/media/1.json"})
+    answer = client(registry).send_update(WEIGHTS, base_aggregate=3, num_examples=50)
+    assert answer == {"id": 1, "data": "/media/1.json"}
+    call = responses.calls[0]
+    assert call.request.headers["CLIENT-UUID"] == UUID
+    assert call.request.headers["Content-Type"] == "application/json"
+    assert call.request.headers["Idempotency-Key"]
+    assert body_of(call) == {
+        "federated_model": 7,
+        "base_aggregate": 3,
+        "num_examples": 50,
+        "data": [[[0.0, 0.1, 0.2], [0.3, 0.4, 0.5]], [1, 2]],
+    }
+
+
+@responses.activate
+def test_seed_style_list_of_tolist_layers_goes_out_unchanged(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/model_updates/", status=201, json={"id": 1})
+    layers = [[[0.5, 1.5], [2.5, 3.5]], [0.25, 0.75]]
+    client(registry).send_update(layers)
+    assert body_of(responses.calls[0]) == {
+        "federated_model": 7,
+        "base_aggregate": None,
+        "data": layers,
+    }
+
+
+@responses.activate
+def test_msgpack_update_is_a_binary_body_with_fields_in_the_query(registry: CodecRegistry) -> None:
+    responses.post(
+        f"{API}/model_updates/",
+        status=201,
+        json={"id": 2},
+        match=[matchers.query_param_matcher({"federated_model": "7", "base_aggregate": "4"})],
+    )
+    client(registry, "msgpack").send_update(WEIGHTS, base_aggregate=4)
+    call = responses.calls[0]
+    assert call.request.headers["Content-Type"] == "application/vnd.fma-connect.msgpack"
+    body = binary_body(call)
+    assert int(call.request.headers["Content-Length"]) == len(body)
+    decoded = dict(registry.get("msgpack").decode(body))
+    assert decoded["dense"].tobytes() == WEIGHTS["dense"].tobytes()
+    assert decoded["bias"].dtype == np.int8
+
+
+@responses.activate
+def test_npz_b64_update_is_a_tagged_object_in_the_json_data_field(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/model_updates/", status=201, json={"id": 3})
+    client(registry, "npz-b64").send_update(WEIGHTS)
+    data = body_of(responses.calls[0])["data"]
+    assert data["codec"] == "npz-b64"
+    decoded = dict(registry.get("npz-b64").decode(data))
+    assert decoded["dense"].tobytes() == WEIGHTS["dense"].tobytes()
+
+
+@responses.activate
+def test_a_415_tells_which_codecs_a_json_only_service_accepts(registry: CodecRegistry) -> None:
+    responses.post(
+        f"{API}/model_updates/",
+        status=415,
+        json={"detail": 'Unsupported media type "application/vnd.fma-connect.msgpack" in request.'},
+    )
+    with pytest.raises(APIException, match="status_code=415.*JSON-native codecs: json, npz-b64"):
+        client(registry, "msgpack").send_update(WEIGHTS)
+
+
+# -- reading weights back -----------------------------------------------------------
+
+
+@responses.activate
+def test_latest_model_restores_json_values_to_the_sent_dtypes_and_names(
+    registry: CodecRegistry,
+) -> None:
+    responses.post(f"{API}/model_updates/", status=201, json={"id": 1})
+    averaged = [[[0.0, 0.1, 0.2], [0.3, 0.4, 0.5]], [1.0, 2.0]]
+    responses.get(f"{API}/models/7/get_latest_model/", json={"values": averaged, "aggregate": 5})
+    c = client(registry)
+    c.send_update(WEIGHTS)
+    latest = c.check_for_latest_model()
+    assert latest is not None and latest["aggregate"] == 5
+    assert latest["values"]["dense"].dtype == np.float32
+    assert latest["values"]["dense"].tobytes() == WEIGHTS["dense"].tobytes()
+    assert latest["values"]["bias"].dtype == np.int8
+    assert c.check_for_latest_model() is None  # aggregate 5 already seen
+    assert c.check_for_latest_model(update_after=4) is not None
+
+
+@responses.activate
+def test_without_a_spec_json_values_are_returned_as_the_service_sent_them(
+    registry: CodecRegistry,
+) -> None:
+    responses.get(
+        f"{API}/models/7/get_latest_model/", json={"values": [[1.0, 2.0]], "aggregate": None}
+    )
+    latest = client(registry).check_for_latest_model(update_after=10)
+    assert latest == {"values": [[1.0, 2.0]], "aggregate": None}
+
+
+@responses.activate
+def test_latest_model_in_a_binary_codec_reads_its_fields_from_the_meta_header(
+    registry: CodecRegistry,
+) -> None:
+    body = b"".join(
+        bytes(c) for c in registry.get("msgpack").encode([("w", np.ones(3, np.float16))])
+    )
+    responses.get(
+        f"{API}/models/7/get_latest_model/",
+        body=body,
+        content_type="application/vnd.fma-connect.msgpack",
+        headers={"FMA-Meta": '{"aggregate": 9}'},
+    )
+    c = client(registry, "msgpack")
+    latest = c.check_for_latest_model()
+    assert latest is not None and latest["aggregate"] == 9
+    assert latest["values"]["w"].dtype == np.float16 and latest["values"]["w"].flags.writeable
+    accept = responses.calls[0].request.headers["Accept"]
+    assert accept == "application/vnd.fma-connect.msgpack, application/json;q=0.9"
+
+
+@responses.activate
+def test_like_template_restores_into_its_structure(registry: CodecRegistry) -> None:
+    responses.get(
+        f"{API}/models/7/get_latest_model/", json={"values": [[1.0, 2.0], [3.0]], "aggregate": 1}
+    )
+    like = {"a": np.zeros(2, np.float16), "b": np.zeros(1, np.float32)}
+    latest = client(registry).check_for_latest_model(like=like)
+    assert latest is not None
+    assert latest["values"]["a"].dtype == np.float16 and latest["values"]["b"].tolist() == [3.0]
+
+
+@responses.activate
+def test_new_aggregate_downloads_the_result_url_and_honours_update_after(
+    registry: CodecRegistry,
+) -> None:
+    agg = {
+        "id": 4,
+        "result": "/media/aggregates/4.json",
+        "validation_score": None,
+        "federated_model": 7,
+    }
+    responses.get(f"{API}/models/7/get_latest_aggregate/", json=agg)
+    responses.get(
+        f"{BASE}/media/aggregates/4.json", body=json.dumps([[0.5, 1.5]]), content_type="text/plain"
+    )
+    c = client(registry)
+    assert c.check_for_new_model_aggregate(update_after=4) is None  # fresh client: no crash
+    new = c.check_for_new_model_aggregate()
+    assert new is not None and new["result"] == [[0.5, 1.5]] and new["id"] == 4
+    assert responses.calls[-1].request.headers["CLIENT-UUID"] == UUID
+    assert c.check_for_new_model_aggregate() is None  # already seen
+
+
+@responses.activate
+def test_new_aggregate_with_a_tagged_result_is_decoded_by_its_tag(registry: CodecRegistry) -> None:
+    # The client sends json, but the service serves an npz-b64 payload: decoded anyway.
+    tagged = registry.get("npz-b64").encode([("w", np.array([1.5], np.float64))])
+    responses.get(f"{API}/models/7/get_latest_aggregate/", json={"id": 1, "result": "/m/1"})
+    responses.get(f"{BASE}/m/1", json=tagged)
+    new = client(registry).check_for_new_model_aggregate()
+    assert new is not None and new["result"]["w"].tolist() == [1.5]
+
+
+@responses.activate
+def test_empty_answers_mean_nothing_yet(registry: CodecRegistry) -> None:
+    for route in ("get_latest_aggregate", "get_latest_model", "get_current_artifact"):
+        responses.get(f"{API}/models/7/{route}/", json={})
+    c = client(registry)
+    assert c.check_for_new_model_aggregate() is None
+    assert c.check_for_latest_model() is None
+    assert c.get_current_artifact() is None
+
+
+@responses.activate
+def test_current_artifact_downloads_its_values(registry: CodecRegistry) -> None:
+    artifact = {
+        "id": 2,
+        "values": "/media/artifacts/2.json",
+        "version": "1.0.0",
+        "federated_model": 7,
+    }
+    responses.get(f"{API}/models/7/get_current_artifact/", json=artifact)
+    responses.get(f"{BASE}/media/artifacts/2.json", json=[[1.0], [2.0]])
+    got = client(registry).get_current_artifact(
+        like=[np.zeros(1, np.float32), np.zeros(1, np.float32)]
+    )
+    assert got is not None and got["version"] == "1.0.0"
+    assert [v.dtype for v in got["values"]] == [np.float32, np.float32]
+
+
+@responses.activate
+def test_send_val_results_posts_the_score_for_an_aggregate(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/client_aggregate_scores/", status=201, json={"id": 1})
+    client(registry).send_val_results({"accuracy": np.float64(0.93)}, 4)
+    assert body_of(responses.calls[0]) == {
+        "validation_results": {"accuracy": 0.93},
+        "aggregate": 4,
+        "client": UUID,
+    }
+
+
+# -- failures -----------------------------------------------------------------------
+
+
+@responses.activate
+def test_an_html_500_becomes_an_api_error_with_a_short_excerpt(registry: CodecRegistry) -> None:
+    page = (
+        "<html><head><title>Server Error (500)</title></head><body>" + "x" * 5000 + "</body></html>"
+    )
+    responses.post(
+        f"{API}/client_aggregate_scores/", status=500, body=page, content_type="text/html"
+    )
+    with pytest.raises(APIException) as err:
+        client(registry).send_val_results({}, 1)
+    assert err.value.status_code == 500
+    assert str(err.value) == "An API error occurred (status_code=500): Server Error (500)"
+
+
+@responses.activate
+def test_a_200_that_is_not_json_is_a_decode_error(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/models/7/register_client/", body="<html>proxy login</html>")
+    with pytest.raises(DecodeError, match="not JSON"):
+        client(registry).register()
+
+
+def test_connection_refused_is_a_connect_error(registry: CodecRegistry) -> None:
+    c = WebClient(1, UUID, "http://127.0.0.1:9", registry=registry, retries=0)
+    with pytest.raises(ConnectError, match="cannot reach the service at http://127.0.0.1:9/"):
+        c.check_for_latest_model()
+
+
+@responses.activate
+def test_a_timeout_is_a_request_timeout(registry: CodecRegistry) -> None:
+    responses.get(f"{API}/models/7/get_latest_model/", body=requests.ReadTimeout("slow"))
+    with pytest.raises(RequestTimeout, match="timeout"):
+        client(registry).check_for_latest_model()
+
+
+@responses.activate
+def test_gets_are_retried_on_503(registry: CodecRegistry) -> None:
+    responses.get(f"{API}/models/7/get_latest_model/", status=503, json={"detail": "busy"})
+    responses.get(f"{API}/models/7/get_latest_model/", json={})
+    c = WebClient(7, UUID, BASE, registry=registry, retries=2)
+    c._transport.session.adapters[f"{BASE}/"].max_retries.backoff_factor = 0  # no sleeping in tests
+    assert c.check_for_latest_model() is None
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_posts_are_not_retried_on_503(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/model_updates/", status=503, json={"detail": "busy"})
+    c = WebClient(7, UUID, BASE, registry=registry, retries=2)
+    with pytest.raises(APIException, match="status_code=503"):
+        c.send_update([1.0])
+    assert len(responses.calls) == 1
+
+
+# -- options ------------------------------------------------------------------------
+
+
+@responses.activate
+def test_headers_and_auth_options_apply_to_every_request(registry: CodecRegistry) -> None:
+    responses.get(f"{API}/models/7/get_latest_model/", json={})
+    with client(registry, headers={"X-Trace": "abc"}, auth=TokenAuth("s3cret")) as c:
+        c.check_for_latest_model()
+    headers = responses.calls[0].request.headers
+    assert headers["X-Trace"] == "abc" and headers["Authorization"] == "Token s3cret"
+
+
+def test_a_callers_session_is_used_and_left_open(registry: CodecRegistry) -> None:
+    session = requests.Session()
+    with client(registry, session=session) as c:
+        assert c._transport.session is session
+    assert session.adapters  # still usable: the client did not close it

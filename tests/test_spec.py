@@ -1,0 +1,85 @@
+"""flatten() and Spec.restore(): structure, names, dtypes and shapes survive the wire."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, namedtuple
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fma_connect import EncodeError, FrameworkError, flatten
+from fma_connect.spec import untyped
+
+Pair = namedtuple("Pair", ["left", "right"])
+
+
+def test_names_follow_the_tree_and_the_root_list_is_the_layer_list() -> None:
+    tensors, spec = flatten({"fc": {"weight": np.zeros(2), "bias": 1.0}, "out": [np.ones(1)]})
+    assert spec.names == ["fc.weight", "fc.bias", "out.0"]
+    assert [name for name, _ in tensors] == spec.names
+
+
+def test_numeric_lists_below_the_root_are_layers_as_the_original_client_sent_them() -> None:
+    layers = [[[0.1, 0.2], [0.3, 0.4]], [0.5, 0.6], 0.7]
+    tensors, spec = flatten(layers)
+    assert [a.shape for _, a in tensors] == [(2, 2), (2,), ()]
+    assert spec.restore(tensors) == layers
+
+
+def test_ragged_lists_are_containers() -> None:
+    tensors, spec = flatten([[[1.0], [2.0, 3.0]]])
+    assert spec.names == ["0.0", "0.1"]
+    assert spec.restore(tensors) == [[[1.0], [2.0, 3.0]]]
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        np.arange(6, dtype=np.int16).reshape(2, 3),
+        3.5,
+        OrderedDict(b=np.float32(1.5), a=True),
+        (np.zeros(1, np.uint8), Pair(1, np.zeros((0, 4), np.complex64))),
+    ],
+    ids=["bare-array", "bare-float", "ordered-dict", "tuple-namedtuple"],
+)
+def test_restore_gives_back_the_same_kind_of_object(tree: Any) -> None:
+    tensors, spec = flatten(tree)
+    back = spec.restore([(str(i), np.array(a)) for i, (_, a) in enumerate(tensors)])
+    assert type(back) is type(tree)
+    assert repr(back) == repr(tree)
+
+
+def test_restore_casts_received_float64_to_the_sent_dtypes_and_rounds_ints() -> None:
+    _, spec = flatten(
+        {"w": np.zeros((2, 2), np.float32), "n": np.zeros(2, np.int32), "e": np.zeros((0, 3))}
+    )
+    back = spec.restore([("0", np.full(4, 0.1)), ("1", np.array([1.6, -2.5])), ("2", np.array([]))])
+    assert back["w"].dtype == np.float32 and back["w"].shape == (2, 2)
+    assert back["w"][0, 0] == np.float32(0.1)
+    assert back["n"].tolist() == [2, -2] and back["n"].dtype == np.int32
+    assert back["e"].shape == (0, 3)
+
+
+def test_restore_names_the_first_difference() -> None:
+    _, spec = flatten({"a": np.zeros(2), "b": np.zeros(3)})
+    with pytest.raises(FrameworkError, match=r"expected 2 tensors \('a', 'b'\), received 1"):
+        spec.restore([("a", np.zeros(2))])
+    with pytest.raises(FrameworkError, match="expected 'b', received 'c'"):
+        spec.restore([("a", np.zeros(2)), ("c", np.zeros(3))])
+    with pytest.raises(FrameworkError, match=r"'b': expected shape \(3,\), received \(4,\)"):
+        spec.restore([("a", np.zeros(2)), ("b", np.zeros(4))])
+
+
+@pytest.mark.parametrize(
+    ("tree", "where"),
+    [({"a": {"b": "text"}}, "a.b"), ([np.zeros(1), object()], "1"), ({"x": 2**70}, "x")],
+)
+def test_unsupported_leaves_are_refused_with_their_path(tree: Any, where: str) -> None:
+    with pytest.raises(EncodeError, match=f"'{where}'"):
+        flatten(tree)
+
+
+def test_untyped_gives_a_list_for_positional_names_and_a_dict_otherwise() -> None:
+    assert isinstance(untyped([("0", np.zeros(1)), ("1", np.zeros(1))]), list)
+    assert list(untyped([("w", np.zeros(1)), ("b", np.zeros(1))])) == ["w", "b"]
