@@ -25,9 +25,15 @@ from .exceptions import (
     UnknownCodecError,
 )
 from .hookspecs import hookimpl
-from .plugins import build_codec_registry, default_codec_registry, plugin_manager
-from .registry import CodecRegistry
-from .spec import Spec, flatten
+from .plugins import (
+    build_codec_registry,
+    build_framework_registry,
+    default_codec_registry,
+    default_framework_registry,
+    plugin_manager,
+)
+from .registry import CodecRegistry, FrameworkRegistry
+from .spec import Spec, flatten, restore_like
 
 __all__ = [
     "APIError",
@@ -40,6 +46,7 @@ __all__ = [
     "EncodeError",
     "FMAConnectError",
     "FrameworkError",
+    "FrameworkRegistry",
     "PluginError",
     "RequestTimeout",
     "Spec",
@@ -50,8 +57,11 @@ __all__ = [
     "WebClient",
     "__version__",
     "build_codec_registry",
+    "build_framework_registry",
     "default_codec_registry",
+    "default_framework_registry",
     "flatten",
     "hookimpl",
     "plugin_manager",
+    "restore_like",
 ]

@@ -20,7 +20,7 @@ from .exceptions import APIError, DecodeError, UnknownCodecError
 from .plugins import default_codec_registry
 from .registry import CodecRegistry
 from .settings import default_url
-from .spec import Spec, flatten, untyped
+from .spec import Spec, flatten, restore_like, untyped
 
 __all__ = ["APIException", "WebClient"]
 
@@ -374,7 +374,7 @@ class WebClient:
 
     def _restore(self, tensors: Tensors, like: Any) -> Any:
         if like is not None:
-            return flatten(like)[1].restore(tensors)
+            return restore_like(like, tensors)
         if self._spec is not None:
             return self._spec.restore(tensors)
         return untyped(tensors)

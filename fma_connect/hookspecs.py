@@ -6,7 +6,7 @@ advertised in the ``fma_connect`` entry-point group of its distribution::
     [project.entry-points.fma_connect]
     my_codec = "my_package.plugin"
 
-The built-in codecs register through these same hooks.
+The built-in codecs and framework adapters register through these same hooks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .registry import CodecRegistry
+    from .registry import CodecRegistry, FrameworkRegistry
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 
@@ -30,6 +30,17 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 @hookspec
 def fma_connect_register_codecs(registry: CodecRegistry) -> None:
     """Add codecs to ``registry`` with ``registry.add(codec)``.
+
+    Args:
+        registry: The registry being built; adding a name that is taken raises PluginError.
+    """
+
+
+@hookspec
+def fma_connect_register_frameworks(registry: FrameworkRegistry) -> None:
+    """Add framework adapters to ``registry`` with ``registry.add(adapter)``.
+
+    See :mod:`fma_connect.frameworks.base` for what an adapter provides.
 
     Args:
         registry: The registry being built; adding a name that is taken raises PluginError.

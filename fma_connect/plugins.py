@@ -7,7 +7,8 @@ Environment variables:
 * ``FMA_CONNECT_STRICT_PLUGINS=1`` - a plugin that fails to import or to register raises
   :class:`~fma_connect.exceptions.PluginError` instead of warning and being skipped.
 
-A registry clash (two codecs with one name) is an error in every mode.
+A registry clash (two codecs, or two framework adapters, with one name) is an error in
+every mode.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ import pluggy
 
 from . import hookspecs
 from .exceptions import PluginError
-from .registry import CodecRegistry
+from .registry import CodecRegistry, FrameworkRegistry
 
 __all__ = [
     "BUILTIN_PLUGINS",
     "PluginManager",
     "PluginWarning",
     "build_codec_registry",
+    "build_framework_registry",
     "default_codec_registry",
+    "default_framework_registry",
     "plugin_manager",
 ]
 
@@ -40,6 +43,13 @@ BUILTIN_PLUGINS = (
     "fma_connect.codecs.json_lists",
     "fma_connect.codecs.msgpack_numpy",
     "fma_connect.codecs.npz_base64",
+    # Adapters are asked last-registered first: jax, which claims any registered pytree
+    # node, comes right after numpy so that the specific adapters are asked before it.
+    "fma_connect.frameworks.numpy_adapter",
+    "fma_connect.frameworks.jax_adapter",
+    "fma_connect.frameworks.torch_adapter",
+    "fma_connect.frameworks.tf_adapter",
+    "fma_connect.frameworks.sklearn_adapter",
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -125,9 +135,31 @@ def build_codec_registry(pm: PluginManager) -> CodecRegistry:
             plugin's hook raised.
     """
     registry = CodecRegistry()
+    _register_all(pm, pm.hook.fma_connect_register_codecs, registry, "codecs")
+    return registry
+
+
+def build_framework_registry(pm: PluginManager) -> FrameworkRegistry:
+    """Run every plugin's ``fma_connect_register_frameworks`` hook into a new registry.
+
+    Raises:
+        PluginError: two plugins registered the same framework name, or (strict mode) a
+            plugin's hook raised.
+    """
+    registry = FrameworkRegistry()
+    _register_all(pm, pm.hook.fma_connect_register_frameworks, registry, "framework adapters")
+    return registry
+
+
+def _register_all(
+    pm: PluginManager,
+    hook: pluggy.HookCaller,
+    registry: CodecRegistry | FrameworkRegistry,
+    what: str,
+) -> None:
     # One call per implementation (instead of the hook caller) so each registration
     # is attributed to its plugin and one failing plugin does not stop the others.
-    for impl in pm.hook.fma_connect_register_codecs.get_hookimpls():
+    for impl in hook.get_hookimpls():
         registry.source = (impl.plugin_name, *pm.distributions.get(impl.plugin_name, (None, None)))
         kwargs: dict[str, Any] = {name: registry for name in impl.argnames}
         try:
@@ -135,12 +167,17 @@ def build_codec_registry(pm: PluginManager) -> CodecRegistry:
         except PluginError:
             raise
         except Exception as exc:
-            pm.skip(f"plugin {impl.plugin_name!r} failed to register its codecs: {exc!r}", exc)
+            pm.skip(f"plugin {impl.plugin_name!r} failed to register its {what}: {exc!r}", exc)
     registry.source = ("user", None, None)
-    return registry
 
 
 @functools.cache
 def default_codec_registry() -> CodecRegistry:
     """Return the process-wide registry built from the installed plugins (built once)."""
     return build_codec_registry(plugin_manager())
+
+
+@functools.cache
+def default_framework_registry() -> FrameworkRegistry:
+    """Return the process-wide framework adapter registry (built once, like the codecs')."""
+    return build_framework_registry(plugin_manager())

@@ -1,14 +1,20 @@
-"""CodecRegistry: the installed codecs, looked up by name, media type or payload tag."""
+"""The installed plugins' registries.
+
+* :class:`CodecRegistry`: codecs, looked up by name, media type or payload tag.
+* :class:`FrameworkRegistry`: framework adapters, asked in turn to claim an object.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .codecs.base import Codec
-from .exceptions import PluginError, UnknownCodecError
+from .exceptions import FrameworkError, PluginError, UnknownCodecError
+from .frameworks.base import Framework
 
-__all__ = ["CodecInfo", "CodecRegistry"]
+__all__ = ["CodecInfo", "CodecRegistry", "FrameworkInfo", "FrameworkRegistry"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,93 @@ class CodecRegistry:
 
     def __iter__(self) -> Iterator[CodecInfo]:
         return iter(sorted(self._infos.values(), key=lambda info: info.codec.name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+
+@dataclass(frozen=True)
+class FrameworkInfo:
+    """A registered framework adapter and where it came from.
+
+    Attributes:
+        framework: The adapter object.
+        plugin: The name of the plugin that registered it.
+        distribution: The distribution that ships the plugin, when known.
+        version: That distribution's version, when known.
+    """
+
+    framework: Framework
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+class FrameworkRegistry:
+    """Framework adapters by name. Names are unique: registering a taken name is an error.
+
+    :meth:`find` asks the adapters in reverse order of registration, so a plugin loaded
+    after the built-ins can take over objects a built-in adapter would claim.
+    """
+
+    def __init__(self) -> None:
+        self._infos: dict[str, FrameworkInfo] = {}
+        # Set by the plugin loader while a plugin's hook runs, so add() knows who called it.
+        self.source: tuple[str, str | None, str | None] = ("user", None, None)
+
+    def add(self, framework: Framework) -> None:
+        """Register ``framework`` under ``framework.name``.
+
+        Raises:
+            PluginError: the object is not an adapter, or its name is already registered.
+        """
+        if not isinstance(framework, Framework):
+            raise PluginError(
+                f"{self.source[0]} registered {framework!r}, which lacks the framework adapter "
+                "attributes (name, claims, flatten, restore, rebuild)"
+            )
+        taken = self._infos.get(framework.name)
+        if taken is not None:
+            raise PluginError(
+                f"framework name {framework.name!r} is registered twice: by {taken.plugin} and "
+                f"by {self.source[0]}; uninstall or block one of them (FMA_CONNECT_BLOCK_PLUGINS)"
+            )
+        self._infos[framework.name] = FrameworkInfo(framework, *self.source)
+
+    def find(self, obj: Any) -> Framework | None:
+        """Return the adapter that claims ``obj``, or None when none does."""
+        for info in reversed(self._infos.values()):
+            if info.framework.claims(obj):
+                return info.framework
+        return None
+
+    def get(self, name: str) -> Framework:
+        """Return the adapter named ``name``.
+
+        Raises:
+            FrameworkError: no such adapter; the message lists the installed ones.
+        """
+        try:
+            return self._infos[name].framework
+        except KeyError:
+            raise FrameworkError(
+                f"no framework adapter named {name!r}; installed: {', '.join(self.names())}"
+            ) from None
+
+    def info(self, name: str) -> FrameworkInfo:
+        """Return the registration record of ``name`` (see :meth:`get` for errors)."""
+        self.get(name)
+        return self._infos[name]
+
+    def names(self) -> list[str]:
+        """Return the registered names, in registration order."""
+        return list(self._infos)
+
+    def __iter__(self) -> Iterator[FrameworkInfo]:
+        return iter(self._infos.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._infos

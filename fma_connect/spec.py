@@ -1,34 +1,42 @@
 """Flattening weight trees into named tensors, and the Spec that restores them.
 
-A *tree* is what users hand to ``send_update``: a numpy array, a number, or dicts,
-lists and tuples (named tuples included) nesting them. :func:`flatten` turns it into
-ordered ``(name, array)`` pairs for a codec, plus a :class:`Spec` that remembers what
-the wire may lose - structure, names, dtypes, shapes and the kind of every leaf - so
-:meth:`Spec.restore` can give back the same kind of object.
+A *tree* is what users hand to ``send_update``: numpy arrays, numbers, framework objects
+(torch tensors and modules, Keras models and variables, JAX arrays, fitted scikit-learn
+estimators...), and dicts, lists and tuples (named tuples included) nesting them.
+:func:`flatten` turns it into ordered ``(name, array)`` pairs for a codec, plus a
+:class:`Spec` that remembers what the wire may lose - structure, names, dtypes, shapes
+and the framework and kind of every leaf - so :meth:`Spec.restore` can give back the
+same kind of object. :func:`restore_like` restores into a template instead, loading the
+weights into it when it is a model, module or estimator.
 
-Leaves are numpy arrays and scalars, Python numbers, and *numeric lists*: below the
-root, a rectangular list of numbers (``[[0.1, 0.2], [0.3, 0.4]]``) is one tensor, so
-the classic ``[layer.tolist() for layer in weights]`` is a list of layers, exactly as
-the original client sent it. The root itself is always the list of layers.
-Names join dict keys and list positions with dots: ``{"fc": {"weight": w}}`` gives
-``"fc.weight"``, ``[a, b]`` gives ``"0"`` and ``"1"``.
+What is not a dict, list or tuple is handed to the framework adapter that claims it
+(see :mod:`fma_connect.frameworks`). The built-in ``numpy`` adapter takes arrays,
+numbers and *numeric lists*: below the root, a rectangular list of numbers
+(``[[0.1, 0.2], [0.3, 0.4]]``) is one tensor, so the classic
+``[layer.tolist() for layer in weights]`` is a list of layers, exactly as the original
+client sent it. The root itself is always the list of layers.
+Names join dict keys, list positions and the keys adapters give (torch's state_dict
+names...) with dots: ``{"fc": {"weight": w}}`` gives ``"fc.weight"``, ``[a, b]`` gives
+``"0"`` and ``"1"``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .codecs.base import Tensors
-from .exceptions import EncodeError, FrameworkError
+from .exceptions import EncodeError, FMAConnectError, FrameworkError
+from .frameworks.base import Branch, Framework, Leaf
 
-__all__ = ["LeafSpec", "Spec", "flatten", "untyped"]
+if TYPE_CHECKING:
+    from .registry import FrameworkRegistry
 
-_NUMBER = (bool, int, float, np.bool_, np.number)
+__all__ = ["LeafSpec", "Spec", "flatten", "restore_like", "untyped"]
 
 
 @dataclass(frozen=True)
@@ -37,16 +45,21 @@ class LeafSpec:
 
     Attributes:
         name: Its dotted path in the tree.
-        dtype: Its dtype (native byte order).
+        dtype: Its numpy dtype (native byte order).
         shape: Its shape.
-        kind: How to hand it back: ``ndarray``, ``scalar`` (numpy scalar), ``int``,
-            ``float``, ``bool`` (Python numbers) or ``list`` (a numeric list).
+        kind: What it was, as its adapter labels it: for numpy, ``ndarray``, ``scalar``
+            (numpy scalar), ``int``, ``float``, ``bool`` (Python numbers) or ``list`` (a
+            numeric list); otherwise e.g. ``torch.Tensor``, ``jax.Array``, ``tf.Variable``.
+        framework: The name of the adapter that restores it.
+        meta: What that adapter needs besides dtype and shape (device, ``requires_grad``...).
     """
 
     name: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     kind: str
+    framework: str = "numpy"
+    meta: Any = None
 
 
 @dataclass(frozen=True)
@@ -61,14 +74,38 @@ class Spec:
         """The tensor names, in wire order."""
         return [leaf.name for leaf in self.leaves]
 
+    @property
+    def frameworks(self) -> list[str]:
+        """The frameworks of the tree's leaves and objects, in order of first appearance."""
+        found: dict[str, None] = {}
+
+        def visit(node: Any) -> None:
+            if node[0] == "leaf":
+                found[node[2].name] = None
+            elif node[0] == "branch":
+                found[node[1].name] = None
+                for child in node[4]:
+                    visit(child)
+            elif node[0] == "bare":
+                visit(node[1])
+            else:
+                for child in node[-1]:
+                    visit(child)
+
+        visit(self.treedef)
+        return list(found)
+
     def restore(self, tensors: Tensors) -> Any:
         """Rebuild the tree from received tensors, with the sent dtypes and shapes.
 
         Tensors named by position (``"0"``, ``"1"``..., as plain JSON delivers them) are
-        matched by position; named ones must carry the sent names in the sent order.
+        matched by position and need only the sent number of values (plain JSON cannot
+        carry the shape of an empty tensor); named ones must carry the sent names, in the
+        sent order, with the sent shapes.
 
         Raises:
-            FrameworkError: count, names or sizes differ; the message names the first difference.
+            FrameworkError: count, names or shapes differ (the message names the first
+                difference), or the framework could not build or load the restored weights.
         """
         if len(tensors) != len(self.leaves):
             raise FrameworkError(
@@ -82,48 +119,49 @@ class Spec:
                 raise FrameworkError(
                     f"tensor names differ: expected {leaf.name!r}, received {name!r}"
                 )
-            if array.size != math.prod(leaf.shape):
+            fits = array.size == math.prod(leaf.shape) if positional else array.shape == leaf.shape
+            if not fits:
                 raise FrameworkError(
                     f"tensor {leaf.name!r}: expected shape {leaf.shape}, "
                     f"received {array.shape} ({array.size} values)"
                 )
-            arrays.append(_as_leaf(leaf, _cast(array.reshape(leaf.shape), leaf.dtype)))
-        return _build(self.treedef, arrays)
+            arrays.append(_cast(array.reshape(leaf.shape), leaf.dtype))
+        return _build(self.treedef, self.leaves, arrays)
 
 
-def flatten(tree: Any) -> tuple[Tensors, Spec]:
+def flatten(tree: Any, *, registry: FrameworkRegistry | None = None) -> tuple[Tensors, Spec]:
     """Split ``tree`` into named arrays (in order) and the Spec that restores it.
 
+    Args:
+        tree: The weights.
+        registry: The framework adapters to use; default: every installed one.
+
     Raises:
-        EncodeError: a leaf is not a number or array; the message names its path.
+        EncodeError: a leaf is not a number, array or object of an installed framework
+            (the message names its path), or its adapter cannot send it.
     """
-    tensors: Tensors = []
-    leaves: list[LeafSpec] = []
+    return _flatten(tree, registry, bind=False)
 
-    def visit(node: Any, path: tuple[str, ...], root: bool) -> Any:
-        if isinstance(node, Mapping):
-            keys = list(node)
-            children = [visit(node[k], (*path, str(k)), False) for k in keys]
-            return ("dict", type(node), keys, children)
-        name = ".".join(path) or "0"
-        if isinstance(node, list | tuple):
-            numeric = None if root else _numeric_list(node)
-            if numeric is None:
-                children = [visit(v, (*path, str(i)), False) for i, v in enumerate(node)]
-                if isinstance(node, tuple) and hasattr(node, "_fields"):
-                    return ("namedtuple", type(node), children)
-                return ("tuple" if isinstance(node, tuple) else "list", children)
-            array, kind = numeric, "list"
-        else:
-            array, kind = _leaf_array(node, name)
-        leaves.append(LeafSpec(name, array.dtype.newbyteorder("="), array.shape, kind))
-        tensors.append((name, array))
-        return ("leaf", len(leaves) - 1)
 
-    treedef = visit(tree, (), True)
-    if treedef[0] == "leaf":  # a bare array or number is sent as a list of one layer
-        treedef = ("bare", treedef)
-    return tensors, Spec(tuple(leaves), treedef)
+def restore_like(
+    template: Any, tensors: Tensors, *, registry: FrameworkRegistry | None = None
+) -> Any:
+    """Restore received tensors into the structure, dtypes, devices and framework of ``template``.
+
+    Tensors, arrays and containers come back as new objects shaped like the template's.
+    Models, modules and estimators in the template (``torch.nn.Module``, Keras models,
+    fitted scikit-learn estimators) have the weights loaded into them in place, and are
+    returned themselves.
+
+    Raises:
+        FrameworkError: the template cannot be read, or the tensors do not fit it (the
+            message names the first difference).
+    """
+    try:
+        _, spec = _flatten(template, registry, bind=True)
+    except EncodeError as exc:
+        raise FrameworkError(f"cannot restore into this template: {exc}") from exc
+    return spec.restore(tensors)
 
 
 def untyped(tensors: Tensors) -> list[np.ndarray] | dict[str, np.ndarray]:
@@ -133,37 +171,67 @@ def untyped(tensors: Tensors) -> list[np.ndarray] | dict[str, np.ndarray]:
     return dict(tensors)
 
 
-def _numeric_list(node: list[Any] | tuple[Any, ...]) -> np.ndarray | None:
-    """Return a non-empty rectangular list of numbers as an array; None for anything else."""
-    if not node or not isinstance(node, list):
-        return None
-    if not all(isinstance(v, (*_NUMBER, list)) for v in node):
-        return None
+def _flatten(tree: Any, registry: FrameworkRegistry | None, bind: bool) -> tuple[Tensors, Spec]:
+    """Flatten ``tree``; with ``bind``, branches keep their object to load weights into."""
+    if registry is None:
+        from .plugins import default_framework_registry
+
+        registry = default_framework_registry()
+    tensors: Tensors = []
+    leaves: list[LeafSpec] = []
+
+    def visit(node: Any, path: tuple[str, ...], root: bool) -> Any:
+        name = ".".join(path) or "0"
+        # The root list is the list of layers, never one numeric-list tensor.
+        adapter = None if root and isinstance(node, list) else registry.find(node)
+        if adapter is not None:
+            part = _adapt(adapter, node, name)
+            if isinstance(part, Leaf):
+                array = part.array
+                dtype = array.dtype.newbyteorder("=")
+                leaves.append(
+                    LeafSpec(name, dtype, array.shape, part.kind, adapter.name, part.meta)
+                )
+                tensors.append((name, array))
+                return ("leaf", len(leaves) - 1, adapter)
+            keys = [str(key) for key, _ in part.items]
+            children = [
+                visit(child, (*path, key), False)
+                for key, (_, child) in zip(keys, part.items, strict=True)
+            ]
+            return ("branch", adapter, part.meta, keys, children, node if bind else None)
+        if isinstance(node, Mapping):
+            keys = list(node)
+            children = [visit(node[k], (*path, str(k)), False) for k in keys]
+            return ("dict", type(node), keys, children)
+        if isinstance(node, list | tuple):
+            children = [visit(v, (*path, str(i)), False) for i, v in enumerate(node)]
+            if isinstance(node, tuple) and hasattr(node, "_fields"):
+                return ("namedtuple", type(node), children)
+            return ("tuple" if isinstance(node, tuple) else "list", children)
+        raise EncodeError(
+            f"cannot send the {type(node).__module__}.{type(node).__qualname__} at {name!r}: "
+            "expected numpy arrays, numbers, dicts/lists/tuples of them, or objects of an "
+            f"installed framework ({', '.join(registry.names())})"
+        )
+
+    treedef = visit(tree, (), True)
+    if treedef[0] == "leaf":  # a bare array or number is sent as a list of one layer
+        treedef = ("bare", treedef)
+    return tensors, Spec(tuple(leaves), treedef)
+
+
+def _adapt(adapter: Framework, node: Any, name: str) -> Leaf | Branch:
+    """Run an adapter's flatten; its unexpected errors become EncodeErrors naming the path."""
     try:
-        array = np.asarray(node)
-    except (ValueError, TypeError, OverflowError):  # ragged or mixed
-        return None
-    return array if array.dtype.kind in "biuf" else None
-
-
-def _leaf_array(node: Any, name: str) -> tuple[np.ndarray, str]:
-    if isinstance(node, np.ndarray):
-        return node, "ndarray"
-    if isinstance(node, np.generic):
-        return np.asarray(node), "scalar"
-    if isinstance(node, bool):
-        return np.asarray(node), "bool"
-    if isinstance(node, int):
-        try:
-            return np.asarray(node, dtype=np.int64), "int"
-        except OverflowError:
-            raise EncodeError(f"integer at {name!r} does not fit in int64: {node}") from None
-    if isinstance(node, float):
-        return np.asarray(node, dtype=np.float64), "float"
-    raise EncodeError(
-        f"cannot send the {type(node).__module__}.{type(node).__qualname__} at {name!r}: "
-        "expected numpy arrays, numbers, or dicts/lists/tuples of them"
-    )
+        return adapter.flatten(node, name)
+    except FMAConnectError:
+        raise
+    except Exception as exc:
+        raise EncodeError(
+            f"the {adapter.name} adapter cannot send the {type(node).__qualname__} at "
+            f"{name!r}: {exc!r}"
+        ) from exc
 
 
 def _cast(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
@@ -174,34 +242,43 @@ def _cast(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     return array.astype(dtype)
 
 
-def _as_leaf(leaf: LeafSpec, array: np.ndarray) -> Any:
-    if leaf.kind == "ndarray":
-        return array
-    if leaf.kind == "scalar":
-        return array[()]
-    if leaf.kind == "list":
-        return array.tolist()
-    return {"int": int, "float": float, "bool": bool}[leaf.kind](array.item())
-
-
-def _build(node: Any, arrays: list[Any]) -> Any:
+def _build(node: Any, leaves: tuple[LeafSpec, ...], arrays: list[np.ndarray]) -> Any:
     kind = node[0]
     if kind == "leaf":
-        return arrays[node[1]]
+        leaf = leaves[node[1]]
+        adapter = node[2]
+        array = arrays[node[1]]
+        return _framework_call(
+            adapter, f"tensor {leaf.name!r}", lambda: adapter.restore(array, leaf.kind, leaf.meta)
+        )
     if kind == "bare":
-        return _build(node[1], arrays)
+        return _build(node[1], leaves, arrays)
+    if kind == "branch":
+        _, adapter, meta, keys, children, target = node
+        items = [(k, _build(c, leaves, arrays)) for k, c in zip(keys, children, strict=True)]
+        owner = type(target).__qualname__ if target is not None else f"a {adapter.name} object"
+        where = f"the weights of {owner}"
+        return _framework_call(adapter, where, lambda: adapter.rebuild(meta, items, target))
     if kind == "dict":
         _, cls, keys, children = node
-        values = [_build(c, arrays) for c in children]
-        return (
-            cls(zip(keys, values, strict=True))
-            if cls is not dict
-            else dict(zip(keys, values, strict=True))
-        )
+        pairs = zip(keys, (_build(c, leaves, arrays) for c in children), strict=True)
+        return dict(pairs) if cls is dict else cls(pairs)
     if kind == "namedtuple":
-        return node[1](*(_build(c, arrays) for c in node[2]))
-    values = [_build(c, arrays) for c in node[1]]
+        return node[1](*(_build(c, leaves, arrays) for c in node[2]))
+    values = [_build(c, leaves, arrays) for c in node[1]]
     return tuple(values) if kind == "tuple" else values
+
+
+def _framework_call(adapter: Framework, where: str, call: Callable[[], Any]) -> Any:
+    """Run an adapter's restore or rebuild; its unexpected errors become FrameworkErrors."""
+    try:
+        return call()
+    except FMAConnectError:
+        raise
+    except Exception as exc:
+        raise FrameworkError(
+            f"the {adapter.name} adapter could not restore {where}: {exc!r}"
+        ) from exc
 
 
 def _is_positional(tensors: Tensors) -> bool:
