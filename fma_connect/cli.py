@@ -9,6 +9,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -41,6 +42,145 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server.serve import serve
+    except ImportError as exc:
+        print(
+            f"error: the server needs its extra ({exc}): pip install 'fma-connect[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    return serve(
+        args.host,
+        args.port,
+        args.data_dir,
+        auto_aggregate=args.auto_aggregate,
+        log_level=args.log_level,
+    )
+
+
+def _cmd_admin(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from .admin import AdminClient
+    from .exceptions import FMAConnectError
+
+    token = args.token or os.environ.get("FMA_CONNECT_ADMIN_TOKEN")
+    if not token:
+        print("error: give --token or set FMA_CONNECT_ADMIN_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        with AdminClient(args.url, token) as admin:
+            if args.admin_command == "create-model":
+                initial = None
+                if args.initial_model is not None:
+                    with open(args.initial_model, encoding="utf-8") as file:
+                        initial = json.load(file)
+                result: object = admin.create_model(
+                    args.name,
+                    aggregator=args.aggregator,
+                    requirement=args.requirement,
+                    requirement_args=args.requirement_args,
+                    developer=args.developer,
+                    initial_model=initial,
+                )
+            elif args.admin_command == "updates":
+                result = admin.list_updates(args.model_id)
+            elif args.admin_command == "aggregates":
+                result = admin.list_aggregates(args.model_id)
+            elif args.admin_command == "aggregate":
+                result = admin.aggregate(args.model_id)
+            else:
+                result = admin.publish(args.aggregate_id, args.version)
+    except (FMAConnectError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser("serve", help="run the reference FMA server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="database and payload directory (default $FMA_CONNECT_DATA_DIR or ./fma-connect-data)",
+    )
+    serve.add_argument(
+        "--auto-aggregate",
+        choices=("sync", "background", "off"),
+        default="sync",
+        help="when a model's requirement is met: aggregate in the request (default), "
+        "in a background thread, or only on an admin trigger",
+    )
+    serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    serve.set_defaults(func=_cmd_serve)
+
+    admin = commands.add_parser("admin", help="admin actions on an FMA service")
+    admin.add_argument("--url", default=None, help="service URL (default $FMA_CONNECT_URL)")
+    admin.add_argument(
+        "--token", default=None, help="admin token (default $FMA_CONNECT_ADMIN_TOKEN)"
+    )
+    admin.set_defaults(func=_cmd_admin)
+    actions = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    create = actions.add_parser("create-model", help="create a federated model")
+    create.add_argument("name")
+    create.add_argument(
+        "--aggregator",
+        default="avg_values_if_data",
+        help="avg_values_if_data (default), average_layers or fed_avg",
+    )
+    create.add_argument("--requirement", choices=("all_clients", "require_x_updates"))
+    create.add_argument(
+        "--requirement-args", type=int, nargs="*", default=None, help="e.g. 3 for require_x_updates"
+    )
+    create.add_argument("--developer", type=int, default=1, help="developer user id (default 1)")
+    create.add_argument("--initial-model", metavar="FILE", help="JSON file: a list of layers")
+    for name, text in (
+        ("updates", "list a model's updates"),
+        ("aggregates", "list its aggregates"),
+    ):
+        listing = actions.add_parser(name, help=text)
+        listing.add_argument("model_id", type=int)
+    trigger = actions.add_parser("aggregate", help="aggregate a model's pending updates now")
+    trigger.add_argument("model_id", type=int)
+    publish = actions.add_parser("publish", help="publish an aggregate as the current artifact")
+    publish.add_argument("aggregate_id", type=int)
+    publish.add_argument("version")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(
+        args.clients, args.rounds, args.codec, framework=args.framework, seed=args.seed
+    )
+    # The demo's point: the federation beats any client alone; say so in the exit code too.
+    return 0 if result.final_accuracy > result.best_single_client else 1
+
+
+def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo", help="run a federation on this machine (embedded server, digits dataset)"
+    )
+    demo.add_argument("--clients", type=int, default=3, help="federated clients (default 3)")
+    demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    demo.add_argument("--codec", default="json", help="codec of the updates (default json)")
+    demo.add_argument(
+        "--framework",
+        default="numpy",
+        choices=["numpy", "torch"],
+        help="what the clients train with (default numpy)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
+    demo.set_defaults(func=_cmd_demo)
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -51,11 +191,19 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     codecs = commands.add_parser("codecs", help="list the installed codecs and their plugins")
     codecs.set_defaults(func=_cmd_codecs)
+    _add_server_commands(commands)
+    _add_demo_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    from .exceptions import FMAConnectError
+
     args = _parser().parse_args(argv)
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except FMAConnectError as exc:
+        print(f"fma-connect {args.command}: {exc}", file=sys.stderr)
+        return 1
     return status

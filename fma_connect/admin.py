@@ -1,0 +1,209 @@
+"""AdminClient: the developer's side of an FMA service (models, rounds, publishing).
+
+Works with the reference server (``fma-connect serve``) and, except for the
+extensions noted per method, with the stock FMA service::
+
+    admin = AdminClient("http://127.0.0.1:8000", token)
+    model = admin.create_model("digits", requirement="require_x_updates", requirement_args=[3])
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import orjson
+import requests
+
+from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Transport, dumps_json
+from .auth import TokenAuth
+from .codecs.json_lists import JsonListsCodec
+from .exceptions import APIError, DecodeError
+from .settings import default_url
+from .spec import flatten
+
+__all__ = ["AdminClient"]
+
+_API = "api/v1/"
+_JSON = "application/json"
+_MAX_PAGE = 20
+
+
+class AdminClient:
+    """REST client for an FMA service's admin routes, authenticated by token.
+
+    Args:
+        url: Base URL of the service; default :func:`fma_connect.settings.default_url`.
+        token: The admin's API token (``Authorization: Token <token>``).
+        timeout: Seconds, or ``(connect, read)``.
+        retries: Retries of GETs and of connections that failed before sending.
+        session: A requests.Session to use.
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        token: str,
+        *,
+        timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        session: requests.Session | None = None,
+    ) -> None:
+        self._transport = Transport(
+            url if url is not None else default_url(),
+            timeout=timeout,
+            retries=retries,
+            session=session,
+            auth=TokenAuth(token),
+        )
+
+    def close(self) -> None:
+        """Release the client's connections."""
+        self._transport.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def create_model(
+        self,
+        name: str,
+        *,
+        aggregator: str = "avg_values_if_data",
+        requirement: str | None = None,
+        requirement_args: list[Any] | None = None,
+        allow_aggregation: bool = True,
+        developer: int = 1,
+        initial_model: Any = None,
+        update_schema: Any = None,
+        client_agg_results_schema: Any = None,
+        furthest_base_agg: int | None = None,
+        clients: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Create a federated model and return it.
+
+        Args:
+            name: Its name.
+            aggregator: ``avg_values_if_data``, ``average_layers`` or (reference server)
+                ``fed_avg``.
+            requirement: ``all_clients``, ``require_x_updates`` or None.
+            requirement_args: ``[x]`` for ``require_x_updates``.
+            allow_aggregation: Whether the service aggregates it.
+            developer: The developer's user id (1 is the reference server's admin).
+            initial_model: Initial weights (any tree ``send_update`` takes), sent as
+                plain JSON lists; they become the current artifact.
+            update_schema: JSON Schema that each update's ``data`` must match.
+            client_agg_results_schema: JSON Schema for clients' validation results.
+            furthest_base_agg: How many recent aggregates an update may be based on.
+            clients: UUIDs of clients to register with it.
+
+        Raises:
+            APIError: the service refused (the detail says which field and why).
+        """
+        body: dict[str, Any] = {
+            "name": name,
+            "developer": developer,
+            "aggregator": aggregator,
+            "allow_aggregation": allow_aggregation,
+            "requirement": requirement,
+            "requirement_args": requirement_args,
+            "update_schema": update_schema,
+            "client_agg_results_schema": client_agg_results_schema,
+            "furthest_base_agg": furthest_base_agg,
+        }
+        if clients is not None:
+            body["clients"] = clients
+        if initial_model is not None:
+            tensors, _ = flatten(initial_model)
+            body["initial_model"] = JsonListsCodec().encode(tensors)
+        return self._object(self._post(f"{_API}models/", body))
+
+    def get_model(self, model_id: int) -> dict[str, Any]:
+        """Return a federated model."""
+        return self._object(self._transport.request("GET", f"{_API}models/{model_id}/"))
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Return every federated model, newest first."""
+        return self._all(f"{_API}models/", {})
+
+    def delete_model(self, model_id: int) -> None:
+        """Delete a federated model and everything it owns."""
+        self._transport.request("DELETE", f"{_API}models/{model_id}/")
+
+    def list_updates(self, model_id: int) -> list[dict[str, Any]]:
+        """Return the model's updates, newest first, each with its ``status`` (0-4).
+
+        Needs the reference server (the ``?federated_model=`` filter is an extension).
+        """
+        return self._all(f"{_API}model_updates/", {"federated_model": model_id})
+
+    def list_aggregates(self, model_id: int) -> list[dict[str, Any]]:
+        """Return the model's aggregates, newest first (``result`` is a URL)."""
+        return self._all(f"{_API}model_aggregates/", {"federated_model": model_id})
+
+    def aggregate(self, model_id: int) -> dict[str, Any]:
+        """Run an aggregation round of the model's pending updates now; return the aggregate.
+
+        Reference server only (``POST /api/v1/models/<id>/aggregate/``).
+
+        Raises:
+            APIError: 400 when nothing is pending or no update is valid (the reasons
+                are in the detail).
+        """
+        return self._object(self._post(f"{_API}models/{model_id}/aggregate/", {}))
+
+    def publish(self, aggregate_id: int, version: str) -> dict[str, Any]:
+        """Publish an aggregate as its model's current artifact; return the artifact."""
+        path = f"{_API}model_aggregates/{aggregate_id}/publish_aggregate/"
+        return self._object(self._post(path, {"version": version}))
+
+    def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
+        return self._transport.request("POST", path, body=dumps_json(body), content_type=_JSON)
+
+    def _all(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            query = {**params, "page": page, "page_size": _MAX_PAGE}
+            try:
+                response = self._transport.request("GET", path, params=query)
+            except APIError as exc:
+                if exc.status_code == 404 and page > 1:
+                    return rows  # "Invalid page.": the previous page was the last
+                raise
+            batch = _parse(response)
+            if not isinstance(batch, list):
+                raise DecodeError(
+                    f"GET {path} should answer a JSON list, got {type(batch).__name__}"
+                )
+            rows += batch
+            if len(batch) < _MAX_PAGE:
+                return rows
+            page += 1
+
+    @staticmethod
+    def _object(response: requests.Response) -> dict[str, Any]:
+        value = _parse(response)
+        if not isinstance(value, dict):
+            raise DecodeError(
+                f"{response.request.method} {response.url} should answer a JSON object, "
+                f"got {type(value).__name__}"
+            )
+        return value
+
+
+def _parse(response: requests.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(
+            f"{response.request.method} {response.url} answered {response.status_code} "
+            f"with a body that is not JSON: {response.content[:200]!r}"
+        ) from exc

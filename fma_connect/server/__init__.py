@@ -1,0 +1,18 @@
+"""The reference FMA server: the stock service's REST contract on Starlette and uvicorn.
+
+Install with ``pip install fma-connect[server]``; run with ``fma-connect serve``, or
+build the ASGI app with :func:`create_app`. Tests run it in-process with
+:func:`fma_connect.server.testing.running_server`.
+
+Modules: :mod:`.app` (the app and its errors), ``routes_*`` (HTTP handlers),
+:mod:`.service` (what the routes do), :mod:`.store` (SQLite metadata),
+:mod:`.blobs` (payload files), :mod:`.weights` (codecs on the wire),
+:mod:`.aggregation` (aggregators), :mod:`.auth`, :mod:`.validation`, :mod:`.shapes`.
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .service import Service
+
+__all__ = ["Service", "create_app"]

@@ -1,0 +1,121 @@
+"""Who is calling: an admin (token or HTTP Basic) and/or a federated client (``CLIENT-UUID``).
+
+Admins send ``Authorization: Token <key>``, or HTTP Basic with their user name and the
+token as password. Federated clients send ``CLIENT-UUID: <uuid>``; the UUID is their
+only credential. Failures answer as the stock service does: a malformed or unknown
+UUID is 401 (403 on ``register_client``), a wrong token 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid as uuid_module
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from .errors import HTTPError, detail, forbidden, unauthorized
+from .store import Store
+
+__all__ = ["Identity", "authenticate"]
+
+CLIENT_HEADER = "CLIENT-UUID"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The authenticated caller.
+
+    Attributes:
+        user: Id of the admin user, or None.
+        client: UUID of the federated client, or None.
+    """
+
+    user: int | None = None
+    client: str | None = None
+
+    def require_admin(self) -> int:
+        """Return the admin's user id.
+
+        Raises:
+            HTTPError: 401 without credentials, 403 for a federated client.
+        """
+        if self.user is not None:
+            return self.user
+        if self.client is not None:
+            raise forbidden()
+        raise unauthorized()
+
+    def require_client(self) -> str:
+        """Return the client's UUID.
+
+        Raises:
+            HTTPError: 401 without a ``CLIENT-UUID``, 403 for an admin without one.
+        """
+        if self.client is not None:
+            return self.client
+        if self.user is not None:
+            raise forbidden("This action needs a federated client: send the CLIENT-UUID header.")
+        raise unauthorized()
+
+
+def authenticate(request: Request, store: Store, *, registering: bool = False) -> Identity:
+    """Check the request's credentials.
+
+    Args:
+        request: The request.
+        store: Where users and clients are.
+        registering: Answer a bad ``CLIENT-UUID`` with 403 instead of 401, as
+            ``register_client`` does.
+
+    Raises:
+        HTTPError: the credentials that were sent are not valid.
+    """
+    return Identity(_user(request, store), _client(request, store, 403 if registering else 401))
+
+
+def _user(request: Request, store: Store) -> int | None:
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, credentials = header.partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "token":
+        if not credentials or " " in credentials:
+            raise unauthorized("Invalid token header. Token string should not contain spaces.")
+        user = store.user_by_token(credentials)
+        if user is None:
+            raise unauthorized("Invalid token.")
+        return int(user["id"])
+    if scheme.lower() == "basic":
+        try:
+            username, _, password = (
+                base64.b64decode(credentials, validate=True).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            raise unauthorized(
+                "Invalid basic header. Credentials not correctly base64 encoded."
+            ) from None
+        found = store.user_by_name(username)
+        if found is None or found["token"] != password:
+            raise unauthorized("Invalid username/password.")
+        return int(found["id"])
+    return None  # another scheme: not ours, as DRF ignores it
+
+
+def _client(request: Request, store: Store, status: int) -> str | None:
+    raw = request.headers.get(CLIENT_HEADER)
+    if raw is None:
+        return None
+    try:
+        client = str(uuid_module.UUID(raw.strip()))
+    except ValueError:
+        raise _client_error(status, f'"{raw}" is not a valid UUID.') from None
+    if not store.client_exists(client):
+        raise _client_error(status, "Invalid UUID")
+    return client
+
+
+def _client_error(status: int, message: str) -> HTTPError:
+    return detail(status, message)

@@ -1,0 +1,154 @@
+"""Payload files of the reference server: written atomically, named by the server.
+
+A blob is written to a temporary file in the blob directory, flushed and fsynced, then
+renamed into place with :func:`os.replace` and the directory fsynced: after a crash a
+blob either exists whole or not at all. File names are random and never derived from
+user input. Temporary files and blobs no row points at (left by a crash between the
+rename and the database commit) are removed by :meth:`BlobStore.sweep` at start-up.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = ["BlobStore", "BlobWriter"]
+
+_TMP_PREFIX = ".tmp-"
+_SUFFIX = ".blob"
+CHUNK = 1 << 20
+
+
+class BlobWriter:
+    """A blob being written; :meth:`commit` makes it durable, anything else discards it.
+
+    Use as a context manager: leaving the block without :meth:`commit` deletes the
+    temporary file.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.temp_path = directory / f"{_TMP_PREFIX}{secrets.token_hex(16)}"
+        self._file = open(self.temp_path, "xb")  # noqa: SIM115  (closed by commit/discard)
+        self.nbytes = 0
+        self.filename: str | None = None
+
+    def write(self, chunk: Any) -> None:
+        """Append a bytes-like chunk."""
+        self.nbytes += self._file.write(chunk)
+
+    def contents(self) -> Any:
+        """Flush what was written and map it read-only (see :meth:`BlobStore.read`)."""
+        self._file.flush()
+        return _map(self.temp_path)
+
+    def commit(self) -> str:
+        """Sync the data to disk, move it into place and return the blob's file name."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        name = f"{secrets.token_hex(16)}{_SUFFIX}"
+        os.replace(self.temp_path, self._directory / name)
+        _fsync_dir(self._directory)
+        self.filename = name
+        return name
+
+    def discard(self) -> None:
+        """Delete the temporary file (no-op after :meth:`commit`)."""
+        if self.filename is None:
+            self._file.close()
+            self.temp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.discard()
+
+
+class BlobStore:
+    """The blob files under ``<data_dir>/blobs``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = data_dir / "blobs"
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def writer(self) -> BlobWriter:
+        """Start a new blob."""
+        return BlobWriter(self.directory)
+
+    def write(self, chunks: Iterable[Any]) -> tuple[str, int]:
+        """Write a blob from bytes-like chunks; return ``(file name, size)``."""
+        with self.writer() as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit(), writer.nbytes
+
+    def path(self, filename: str) -> Path:
+        """Return the path of a blob."""
+        return self.directory / filename
+
+    def read(self, filename: str) -> Any:
+        """Map a blob into memory read-only (bytes for an empty file).
+
+        The map is released when the last array viewing it is garbage collected.
+        """
+        return _map(self.path(filename))
+
+    def iter_file(self, filename: str) -> Iterator[bytes]:
+        """Open a blob now and return an iterator over its bytes in 1 MiB chunks.
+
+        Opening before iterating means a blob deleted meanwhile is still served whole.
+        """
+        file = open(self.path(filename), "rb")  # noqa: SIM115  (closed by the generator)
+
+        def chunks() -> Iterator[bytes]:
+            with file:
+                while chunk := file.read(CHUNK):
+                    yield chunk
+
+        return chunks()
+
+    def delete(self, filenames: Iterable[str]) -> None:
+        """Delete blobs (missing ones are ignored)."""
+        for name in filenames:
+            self.path(name).unlink(missing_ok=True)
+
+    def sweep(self, referenced: set[str]) -> int:
+        """Delete temporary files and blobs not in ``referenced``; return how many.
+
+        Call only while nothing is being written (at start-up).
+        """
+        removed = 0
+        for entry in self.directory.iterdir():
+            if entry.name.startswith(_TMP_PREFIX) or (
+                entry.name.endswith(_SUFFIX) and entry.name not in referenced
+            ):
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def _map(path: Path) -> Any:
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

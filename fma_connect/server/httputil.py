@@ -1,0 +1,165 @@
+"""Small HTTP helpers shared by the routes: JSON in and out, body spooling, pages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .blobs import BlobWriter
+from .errors import HTTPError, bad_request, detail, not_found
+from .service import Service
+from .store import Row
+
+__all__ = [
+    "JSONResponse",
+    "body_limit",
+    "drain",
+    "paginate",
+    "read_json",
+    "service",
+    "spool",
+]
+
+JSON = "application/json"
+
+
+class JSONResponse(Response):
+    """A JSON response written by orjson."""
+
+    media_type = JSON
+
+    def render(self, content: Any) -> bytes:
+        """Serialise ``content``."""
+        return orjson.dumps(content)
+
+
+def service(request: Request) -> Service:
+    """The :class:`Service` behind the app."""
+    found: Service = request.app.state.service
+    return found
+
+
+def body_limit(request: Request) -> int:
+    """The largest request body the app accepts, in bytes."""
+    limit: int = request.app.state.max_body_bytes
+    return limit
+
+
+def media_type(request: Request) -> str:
+    """The request's Content-Type without parameters, lowercased ('' if none)."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_json(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    """Read a JSON object body (an empty body is ``{}`` when ``empty_ok``).
+
+    Raises:
+        HTTPError: 415 not JSON, 413 too large, 400 malformed or not an object.
+    """
+    limit = body_limit(request)
+    _check_length(request, limit)
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise _too_large(limit)
+    if not chunks.strip():
+        if empty_ok:
+            return {}
+        raise bad_request("non_field_errors", "No data provided.")
+    kind = media_type(request)
+    if kind != JSON and not kind.endswith("+json"):
+        raise detail(415, f'Unsupported media type "{kind}" in request.', accepted=[JSON])
+    try:
+        body = orjson.loads(chunks)
+    except orjson.JSONDecodeError as exc:
+        raise detail(400, f"JSON parse error - {exc}") from exc
+    if not isinstance(body, dict):
+        raise bad_request(
+            "non_field_errors",
+            f"Invalid data. Expected a dictionary, but got {type(body).__name__}.",
+        )
+    return body
+
+
+async def spool(request: Request, writer: BlobWriter) -> None:
+    """Stream the request body into ``writer`` (never holding it in memory).
+
+    Raises:
+        HTTPError: 413 when the body exceeds the app's limit.
+    """
+    limit = body_limit(request)
+    _check_length(request, limit)
+    async for chunk in request.stream():
+        writer.write(chunk)
+        if writer.nbytes > limit:
+            raise _too_large(limit)
+
+
+async def drain(request: Request) -> None:
+    """Read and drop what is left of the request body (no-op if it was read).
+
+    Answering before a large body is read would make the server close the connection
+    while the client is still sending, and the client would see a broken connection
+    instead of the answer.
+    """
+    try:
+        async for _ in request.stream():
+            pass
+    except RuntimeError:  # the stream was consumed already
+        pass
+
+
+def paginate(
+    request: Request,
+    kind: str,
+    filters: Mapping[str, Any],
+    *,
+    default: int,
+    maximum: int,
+) -> list[Row]:
+    """Return the page of rows ``?page=`` and ``?page_size=`` ask for, newest first.
+
+    Raises:
+        HTTPError: 404 ``Invalid page.`` for a page that is not a positive integer or
+            lies past the end (page 1 always exists).
+    """
+    try:
+        page = int(request.query_params.get("page", "1"))
+    except ValueError:
+        page = 0
+    try:
+        size = min(max(int(request.query_params.get("page_size", default)), 1), maximum)
+    except ValueError:
+        size = default
+    if page < 1:
+        raise not_found("Invalid page.")
+    rows, total = service(request).store.listing(kind, filters, size, (page - 1) * size)
+    if page > 1 and (page - 1) * size >= total:
+        raise not_found("Invalid page.")
+    return rows
+
+
+def query_int(request: Request, name: str) -> int | None:
+    """An optional integer query parameter (a filter)."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad_request(name, f"A valid integer is required, got {raw!r}.") from None
+
+
+def _check_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+
+
+def _too_large(limit: int) -> HTTPError:
+    return detail(413, f"Request body is larger than this server accepts ({limit} bytes).")

@@ -1,0 +1,165 @@
+"""Routes under ``/api/v1/models/``: model CRUD, client registration, latest weights.
+
+Synchronous handlers run in Starlette's thread pool; handlers that read a body are
+async and hand the work to a thread themselves.
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .auth import authenticate
+from .httputil import JSONResponse, paginate, read_json, service
+from .shapes import aggregate_json, artifact_json, model_json
+from .store import Row
+from .weights import weights_response
+
+__all__ = ["ROUTES"]
+
+_MODELS_PAGE = {"default": 100, "maximum": 200}
+
+
+def _model_id(request: Request) -> int:
+    value: int = request.path_params["model_id"]
+    return value
+
+
+def _model_json(request: Request, row: Row) -> JSONResponse:
+    return JSONResponse(model_json(row, service(request).store.model_clients(row["id"])))
+
+
+async def create_model(request: Request) -> Response:
+    """POST /models/ (admin): create a federated model."""
+    svc = service(request)
+    identity = await run_in_threadpool(authenticate, request, svc.store)
+    user = identity.require_admin()
+    body = await read_json(request)
+
+    def run() -> JSONResponse:
+        model = svc.model(svc.create_model(body, user))
+        response = _model_json(request, model)
+        response.status_code = 201
+        return response
+
+    return await run_in_threadpool(run)
+
+
+def list_models(request: Request) -> Response:
+    """GET /models/ (admin): the models, newest first."""
+    svc = service(request)
+    authenticate(request, svc.store).require_admin()
+    rows = paginate(request, "models", {}, **_MODELS_PAGE)
+    return JSONResponse([model_json(row, svc.store.model_clients(row["id"])) for row in rows])
+
+
+def get_model(request: Request) -> Response:
+    """GET /models/<id>/ (admin)."""
+    svc = service(request)
+    authenticate(request, svc.store).require_admin()
+    return _model_json(request, svc.model(_model_id(request)))
+
+
+async def patch_model(request: Request) -> Response:
+    """PATCH /models/<id>/ (admin): change some fields."""
+    svc = service(request)
+    (await run_in_threadpool(authenticate, request, svc.store)).require_admin()
+    body = await read_json(request)
+
+    def run() -> JSONResponse:
+        svc.patch_model(_model_id(request), body)
+        return _model_json(request, svc.model(_model_id(request)))
+
+    return await run_in_threadpool(run)
+
+
+def delete_model(request: Request) -> Response:
+    """DELETE /models/<id>/ (admin): delete the model and everything it owns."""
+    svc = service(request)
+    authenticate(request, svc.store).require_admin()
+    svc.delete_model(_model_id(request))
+    return Response(status_code=204)
+
+
+def register_client(request: Request) -> Response:
+    """POST /models/<id>/register_client/: register the caller (a new client if no UUID)."""
+    svc = service(request)
+    identity = authenticate(request, svc.store, registering=True)
+    model = svc.model(_model_id(request))
+    return JSONResponse({"uuid": svc.store.register_client(model["id"], identity.client)})
+
+
+def _readable_model(request: Request) -> Row:
+    svc = service(request)
+    identity = authenticate(request, svc.store)
+    if identity.user is None:
+        identity.require_client()
+    return svc.model_for_client(_model_id(request), None if identity.user else identity.client)
+
+
+def latest_aggregate(request: Request) -> Response:
+    """GET /models/<id>/get_latest_aggregate/: ``{}`` or the newest aggregate (result as URL)."""
+    model = _readable_model(request)
+    aggregate = service(request).store.latest_aggregate(model["id"])
+    return JSONResponse(aggregate_json(aggregate) if aggregate else {})
+
+
+def latest_model(request: Request) -> Response:
+    """GET /models/<id>/get_latest_model/: the newest aggregate's weights, else the artifact's.
+
+    ``{"values": <weights>, "aggregate": id or null}``, or a binary body in the codec
+    ``Accept`` names with ``FMA-Meta: {"aggregate": ...}``; ``{}`` when there is neither.
+    """
+    model = _readable_model(request)
+    svc = service(request)
+    aggregate = svc.store.latest_aggregate(model["id"])
+    if aggregate is not None:
+        blob_id, aggregate_id = aggregate["blob"], aggregate["id"]
+    elif model["current_artifact"] is not None:
+        artifact = svc.store.get_artifact(model["current_artifact"])
+        assert artifact is not None
+        blob_id, aggregate_id = artifact["blob"], None
+    else:
+        return JSONResponse({})
+    return weights_response(
+        svc.blobs,
+        svc.store.get_blob(blob_id),
+        svc.registry,
+        request.headers.get("accept"),
+        field="values",
+        meta={"aggregate": aggregate_id},
+    )
+
+
+def current_artifact(request: Request) -> Response:
+    """GET /models/<id>/get_current_artifact/: ``{}`` or the published artifact (values as URL)."""
+    model = _readable_model(request)
+    if model["current_artifact"] is None:
+        return JSONResponse({})
+    artifact = service(request).store.get_artifact(model["current_artifact"])
+    assert artifact is not None
+    return JSONResponse(artifact_json(artifact))
+
+
+def trigger_aggregation(request: Request) -> Response:
+    """POST /models/<id>/aggregate/ (admin, extension): run a round of the pending updates."""
+    svc = service(request)
+    authenticate(request, svc.store).require_admin()
+    aggregate = svc.aggregate(_model_id(request))
+    return JSONResponse(aggregate_json(aggregate), status_code=201)
+
+
+ROUTES = [
+    Route("/api/v1/models/", create_model, methods=["POST"]),
+    Route("/api/v1/models/", list_models, methods=["GET"]),
+    Route("/api/v1/models/{model_id:int}/", get_model, methods=["GET"]),
+    Route("/api/v1/models/{model_id:int}/", patch_model, methods=["PATCH"]),
+    Route("/api/v1/models/{model_id:int}/", delete_model, methods=["DELETE"]),
+    Route("/api/v1/models/{model_id:int}/register_client/", register_client, methods=["POST"]),
+    Route("/api/v1/models/{model_id:int}/get_latest_aggregate/", latest_aggregate, methods=["GET"]),
+    Route("/api/v1/models/{model_id:int}/get_latest_model/", latest_model, methods=["GET"]),
+    Route("/api/v1/models/{model_id:int}/get_current_artifact/", current_artifact, methods=["GET"]),
+    Route("/api/v1/models/{model_id:int}/aggregate/", trigger_aggregation, methods=["POST"]),
+]

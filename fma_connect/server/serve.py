@@ -1,0 +1,64 @@
+"""``fma-connect serve``: run the reference server with uvicorn in this process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from .app import create_app
+from .service import AutoAggregate
+
+__all__ = ["DEFAULT_DATA_DIR", "serve"]
+
+#: Where ``serve`` keeps its data unless told otherwise (``FMA_CONNECT_DATA_DIR`` overrides).
+DEFAULT_DATA_DIR = "fma-connect-data"
+
+
+def default_data_dir() -> Path:
+    """``FMA_CONNECT_DATA_DIR``, else ``./fma-connect-data``."""
+    return Path(os.environ.get("FMA_CONNECT_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    data_dir: Path | None = None,
+    *,
+    auto_aggregate: AutoAggregate = "sync",
+    log_level: str = "info",
+) -> int:
+    """Serve until interrupted; return the exit code.
+
+    Prints ``listening on http://HOST:PORT`` once the port is bound (with ``port`` 0,
+    the port the system chose), and the admin token when this start created it.
+    """
+    data_dir = data_dir if data_dir is not None else default_data_dir()
+    app = create_app(data_dir, auto_aggregate=auto_aggregate)
+    service = app.state.service
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        sock.close()
+        return 1
+    sock.listen(128)  # connections made before uvicorn runs wait in the backlog
+    bound_port = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"fma-connect server: data in {data_dir.resolve()}")
+    if service.admin_token_created:
+        print(f"admin token (created now, stored in the database): {service.admin_token}")
+    else:
+        print("admin token: the stored one (or FMA_CONNECT_ADMIN_TOKEN)")
+    print(f"listening on http://{shown}:{bound_port}", flush=True)
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on")
+    with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn after a clean stop
+        uvicorn.Server(config).run(sockets=[sock])
+    return 0

@@ -1,0 +1,552 @@
+"""Metadata of the reference server in SQLite: users, clients, models, updates, aggregates.
+
+Payloads live in blob files (:mod:`.blobs`); rows point at them through the ``blobs``
+table. One connection, shared by the server's threads behind a lock, runs in WAL mode
+with ``synchronous=FULL``: a write that returned is on disk, so an acknowledged update
+survives a crash or restart. Rows come back as plain dicts; JSON columns are decoded.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import uuid as uuid_module
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["PENDING", "Row", "Store", "now"]
+
+Row = dict[str, Any]
+
+PENDING, RUNNING, COMPLETE, FAILED, INVALID = range(5)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    username TEXT NOT NULL UNIQUE,
+    token TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS clients (uuid TEXT PRIMARY KEY, created_on TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    developer INTEGER NOT NULL REFERENCES users(id),
+    aggregator TEXT NOT NULL,
+    allow_aggregation INTEGER NOT NULL,
+    requirement TEXT,
+    requirement_args TEXT,
+    update_schema TEXT,
+    client_agg_results_schema TEXT,
+    furthest_base_agg INTEGER,
+    current_artifact INTEGER,
+    created_on TEXT NOT NULL,
+    last_modified TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_clients (
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    client TEXT NOT NULL REFERENCES clients(uuid),
+    PRIMARY KEY (federated_model, client)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    codec TEXT NOT NULL,
+    filename TEXT NOT NULL UNIQUE,
+    nbytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    client TEXT NOT NULL REFERENCES clients(uuid),
+    base_aggregate INTEGER,
+    num_examples INTEGER,
+    status INTEGER NOT NULL,
+    status_reason TEXT,
+    blob INTEGER NOT NULL REFERENCES blobs(id),
+    idempotency_key TEXT,
+    applied_aggregate INTEGER,
+    created_on TEXT NOT NULL,
+    UNIQUE (client, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS updates_model_status ON updates (federated_model, status);
+CREATE TABLE IF NOT EXISTS aggregates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    blob INTEGER NOT NULL REFERENCES blobs(id),
+    parent INTEGER,
+    aggregator TEXT NOT NULL,
+    validation_score REAL,
+    created_on TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    blob INTEGER NOT NULL REFERENCES blobs(id),
+    aggregate INTEGER,
+    version TEXT NOT NULL,
+    created_on TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    aggregate INTEGER NOT NULL REFERENCES aggregates(id) ON DELETE CASCADE,
+    client TEXT NOT NULL REFERENCES clients(uuid),
+    validation_results TEXT NOT NULL,
+    created_on TEXT NOT NULL,
+    UNIQUE (aggregate, client)
+);
+"""
+
+#: Model columns stored as JSON text.
+_JSON_COLUMNS = (
+    "requirement_args",
+    "update_schema",
+    "client_agg_results_schema",
+    "validation_results",
+)
+MODEL_FIELDS = (
+    "name",
+    "developer",
+    "aggregator",
+    "allow_aggregation",
+    "requirement",
+    "requirement_args",
+    "update_schema",
+    "client_agg_results_schema",
+    "furthest_base_agg",
+)
+
+
+def now() -> str:
+    """Return the current UTC time in the stock service's format."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
+    row = {column[0]: value for column, value in zip(cursor.description, values, strict=True)}
+    for key in _JSON_COLUMNS:
+        if row.get(key) is not None:
+            row[key] = orjson.loads(row[key])
+    return row
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+class Store:
+    """The server's SQLite database (``<data_dir>/fma.sqlite3``)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = _row
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+            self._conn.execute(f"PRAGMA {pragma}")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block as one write transaction (rolled back if it raises)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a query and return every row."""
+        with self._lock:
+            rows: list[Row] = self._conn.execute(sql, params).fetchall()
+            return rows
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """Run a query and return its first row, or None."""
+        with self._lock:
+            row: Row | None = self._conn.execute(sql, params).fetchone()
+            return row
+
+    def count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a ``SELECT COUNT(*) AS n ...`` query."""
+        row = self.one(sql, params)
+        return int(row["n"]) if row else 0
+
+    # -- users and clients -----------------------------------------------------------
+
+    def ensure_admin(self, token: str | None) -> tuple[str, bool]:
+        """Make sure user 1 (``admin``) exists; return its token and whether it is new.
+
+        Args:
+            token: The token to use; None keeps the stored one (or generates one).
+        """
+        with self.transaction() as conn:
+            row = conn.execute("SELECT token FROM users WHERE id = 1").fetchone()
+            if row is None:
+                token = token or secrets.token_hex(20)
+                conn.execute(
+                    "INSERT INTO users (id, username, token) VALUES (1, 'admin', ?)", (token,)
+                )
+                return token, True
+            if token and token != row["token"]:
+                conn.execute("UPDATE users SET token = ? WHERE id = 1", (token,))
+                return token, False
+            return str(row["token"]), False
+
+    def user_by_token(self, token: str) -> Row | None:
+        """Return the user owning ``token``."""
+        return self.one("SELECT id, username FROM users WHERE token = ?", (token,))
+
+    def user_by_name(self, username: str) -> Row | None:
+        """Return the user called ``username`` (with its token)."""
+        return self.one("SELECT * FROM users WHERE username = ?", (username,))
+
+    def user_exists(self, user_id: int) -> bool:
+        """Whether a user has this id."""
+        return self.one("SELECT id FROM users WHERE id = ?", (user_id,)) is not None
+
+    def client_exists(self, client: str) -> bool:
+        """Whether a client has this UUID."""
+        return self.one("SELECT uuid FROM clients WHERE uuid = ?", (client,)) is not None
+
+    def register_client(self, model_id: int, client: str | None) -> str:
+        """Register ``client`` (a new one if None) with a model; return its UUID."""
+        with self.transaction() as conn:
+            if client is None:
+                client = str(uuid_module.uuid4())
+                conn.execute(
+                    "INSERT INTO clients (uuid, created_on) VALUES (?, ?)", (client, now())
+                )
+            conn.execute(
+                "INSERT OR IGNORE INTO model_clients (federated_model, client) VALUES (?, ?)",
+                (model_id, client),
+            )
+        return client
+
+    def is_registered(self, model_id: int, client: str) -> bool:
+        """Whether ``client`` is registered with the model."""
+        sql = "SELECT client FROM model_clients WHERE federated_model = ? AND client = ?"
+        return self.one(sql, (model_id, client)) is not None
+
+    def model_clients(self, model_id: int) -> list[str]:
+        """UUIDs of the clients registered with a model, in registration order."""
+        sql = "SELECT client FROM model_clients WHERE federated_model = ? ORDER BY rowid"
+        return [row["client"] for row in self.all(sql, (model_id,))]
+
+    # -- models ----------------------------------------------------------------------
+
+    def insert_model(
+        self,
+        fields: Mapping[str, Any],
+        clients: Sequence[str],
+        initial: tuple[str, str, int] | None,
+    ) -> int:
+        """Create a model; ``initial`` is ``(codec, blob file, size)`` of its initial weights.
+
+        The initial weights become the model's current artifact (version ``0.0.0``).
+        """
+        stamp = now()
+        values = [_model_value(k, fields.get(k)) for k in MODEL_FIELDS]
+        columns = ", ".join(MODEL_FIELDS)
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                f"INSERT INTO models ({columns}, created_on, last_modified) "
+                f"VALUES ({', '.join('?' * len(MODEL_FIELDS))}, ?, ?)",
+                (*values, stamp, stamp),
+            )
+            model_id = int(cursor.lastrowid or 0)
+            _set_clients(conn, model_id, clients)
+            if initial is not None:
+                blob = _insert_blob(conn, model_id, *initial)
+                _insert_artifact(conn, model_id, blob, None, "0.0.0")
+        return model_id
+
+    def update_model(
+        self, model_id: int, fields: Mapping[str, Any], clients: Sequence[str] | None
+    ) -> None:
+        """Change some fields of a model (and replace its clients when given)."""
+        with self.transaction() as conn:
+            for key, value in fields.items():
+                if key in MODEL_FIELDS:
+                    conn.execute(
+                        f"UPDATE models SET {key} = ? WHERE id = ?",
+                        (_model_value(key, value), model_id),
+                    )
+            conn.execute("UPDATE models SET last_modified = ? WHERE id = ?", (now(), model_id))
+            if clients is not None:
+                conn.execute("DELETE FROM model_clients WHERE federated_model = ?", (model_id,))
+                _set_clients(conn, model_id, clients)
+
+    def delete_model(self, model_id: int) -> list[str]:
+        """Delete a model with everything it owns; return the blob files to remove."""
+        with self.transaction() as conn:
+            rows = conn.execute("SELECT filename FROM blobs WHERE federated_model = ?", (model_id,))
+            files = [row["filename"] for row in rows.fetchall()]
+            scores = "SELECT id FROM aggregates WHERE federated_model = ?"
+            conn.execute(f"DELETE FROM scores WHERE aggregate IN ({scores})", (model_id,))
+            for table in ("updates", "artifacts", "aggregates", "model_clients", "blobs"):
+                conn.execute(f"DELETE FROM {table} WHERE federated_model = ?", (model_id,))
+            conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        return files
+
+    def get_model(self, model_id: int) -> Row | None:
+        """Return a model row (without its clients)."""
+        row = self.one("SELECT * FROM models WHERE id = ?", (model_id,))
+        if row is not None:
+            row["allow_aggregation"] = bool(row["allow_aggregation"])
+        return row
+
+    # -- blobs -----------------------------------------------------------------------
+
+    def get_blob(self, blob_id: int) -> Row:
+        """Return a blob row (every blob id in another row exists)."""
+        row = self.one("SELECT * FROM blobs WHERE id = ?", (blob_id,))
+        assert row is not None, f"blob {blob_id} is referenced but missing"
+        return row
+
+    def blob_filenames(self) -> set[str]:
+        """Every blob file a row points at."""
+        return {row["filename"] for row in self.all("SELECT filename FROM blobs")}
+
+    # -- updates ---------------------------------------------------------------------
+
+    def insert_update(
+        self, fields: Mapping[str, Any], blob: tuple[str, str, int], key: str | None
+    ) -> tuple[Row, bool]:
+        """Store an update; return ``(row, created)``.
+
+        With an idempotency ``key`` already used by this client, nothing is stored and
+        the original update comes back with ``created`` False (the caller then deletes
+        the blob file it wrote).
+        """
+        with self.transaction() as conn:
+            if key is not None:
+                sql = "SELECT id FROM updates WHERE client = ? AND idempotency_key = ?"
+                found = conn.execute(sql, (fields["client"], key)).fetchone()
+                if found is not None:
+                    return self._update(conn, found["id"]), False
+            blob_id = _insert_blob(conn, fields["federated_model"], *blob)
+            cursor = conn.execute(
+                "INSERT INTO updates (federated_model, client, base_aggregate, num_examples, "
+                "status, blob, idempotency_key, created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    fields["federated_model"],
+                    fields["client"],
+                    fields.get("base_aggregate"),
+                    fields.get("num_examples"),
+                    PENDING,
+                    blob_id,
+                    key,
+                    now(),
+                ),
+            )
+            return self._update(conn, int(cursor.lastrowid or 0)), True
+
+    def update_by_key(self, client: str, key: str) -> Row | None:
+        """Return the update ``client`` sent with idempotency ``key``."""
+        sql = f"{_UPDATE_SELECT} WHERE u.client = ? AND u.idempotency_key = ?"
+        return self.one(sql, (client, key))
+
+    def get_update(self, update_id: int) -> Row | None:
+        """Return an update row (with its blob's codec)."""
+        return self.one(f"{_UPDATE_SELECT} WHERE u.id = ?", (update_id,))
+
+    def pending_updates(self, model_id: int) -> list[Row]:
+        """The model's PENDING updates, oldest first."""
+        sql = f"{_UPDATE_SELECT} WHERE u.federated_model = ? AND u.status = ? ORDER BY u.id"
+        return self.all(sql, (model_id, PENDING))
+
+    def set_update_status(self, ids: Sequence[int], status: int, only: int | None = None) -> None:
+        """Set the status of some updates (only of those in status ``only``, if given)."""
+        sql = "UPDATE updates SET status = ? WHERE id = ?"
+        params: list[tuple[int, ...]] = [(status, i) for i in ids]
+        if only is not None:
+            sql += " AND status = ?"
+            params = [(*p, only) for p in params]
+        with self.transaction() as conn:
+            conn.executemany(sql, params)
+
+    def reset_running(self) -> int:
+        """Put updates left RUNNING by a crash back to PENDING; return how many."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE updates SET status = ? WHERE status = ?", (PENDING, RUNNING)
+            )
+            return cursor.rowcount
+
+    def record_round(
+        self,
+        model_id: int,
+        blob: tuple[str, str, int] | None,
+        aggregator: str,
+        used: Sequence[int],
+        invalid: Mapping[int, str],
+    ) -> int | None:
+        """Commit an aggregation round in one transaction; return the new aggregate's id.
+
+        Args:
+            model_id: The model.
+            blob: ``(codec, file, size)`` of the result; None when no update was usable.
+            aggregator: The aggregator's name.
+            used: Updates averaged into the result (marked COMPLETE).
+            invalid: Updates refused, with the reason (marked INVALID).
+        """
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE updates SET status = ?, status_reason = ? WHERE id = ?",
+                [(INVALID, reason, i) for i, reason in invalid.items()],
+            )
+            if blob is None:
+                return None
+            parent = conn.execute(
+                "SELECT MAX(id) AS id FROM aggregates WHERE federated_model = ?", (model_id,)
+            ).fetchone()["id"]
+            blob_id = _insert_blob(conn, model_id, *blob)
+            cursor = conn.execute(
+                "INSERT INTO aggregates (federated_model, blob, parent, aggregator, created_on) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (model_id, blob_id, parent, aggregator, now()),
+            )
+            aggregate_id = int(cursor.lastrowid or 0)
+            conn.executemany(
+                "UPDATE updates SET status = ?, applied_aggregate = ? WHERE id = ?",
+                [(COMPLETE, aggregate_id, i) for i in used],
+            )
+            return aggregate_id
+
+    # -- aggregates, artifacts, scores ---------------------------------------------
+
+    def get_aggregate(self, aggregate_id: int) -> Row | None:
+        """Return an aggregate row."""
+        return self.one("SELECT * FROM aggregates WHERE id = ?", (aggregate_id,))
+
+    def latest_aggregate(self, model_id: int) -> Row | None:
+        """Return the model's newest aggregate."""
+        sql = "SELECT * FROM aggregates WHERE federated_model = ? ORDER BY id DESC LIMIT 1"
+        return self.one(sql, (model_id,))
+
+    def recent_aggregate_ids(self, model_id: int, limit: int) -> list[int]:
+        """Ids of the model's ``limit`` newest aggregates."""
+        sql = "SELECT id FROM aggregates WHERE federated_model = ? ORDER BY id DESC LIMIT ?"
+        return [row["id"] for row in self.all(sql, (model_id, limit))]
+
+    def publish(self, aggregate: Row, version: str) -> int:
+        """Make an aggregate the model's current artifact; return the artifact id."""
+        with self.transaction() as conn:
+            return _insert_artifact(
+                conn, aggregate["federated_model"], aggregate["blob"], aggregate["id"], version
+            )
+
+    def get_artifact(self, artifact_id: int) -> Row | None:
+        """Return an artifact row."""
+        return self.one("SELECT * FROM artifacts WHERE id = ?", (artifact_id,))
+
+    def insert_score(self, aggregate_id: int, client: str, results: Any) -> int | None:
+        """Store a client's validation results; None if it already scored this aggregate."""
+        try:
+            with self.transaction() as conn:
+                cursor = conn.execute(
+                    "INSERT INTO scores (aggregate, client, validation_results, created_on) "
+                    "VALUES (?, ?, ?, ?)",
+                    (aggregate_id, client, orjson.dumps(results).decode(), now()),
+                )
+                return int(cursor.lastrowid or 0)
+        except sqlite3.IntegrityError:
+            return None
+
+    def get_score(self, score_id: int) -> Row | None:
+        """Return a score row."""
+        return self.one("SELECT * FROM scores WHERE id = ?", (score_id,))
+
+    def listing(
+        self, kind: str, filters: Mapping[str, Any], limit: int, offset: int
+    ) -> tuple[list[Row], int]:
+        """Return one page of a table, newest first, and the number of matching rows.
+
+        Args:
+            kind: ``models``, ``updates``, ``aggregates``, ``artifacts`` or ``scores``.
+            filters: Column -> value equalities (None values are ignored).
+            limit: Page size.
+            offset: Rows to skip.
+        """
+        select, alias = _LISTINGS[kind]
+        where = [
+            (f"{alias}{column} = ?", value)
+            for column, value in filters.items()
+            if value is not None
+        ]
+        clause = f" WHERE {' AND '.join(w for w, _ in where)}" if where else ""
+        params = [value for _, value in where]
+        total = self.count(f"SELECT COUNT(*) AS n FROM ({select}{clause})", params)
+        rows = self.all(
+            f"{select}{clause} ORDER BY {alias}id DESC LIMIT ? OFFSET ?", [*params, limit, offset]
+        )
+        return rows, total
+
+    def _update(self, conn: sqlite3.Connection, update_id: int) -> Row:
+        row: Row = conn.execute(f"{_UPDATE_SELECT} WHERE u.id = ?", (update_id,)).fetchone()
+        return row
+
+
+_UPDATE_SELECT = (
+    "SELECT u.*, b.codec AS codec, b.nbytes AS nbytes FROM updates u JOIN blobs b ON b.id = u.blob"
+)
+
+
+_LISTINGS = {
+    "models": ("SELECT * FROM models", ""),
+    "updates": (_UPDATE_SELECT, "u."),
+    "aggregates": ("SELECT * FROM aggregates", ""),
+    "artifacts": ("SELECT * FROM artifacts", ""),
+    "scores": ("SELECT * FROM scores", ""),
+}
+
+
+def _model_value(key: str, value: Any) -> Any:
+    if key in _JSON_COLUMNS:
+        return _json_or_none(value)
+    if key == "allow_aggregation":
+        return int(bool(value))
+    return value
+
+
+def _set_clients(conn: sqlite3.Connection, model_id: int, clients: Sequence[str]) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO model_clients (federated_model, client) VALUES (?, ?)",
+        [(model_id, client) for client in clients],
+    )
+
+
+def _insert_blob(
+    conn: sqlite3.Connection, model_id: int, codec: str, filename: str, nbytes: int
+) -> int:
+    cursor = conn.execute(
+        "INSERT INTO blobs (federated_model, codec, filename, nbytes) VALUES (?, ?, ?, ?)",
+        (model_id, codec, filename, nbytes),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def _insert_artifact(
+    conn: sqlite3.Connection, model_id: int, blob_id: int, aggregate_id: int | None, version: str
+) -> int:
+    cursor = conn.execute(
+        "INSERT INTO artifacts (federated_model, blob, aggregate, version, created_on) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (model_id, blob_id, aggregate_id, version, now()),
+    )
+    artifact_id = int(cursor.lastrowid or 0)
+    conn.execute("UPDATE models SET current_artifact = ? WHERE id = ?", (artifact_id, model_id))
+    return artifact_id

@@ -1,0 +1,229 @@
+"""Weights on the server's wire: decoding uploads, storing tensors, answering per ``Accept``.
+
+Stored blobs keep the codec they arrived in (or, for aggregates, see
+:func:`result_codec`). An answer is written in the binary codec the request's
+``Accept`` prefers, else as JSON: a JSON-native blob as stored (plain lists for ``json``
+updates, the tagged object for e.g. ``npz-b64``), a binary blob in a lossless
+JSON-native codec so that dtypes survive (plain lists if none is installed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+from starlette.responses import StreamingResponse
+
+from ..codecs.base import Codec, Tensors, read_tag
+from ..exceptions import DecodeError, EncodeError, UnknownCodecError
+from ..registry import CodecRegistry
+from .blobs import CHUNK, BlobStore
+from .errors import detail
+from .store import Row
+
+__all__ = [
+    "JSON",
+    "META_HEADER",
+    "decode_data",
+    "load",
+    "negotiate",
+    "result_codec",
+    "store_tensors",
+    "weights_response",
+]
+
+JSON = "application/json"
+#: Response header with the JSON fields of an answer whose body is binary weights.
+META_HEADER = "FMA-Meta"
+_JSON_RANGES = frozenset({JSON, "*/*", "application/*"})
+_PREFERRED_LOSSLESS_JSON = "npz-b64"
+
+
+def decode_data(value: Any, registry: CodecRegistry) -> tuple[str, Tensors]:
+    """Decode the ``data`` of a JSON update: plain layer lists or a tagged codec object.
+
+    Returns:
+        The codec's name and the tensors.
+
+    Raises:
+        DecodeError: ``value`` is neither, or does not decode.
+        UnknownCodecError: the tag names a codec that is not installed.
+    """
+    tagged = read_tag(value)
+    if tagged is not None:
+        codec = registry.get(tagged[0])
+        if not codec.json_native:
+            raise DecodeError(
+                f"codec {codec.name!r} is binary: send it as a {codec.media_type} body"
+            )
+        return codec.name, codec.decode(value)
+    if isinstance(value, list):
+        return "json", registry.get("json").decode(value)
+    raise DecodeError(
+        "expected a list of layers (nested lists of numbers) or a tagged codec object "
+        f'{{"codec", "format_version", "payload"}}, got {type(value).__name__}'
+    )
+
+
+def load(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> Tensors:
+    """Decode a stored blob into tensors (binary ones view a read-only memory map).
+
+    Raises:
+        CodecError: the blob's codec is not installed or the blob does not decode.
+        OSError: the file cannot be read.
+    """
+    codec = registry.get(blob["codec"])
+    raw = blobs.read(blob["filename"])
+    if codec.json_native:
+        try:
+            value = orjson.loads(memoryview(raw))
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"stored {codec.name} payload is not JSON: {exc}") from exc
+        return codec.decode(value)
+    return codec.decode(raw)
+
+
+def store_tensors(blobs: BlobStore, tensors: Tensors, codec: Codec) -> tuple[str, str, int]:
+    """Encode and store tensors; return ``(codec name, file name, size)``.
+
+    Raises:
+        EncodeError: the tensors cannot be written in ``codec``.
+    """
+    payload = codec.encode(tensors)
+    chunks = (
+        [orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)] if codec.json_native else payload
+    )
+    filename, nbytes = blobs.write(chunks)
+    return codec.name, filename, nbytes
+
+
+def result_codec(update_codecs: Sequence[str], registry: CodecRegistry) -> list[Codec]:
+    """The codecs to try, in order, for an aggregate of updates sent in ``update_codecs``.
+
+    Plain ``json`` when every update was plain JSON (what JSON-only clients read), else
+    the first lossless codec the updates used; lossless fallbacks follow.
+    """
+    names: list[str] = []
+    if update_codecs and all(name == "json" for name in update_codecs):
+        names.append("json")
+    names += [name for name in update_codecs if name in registry and registry.get(name).lossless]
+    names += [info.codec.name for info in registry if info.codec.lossless]
+    names.append("json")
+    return [registry.get(name) for name in dict.fromkeys(names) if name in registry]
+
+
+def negotiate(accept: str | None, registry: CodecRegistry) -> Codec | None:
+    """Return the binary codec ``accept`` prefers, or None for JSON (also the default)."""
+    entries = []
+    for position, part in enumerate((accept or "").split(",")):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media and quality > 0:
+            entries.append((-quality, position, media.lower()))
+    for _, _, media in sorted(entries):
+        if media in _JSON_RANGES:
+            return None
+        try:
+            return registry.for_media_type(media)
+        except UnknownCodecError:
+            continue
+    return None
+
+
+def weights_response(
+    blobs: BlobStore,
+    blob: Row,
+    registry: CodecRegistry,
+    accept: str | None,
+    *,
+    field: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> StreamingResponse:
+    """Answer with a blob's weights, streamed, in the codec ``accept`` asks for.
+
+    Args:
+        blobs: The blob store.
+        blob: The blob row.
+        registry: The installed codecs.
+        accept: The request's Accept header.
+        field: Put the weights under this key of a JSON object holding ``meta`` too
+            (None: the body is the weights alone).
+        meta: The other fields; in a binary answer they go in the ``FMA-Meta`` header.
+    """
+    codec = negotiate(accept, registry)
+    if codec is not None:
+        chunks, nbytes = _binary(blobs, blob, codec, registry)
+        headers = {"Content-Length": str(nbytes)}
+        if field is not None:
+            headers[META_HEADER] = orjson.dumps(dict(meta or {})).decode()
+        return StreamingResponse(chunks, headers=headers, media_type=codec.media_type)
+    chunks, nbytes = _json(blobs, blob, registry)
+    if field is not None:
+        head = orjson.dumps({**(meta or {}), field: None})[: -len(b"null}")]
+        chunks = _chain([head], chunks, [b"}"])
+        nbytes += len(head) + 1
+    return StreamingResponse(chunks, headers={"Content-Length": str(nbytes)}, media_type=JSON)
+
+
+def _json(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> tuple[Iterator[Any], int]:
+    stored = _codec(blob, registry)
+    if stored.json_native:
+        return blobs.iter_file(blob["filename"]), int(blob["nbytes"])
+    tensors = _load(blobs, blob, registry)
+    candidates = [i.codec for i in registry if i.codec.json_native and i.codec.lossless]
+    candidates.sort(key=lambda c: c.name != _PREFERRED_LOSSLESS_JSON)
+    candidates.append(registry.get("json"))
+    for codec in candidates:
+        try:
+            text = orjson.dumps(codec.encode(tensors), option=orjson.OPT_SERIALIZE_NUMPY)
+        except (EncodeError, orjson.JSONEncodeError):
+            continue
+        return iter([text]), len(text)
+    raise detail(406, "these weights cannot be written as JSON; ask for a binary codec in Accept")
+
+
+def _binary(
+    blobs: BlobStore, blob: Row, codec: Codec, registry: CodecRegistry
+) -> tuple[Iterator[Any], int]:
+    if blob["codec"] == codec.name:
+        return blobs.iter_file(blob["filename"]), int(blob["nbytes"])
+    try:
+        chunks = [memoryview(c).cast("B") for c in codec.encode(_load(blobs, blob, registry))]
+    except EncodeError as exc:
+        raise detail(406, f"these weights cannot be written as {codec.name}: {exc}") from exc
+    return _sliced(chunks), sum(c.nbytes for c in chunks)
+
+
+def _codec(blob: Row, registry: CodecRegistry) -> Codec:
+    try:
+        return registry.get(blob["codec"])
+    except UnknownCodecError as exc:
+        raise detail(500, f"stored weights are in a codec this server lacks: {exc}") from exc
+
+
+def _load(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> Tensors:
+    _codec(blob, registry)
+    try:
+        return load(blobs, blob, registry)
+    except DecodeError as exc:
+        raise detail(500, f"stored weights do not decode: {exc}") from exc
+
+
+def _sliced(chunks: Sequence[memoryview]) -> Iterator[memoryview]:
+    # Slices bound what the event loop buffers per write; they are views, not copies.
+    for chunk in chunks:
+        for start in range(0, chunk.nbytes, CHUNK):
+            yield chunk[start : start + CHUNK]
+
+
+def _chain(*parts: Iterable[Any]) -> Iterator[Any]:
+    for part in parts:
+        yield from part

@@ -1,0 +1,59 @@
+"""The accumulator behind every aggregator, without HTTP."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fma_connect.server.aggregation import Accumulator, check_requirement_args, requirement_met
+
+
+def test_weighted_mean_keeps_dtypes_and_rounds_integers() -> None:
+    acc = Accumulator()
+    assert (
+        acc.add([("a", np.array([1.0, 2.0], np.float16)), ("n", np.array([1, 2], np.uint8))])
+        is None
+    )
+    assert (
+        acc.add([("a", np.array([3.0, 6.0], np.float16)), ("n", np.array([2, 9], np.uint8))], 3)
+        is None
+    )
+    assert acc.add([("a", np.array([True, False])), ("n", np.array([1, 1], np.uint8))], 1) is None
+    result = dict(acc.result())
+    assert result["a"].dtype == np.float16
+    np.testing.assert_array_equal(
+        result["a"], np.array([(1 + 9 + 1) / 5, (2 + 18) / 5], np.float16)
+    )
+    assert result["n"].dtype == np.uint8
+    np.testing.assert_array_equal(result["n"], [2, 6])  # 8/5 -> 2, 30/5 -> 6
+
+
+def test_refused_updates_leave_the_sum_alone() -> None:
+    acc = Accumulator()
+    assert acc.add([("w", np.ones(3))]) is None
+    assert "tensors" in str(acc.add([("w", np.ones(3)), ("b", np.ones(1))]))
+    assert "shape" in str(acc.add([("w", np.ones(4))]))
+    assert "named" in str(acc.add([("v", np.ones(3))]))
+    assert "NaN" in str(acc.add([("w", np.array([1.0, np.nan, 1.0]))]))
+    assert acc.add([("0", np.full(3, 3.0))]) is None  # positional names match by position
+    np.testing.assert_array_equal(dict(acc.result())["w"], np.full(3, 2.0))
+    assert acc.count == 2
+
+
+def test_typed_updates_decide_the_result_dtype() -> None:
+    acc = Accumulator()
+    acc.add([("0", np.array([1.0, 2.0]))], typed=False)  # plain JSON: float64 is a guess
+    acc.add([("0", np.array([3.0, 4.0], np.float32))])
+    (result,) = acc.result()
+    assert result[1].dtype == np.float32
+
+
+def test_requirements() -> None:
+    assert not requirement_met("all_clients", None, ["a", "b"], ["a", "a"])
+    assert requirement_met("all_clients", None, ["a", "b"], ["b", "a"])
+    assert not requirement_met("require_x_updates", [3], ["a"], ["a", "a"])
+    assert requirement_met("require_x_updates", [3], ["a"], ["a", "a", "a"])
+    assert requirement_met(None, None, [], ["a"])
+    assert not requirement_met(None, None, ["a"], [])
+    assert check_requirement_args("require_x_updates", [0]) is not None
+    assert check_requirement_args("require_x_updates", [2]) is None
+    assert check_requirement_args("all_clients", [2]) is not None

@@ -1,0 +1,258 @@
+"""Bad input gets a 4xx JSON answer with a reason; bad updates never poison later rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import requests
+
+from fma_connect import APIError, WebClient
+from fma_connect.admin import AdminClient
+from fma_connect.server.testing import RunningServer
+
+API = "/api/v1"
+INVALID, COMPLETE, PENDING = 4, 2, 0
+
+
+def _request(
+    server: RunningServer, method: str, path: str, *, admin: bool = False, **kwargs: Any
+) -> requests.Response:
+    headers = kwargs.pop("headers", {})
+    if admin:
+        headers["Authorization"] = f"Token {server.admin_token}"
+    return requests.request(method, server.url + path, headers=headers, timeout=10, **kwargs)
+
+
+def _assert_json_error(response: requests.Response, status: int) -> Any:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    return response.json()
+
+
+@pytest.fixture
+def model(admin: AdminClient) -> dict[str, Any]:
+    return admin.create_model("errors", requirement="require_x_updates", requirement_args=[2])
+
+
+@pytest.fixture
+def client(server: RunningServer, model: dict[str, Any]) -> WebClient:
+    web = WebClient(model["id"], url=server.url, retries=0)
+    web.register()
+    return web
+
+
+def test_unknown_routes_and_methods_answer_json(server: RunningServer) -> None:
+    body = _assert_json_error(_request(server, "GET", "/nowhere/"), 404)
+    assert body == {"detail": "Not found."}
+    _assert_json_error(_request(server, "GET", f"{API}/models/abc/", admin=True), 404)
+    wrong = _assert_json_error(_request(server, "PUT", f"{API}/models/", admin=True), 405)
+    assert wrong == {"detail": 'Method "PUT" not allowed.'}
+    no_slash = _assert_json_error(_request(server, "POST", f"{API}/models", admin=True), 404)
+    assert "end with '/'" in no_slash["detail"]
+    redirected = _request(server, "GET", f"{API}/models", admin=True, allow_redirects=False)
+    assert redirected.status_code == 301
+    assert redirected.headers["Location"].endswith(f"{API}/models/")
+
+
+def test_bad_update_bodies_get_400_with_a_reason(
+    server: RunningServer, model: dict[str, Any], client: WebClient
+) -> None:
+    headers = {"CLIENT-UUID": client.uuid, "Content-Type": "application/json"}
+
+    def post(body: bytes) -> Any:
+        response = _request(server, "POST", f"{API}/model_updates/", data=body, headers=headers)
+        return _assert_json_error(response, 400)
+
+    assert "detail" in post(b"{not json")
+    assert "non_field_errors" in post(b"[1, 2]")
+    assert post(b'{"data": [[1.0]]}') == {"federated_model": ["This field is required."]}
+    missing = f'{{"federated_model": {model["id"] + 50}, "data": [[1.0]]}}'.encode()
+    assert "does not exist" in post(missing)["federated_model"][0]
+    assert "data" in post(f'{{"federated_model": {model["id"]}, "data": {{"a": 1}}}}'.encode())
+    assert "data" in post(f'{{"federated_model": {model["id"]}, "data": "text"}}'.encode())
+    ragged = f'{{"federated_model": {model["id"]}, "data": [[[1, 2], [3]]]}}'.encode()
+    assert "data" in post(ragged)
+    unknown_codec = {"codec": "nope", "format_version": 1, "payload": ""}
+    tagged = {"federated_model": model["id"], "data": unknown_codec}
+    response = _request(server, "POST", f"{API}/model_updates/", json=tagged, headers=headers)
+    assert "nope" in str(_assert_json_error(response, 400)["data"])
+    bad_base = f'{{"federated_model": {model["id"]}, "data": [[1.0]], "base_aggregate": 99}}'
+    assert "base_aggregate" in post(bad_base.encode())
+    examples = f'{{"federated_model": {model["id"]}, "data": [[1.0]], "num_examples": 0}}'
+    assert "num_examples" in post(examples.encode())
+
+
+def test_binary_bodies_are_checked(
+    server: RunningServer, model: dict[str, Any], client: WebClient
+) -> None:
+    headers = {"CLIENT-UUID": client.uuid, "Content-Type": "application/x-unknown"}
+    path = f"{API}/model_updates/?federated_model={model['id']}"
+    unsupported = _request(server, "POST", path, data=b"abc", headers=headers)
+    body = _assert_json_error(unsupported, 415)
+    assert "application/vnd.fma-connect.msgpack" in body["accepted"]
+    headers["Content-Type"] = "application/vnd.fma-connect.msgpack"
+    garbage = _request(server, "POST", path, data=b"\x00garbage", headers=headers)
+    assert "data" in _assert_json_error(garbage, 400)
+    empty = _request(server, "POST", path, data=b"", headers=headers)
+    assert "data" in _assert_json_error(empty, 400)
+    no_model = _request(server, "POST", f"{API}/model_updates/", data=b"x", headers=headers)
+    assert _assert_json_error(no_model, 400) == {"federated_model": ["This field is required."]}
+
+
+def test_update_schema_is_enforced(server: RunningServer, admin: AdminClient) -> None:
+    schema = {"type": "array", "minItems": 2, "items": {"type": "array"}}
+    model = admin.create_model("schema", update_schema=schema)
+    client = WebClient(model["id"], url=server.url, retries=0)
+    with pytest.raises(APIError) as refused:
+        client.send_update([np.ones(2)])
+    assert refused.value.status_code == 400
+    assert "schema" in str(refused.value.detail["data"])
+    assert client.send_update([np.ones(2), np.zeros(3)])["status"] == PENDING
+
+
+def test_invalid_model_definitions_get_400(server: RunningServer, admin: AdminClient) -> None:
+    cases = [
+        ({"developer": 1}, "name"),
+        ({"name": "m", "developer": 99}, "developer"),
+        ({"name": "m", "developer": 1, "aggregator": "median"}, "aggregator"),
+        ({"name": "m", "developer": 1, "requirement": "require_x_updates"}, "requirement_args"),
+        ({"name": "m", "developer": 1, "update_schema": {"type": 5}}, "update_schema"),
+        ({"name": "m", "developer": 1, "clients": ["nope"]}, "clients"),
+        ({"name": "m", "developer": 1, "initial_model": {"a": 1}}, "initial_model"),
+    ]
+    for body, field in cases:
+        response = _request(server, "POST", f"{API}/models/", admin=True, json=body)
+        assert field in _assert_json_error(response, 400), body
+    assert admin.list_models() == []
+
+
+def test_publish_and_score_input_errors(
+    server: RunningServer, admin: AdminClient, model: dict[str, Any], client: WebClient
+) -> None:
+    other = WebClient(model["id"], url=server.url, retries=0)
+    client.send_update([np.ones(2)])
+    other.send_update([np.zeros(2)])
+    aggregate = admin.list_aggregates(model["id"])[0]
+    publish = f"{API}/model_aggregates/{aggregate['id']}/publish_aggregate/"
+    no_version = _request(server, "POST", publish, admin=True, json={})
+    assert _assert_json_error(no_version, 400) == {"version": ["This field is required."]}
+    missing = f"{API}/model_aggregates/999/publish_aggregate/"
+    _assert_json_error(_request(server, "POST", missing, admin=True, json={"version": "1"}), 404)
+    score = {"validation_results": {"acc": 1}, "aggregate": None, "client": client.uuid}
+    null = _request(
+        server,
+        "POST",
+        f"{API}/client_aggregate_scores/",
+        json=score,
+        headers={"CLIENT-UUID": client.uuid},
+    )
+    assert "aggregate" in _assert_json_error(null, 400)
+
+
+def test_mismatched_update_becomes_invalid_and_later_rounds_work(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    model = admin.create_model("mismatch", requirement="require_x_updates", requirement_args=[3])
+    clients = [WebClient(model["id"], url=server.url, codec="msgpack", retries=0) for _ in range(3)]
+    clients[0].send_update({"w": np.arange(4, dtype=np.float32), "b": np.ones(2, np.float32)})
+    clients[1].send_update({"w": np.arange(5, dtype=np.float32), "b": np.ones(2, np.float32)})
+    clients[2].send_update({"w": np.full(4, np.nan, np.float32), "b": np.ones(2, np.float32)})
+    first = clients[0].check_for_new_model_aggregate()
+    assert first is not None  # the valid update still made the round
+    np.testing.assert_array_equal(first["result"]["w"], np.arange(4, dtype=np.float32))
+    updates = sorted(admin.list_updates(model["id"]), key=lambda u: u["id"])
+    assert [u["status"] for u in updates] == [COMPLETE, INVALID, INVALID]
+    assert "shape" in updates[1]["status_reason"]
+    assert "NaN" in updates[2]["status_reason"]
+
+    # The refused updates do not come back: the next round has only the new ones.
+    for i, client in enumerate(clients):
+        client.send_update({"w": np.full(4, float(i), np.float32), "b": np.zeros(2, np.float32)})
+    second = clients[0].check_for_new_model_aggregate()
+    assert second is not None
+    assert second["parent"] == first["id"]
+    np.testing.assert_array_equal(second["result"]["w"], np.ones(4, np.float32))
+    statuses = [u["status"] for u in admin.list_updates(model["id"])]
+    assert statuses == [COMPLETE] * 3 + [INVALID, INVALID, COMPLETE]
+
+
+def test_admin_trigger_with_only_invalid_updates_reports_why(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    model = admin.create_model(
+        "invalid-only", requirement="require_x_updates", requirement_args=[5]
+    )
+    client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
+    admin_off = admin.create_model("off", allow_aggregation=False)
+    client.send_update([np.array([np.inf])])
+    with pytest.raises(APIError) as refused:
+        admin.aggregate(model["id"])
+    assert refused.value.status_code == 400
+    assert "NaN or infinite" in str(refused.value.detail)
+    assert admin.list_updates(model["id"])[0]["status"] == INVALID
+    with pytest.raises(APIError) as disabled:
+        admin.aggregate(admin_off["id"])
+    assert disabled.value.status_code == 400
+
+
+def test_idempotency_key_stores_one_update(
+    server: RunningServer, admin: AdminClient, model: dict[str, Any], client: WebClient
+) -> None:
+    headers = {"CLIENT-UUID": client.uuid, "Idempotency-Key": "retry-1"}
+    body = {"federated_model": model["id"], "data": [[1.0, 2.0]], "base_aggregate": None}
+    first = _request(server, "POST", f"{API}/model_updates/", json=body, headers=headers)
+    assert first.status_code == 201
+    again = _request(server, "POST", f"{API}/model_updates/", json=body, headers=dict(headers))
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    packed = msgpack.packb({"not": "a payload"})
+    binary_headers = {**headers, "Content-Type": "application/vnd.fma-connect.msgpack"}
+    path = f"{API}/model_updates/?federated_model={model['id']}"
+    replay = _request(server, "POST", path, data=packed, headers=binary_headers)
+    assert (replay.status_code, replay.json()["id"]) == (200, first.json()["id"])
+    assert len(admin.list_updates(model["id"])) == 1
+
+
+def test_pages_are_newest_first(
+    server: RunningServer, admin: AdminClient, client: WebClient
+) -> None:
+    model = admin.create_model("pages", allow_aggregation=False)
+    sender = WebClient(model["id"], url=server.url, retries=0)
+    for i in range(12):
+        sender.send_update([np.full(2, float(i))])
+    path = f"{API}/model_updates/?federated_model={model['id']}"
+    page1 = _request(server, "GET", path, admin=True).json()
+    assert len(page1) == 10  # the default page size
+    page2 = _request(server, "GET", path + "&page=2", admin=True).json()
+    ids = [u["id"] for u in page1 + page2]
+    assert ids == sorted(ids, reverse=True)
+    assert len(ids) == 12
+    small = _request(server, "GET", path + "&page_size=5&page=3", admin=True).json()
+    assert [u["id"] for u in small] == ids[10:]
+    past = _request(server, "GET", path + "&page=3", admin=True)
+    assert _assert_json_error(past, 404) == {"detail": "Invalid page."}
+    assert len(admin.list_updates(model["id"])) == 12
+
+
+def test_a_lost_payload_is_a_json_500_and_an_invalid_update(
+    server: RunningServer, admin: AdminClient, data_dir: Path
+) -> None:
+    model = admin.create_model("lost", requirement="require_x_updates", requirement_args=[9])
+    client = WebClient(model["id"], url=server.url, retries=0)
+    update = client.send_update([np.ones(3)])
+    for blob in (data_dir / "blobs").iterdir():
+        blob.unlink()
+    headers = {"CLIENT-UUID": client.uuid, "Accept": "application/vnd.fma-connect.msgpack"}
+    lost = _request(server, "GET", update["data"], headers=headers)
+    assert "Internal server error" in _assert_json_error(lost, 500)["detail"]
+    with pytest.raises(APIError) as refused:
+        admin.aggregate(model["id"])
+    assert refused.value.status_code == 400
+    (stored,) = admin.list_updates(model["id"])
+    assert stored["status"] == INVALID
+    assert "cannot be read" in stored["status_reason"]
+    assert str(data_dir) not in stored["status_reason"]
