@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urljoin
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
     "Chunks",
+    "RETRY_STATUSES",
     "JitterRetry",
     "Transport",
     "api_error",
@@ -33,6 +35,10 @@ __all__ = [
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 120.0)
 #: Attempts after the first, for what is safe to retry.
 DEFAULT_RETRIES = 3
+#: Statuses that mean "try again later": retried for GETs, and for resendable requests.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_BACKOFF_FACTOR = 0.5
+_BACKOFF_MAX = 30.0
 _EXCERPT = 300
 Progress = Callable[[int, int | None], None]
 
@@ -114,6 +120,8 @@ class Transport:
         self.timeout = timeout
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
+        self.retries = retries
+        self.backoff_factor = _BACKOFF_FACTOR
         retry = JitterRetry(
             total=retries,
             connect=retries,
@@ -121,9 +129,9 @@ class Transport:
             status=retries,
             other=0,
             allowed_methods=frozenset({"GET", "HEAD"}),
-            status_forcelist=frozenset({429, 502, 503, 504}),
-            backoff_factor=0.5,
-            backoff_max=30.0,
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=_BACKOFF_FACTOR,
+            backoff_max=_BACKOFF_MAX,
             respect_retry_after_header=True,
             raise_on_status=False,
         )
@@ -150,18 +158,51 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
         stream: bool = False,
+        resend: bool = False,
     ) -> requests.Response:
-        """Send a request; return the 2xx response or raise a TransportError subclass."""
+        """Send a request; return the 2xx response or raise a TransportError subclass.
+
+        Args:
+            resend: Also retry a non-GET request whose outcome is unknown (connection
+                lost or timed out after sending, 429/502/503/504). Safe only when the
+                service deduplicates it, e.g. by its Idempotency-Key header.
+        """
         all_headers = dict(headers or {})
         if content_type:
             all_headers["Content-Type"] = content_type
         url = self.url(path)
+        attempts = self.retries + 1 if resend and method != "GET" else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = self._send(method, url, body, all_headers, params, stream)
+            except (ConnectError, RequestTimeout):
+                if last:
+                    raise
+                time.sleep(self._backoff(attempt, None))
+                continue
+            if 200 <= response.status_code < 300:
+                return response
+            if last or response.status_code not in RETRY_STATUSES:
+                raise api_error(response)
+            time.sleep(self._backoff(attempt, response.headers.get("Retry-After")))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | Chunks | None,
+        headers: dict[str, str],
+        params: Mapping[str, Any] | None,
+        stream: bool,
+    ) -> requests.Response:
         try:
-            response = self.session.request(
+            return self.session.request(
                 method,
                 url,
                 data=body,  # type: ignore[arg-type]  # a sized iterable of buffers is fine
-                headers=all_headers,
+                headers=headers,
                 params=params,
                 timeout=self.timeout,
                 stream=stream,
@@ -178,9 +219,12 @@ class Transport:
             raise ConnectError(
                 f"{method} {url}: cannot reach the service at {self.base_url}: {exc}"
             ) from exc
-        if not 200 <= response.status_code < 300:
-            raise api_error(response)
-        return response
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds to wait before a resend: Retry-After when given, else full jitter."""
+        if retry_after is not None and retry_after.strip().isdigit():
+            return min(float(retry_after), _BACKOFF_MAX)
+        return random.uniform(0.0, min(_BACKOFF_MAX, self.backoff_factor * 2**attempt))
 
     def read_body(self, response: requests.Response, progress: Progress | None = None) -> bytearray:
         """Read a streamed response into one writable buffer, with no intermediate copies.

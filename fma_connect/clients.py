@@ -50,6 +50,11 @@ class WebClient:
         registry: The codecs to use; default: every installed codec.
         progress: Called as ``progress(bytes_done, bytes_total_or_None)`` during uploads
             and downloads of weights.
+        retry_updates: Also resend an update whose outcome is unknown (connection lost
+            after sending, 429/502/503/504), with the same ``Idempotency-Key``. Turn it on
+            for services that honour the key (the reference server does); the stock
+            service ignores it, so there a resend could store the update twice. Updates
+            whose connection failed before sending are always retried.
 
     The client is a context manager; ``close()`` releases its connections. Use one
     client per thread.
@@ -69,6 +74,7 @@ class WebClient:
         auth: Any = None,
         registry: CodecRegistry | None = None,
         progress: Progress | None = None,
+        retry_updates: bool = False,
     ) -> None:
         self._federated_model_id = federated_model_id
         self._uuid = uuid
@@ -79,6 +85,7 @@ class WebClient:
             self._url, timeout=timeout, retries=retries, session=session, headers=headers, auth=auth
         )
         self._progress = progress
+        self._retry_updates = retry_updates
         self._spec: Spec | None = None
         self._last_aggregate: int | None = None
 
@@ -186,6 +193,7 @@ class WebClient:
                     body=dumps_json({**fields, "data": payload}),
                     content_type=_JSON,
                     headers=headers,
+                    resend=self._retry_updates,
                 )
             else:
                 params = {k: v for k, v in fields.items() if v is not None}
@@ -196,6 +204,7 @@ class WebClient:
                     content_type=self._codec.media_type,
                     headers=headers,
                     params=params,
+                    resend=self._retry_updates,
                 )
         except APIError as exc:
             if exc.status_code == 415 and not self._codec.json_native:

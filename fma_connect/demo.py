@@ -224,7 +224,9 @@ def run_demo(
             digits = ", ".join(str(d) for d in np.unique(y_train[share]))
             say(f"  client {c}: {len(share)} examples of digits {digits}")
         federation = [
-            WebClient(model_id, url=server.url, codec=codec, session=counter.session())
+            WebClient(
+                model_id, url=server.url, codec=codec, session=counter.session(), retry_updates=True
+            )
             for _ in shares
         ]
         for client in federation:

@@ -360,3 +360,28 @@ def test_a_callers_session_is_used_and_left_open(registry: CodecRegistry) -> Non
     with client(registry, session=session) as c:
         assert c._transport.session is session
     assert session.adapters  # still usable: the client did not close it
+
+
+@responses.activate
+def test_an_update_is_resent_with_the_same_idempotency_key_when_asked(
+    registry: CodecRegistry,
+) -> None:
+    responses.post(f"{API}/model_updates/", status=503, headers={"Retry-After": "0"})
+    responses.post(f"{API}/model_updates/", body=requests.ConnectionError("reset"))
+    responses.post(f"{API}/model_updates/", status=201, json={"id": 8})
+    c = WebClient(7, UUID, BASE, registry=registry, codec="msgpack", retries=3, retry_updates=True)
+    c._transport.backoff_factor = 0  # no sleeping in tests
+    assert c.send_update(WEIGHTS) == {"id": 8}
+    keys = {call.request.headers["Idempotency-Key"] for call in responses.calls}
+    assert len(responses.calls) == 3 and len(keys) == 1
+    assert binary_body(responses.calls[2]) == binary_body(responses.calls[0])
+
+
+@responses.activate
+def test_resending_gives_up_after_the_configured_retries(registry: CodecRegistry) -> None:
+    responses.post(f"{API}/model_updates/", status=502, body="<title>Bad Gateway</title>")
+    c = WebClient(7, UUID, BASE, registry=registry, retries=2, retry_updates=True)
+    c._transport.backoff_factor = 0
+    with pytest.raises(APIException, match=r"status_code=502\): Bad Gateway"):
+        c.send_update([1.0])
+    assert len(responses.calls) == 3
