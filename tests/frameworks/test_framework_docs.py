@@ -1,4 +1,4 @@
-"""Every example in docs/frameworks.md runs against a fake service and does what it says."""
+"""Every framework example in the README runs against a fake service and does what it says."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fw_support import FakeFMA
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "frameworks.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 # The module each section's example needs; a section missing here fails the test below.
 NEEDS = {"PyTorch": "torch", "TensorFlow / Keras": "keras", "JAX": "jax", "scikit-learn": "sklearn"}
 
@@ -18,7 +18,8 @@ NEEDS = {"PyTorch": "torch", "TensorFlow / Keras": "keras", "JAX": "jax", "sciki
 def examples() -> dict[str, str]:
     """Section title -> the python code block of that section."""
     found = {}
-    for section in re.split(r"^## ", DOC.read_text(), flags=re.MULTILINE)[1:]:
+    frameworks = DOC.read_text().split("\n## Frameworks\n", 1)[1].split("\n## ", 1)[0]
+    for section in re.split(r"^### ", frameworks, flags=re.MULTILINE)[1:]:
         title = section.splitlines()[0].strip()
         blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
         if blocks:
