@@ -22,8 +22,8 @@ from .exceptions import APIError, ConnectError, DecodeError, RequestTimeout, Tra
 __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
-    "Chunks",
     "RETRY_STATUSES",
+    "Chunks",
     "JitterRetry",
     "Transport",
     "api_error",

@@ -159,7 +159,15 @@ def _register_all(
 ) -> None:
     # One call per implementation (instead of the hook caller) so each registration
     # is attributed to its plugin and one failing plugin does not stop the others.
-    for impl in hook.get_hookimpls():
+    # Order: tryfirst hooks, then the rest in registration order (built-ins first), then
+    # trylast ones - so a trylast plugin (e.g. one wrapping other codecs) sees them all.
+    impls = hook.get_hookimpls()
+    ordered = (
+        [i for i in impls if i.tryfirst]
+        + [i for i in impls if not (i.tryfirst or i.trylast)]
+        + [i for i in impls if i.trylast]
+    )
+    for impl in ordered:
         registry.source = (impl.plugin_name, *pm.distributions.get(impl.plugin_name, (None, None)))
         kwargs: dict[str, Any] = {name: registry for name in impl.argnames}
         try:

@@ -15,7 +15,13 @@ nothing else. Needs ``hypothesis`` (``pip install fma-connect[test]``).
 What "round-trips" means follows the codec's flags: a lossless codec must return every
 dtype numpy has (bfloat16 too, when ml_dtypes is installed), bit for bit, with names,
 dtypes and shapes; a codec that is not lossless is fed finite real values only, and its
-output is compared with ``tolerance`` (exact when None), matched by position.
+output is compared with ``tolerance``, matched by position. A lossy codec may state its
+own error bound as a method ``tolerance(sent, received) -> bool``: ``check_codec`` uses
+it when called without one (so a run over every installed codec checks each against its
+own bound), and compares exactly when there is neither.
+
+Binary payloads are decoded from each form a receiver may hold (``bytearray``,
+``bytes``, read-only ``memoryview``), and ``encode`` must leave its input untouched.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .codecs.base import Codec, Tensors
 from .exceptions import DecodeError
 
 __all__ = [
+    "BODY_FORMS",
     "check_codec",
     "check_round_trip",
     "lossless_dtypes",
@@ -107,11 +114,23 @@ def tensor_lists(draw: st.DrawFn, codec: Codec) -> Tensors:
     return list(zip(names, arrays, strict=True))
 
 
-def to_wire_and_back(codec: Codec, tensors: Sequence[tuple[str, np.ndarray]]) -> Tensors:
+#: The forms a binary body may reach ``decode`` in (see :func:`to_wire_and_back`).
+BODY_FORMS = ("bytearray", "bytes", "memoryview")
+
+
+def to_wire_and_back(
+    codec: Codec, tensors: Sequence[tuple[str, np.ndarray]], form: str = "bytearray"
+) -> Tensors:
     """Encode, pass through what a transport does, and decode.
 
     JSON-native payloads are serialised to JSON text and parsed back; binary payloads
-    are joined into one ``bytearray``, as a receiver would read them.
+    are joined into one buffer, as a receiver would read them.
+
+    Args:
+        codec: The codec under test.
+        tensors: What to send.
+        form: How a binary body reaches ``decode``: a ``bytearray`` (what the client
+            reads into), ``bytes``, or a read-only ``memoryview``.
     """
     payload = codec.encode(tensors)
     if codec.json_native:
@@ -119,14 +138,35 @@ def to_wire_and_back(codec: Codec, tensors: Sequence[tuple[str, np.ndarray]]) ->
     body = bytearray()
     for chunk in payload:
         body += memoryview(chunk).cast("B")
+    if form == "bytes":
+        return codec.decode(bytes(body))
+    if form == "memoryview":
+        return codec.decode(memoryview(bytes(body)))
+    if form != "bytearray":
+        raise ValueError(f"form must be one of {BODY_FORMS}, got {form!r}")
     return codec.decode(body)
 
 
 def check_round_trip(
-    codec: Codec, sent: Sequence[tuple[str, np.ndarray]], tolerance: Tolerance | None = None
+    codec: Codec,
+    sent: Sequence[tuple[str, np.ndarray]],
+    tolerance: Tolerance | None = None,
+    form: str = "bytearray",
 ) -> None:
-    """Assert that ``sent`` comes back through ``codec`` as its flags promise."""
-    received = to_wire_and_back(codec, sent)
+    """Assert that ``sent`` comes back through ``codec`` as its flags promise.
+
+    Args:
+        codec: The codec under test.
+        sent: What to send.
+        tolerance: For a lossy codec, ``tolerance(sent, received)``; default the
+            codec's own ``tolerance`` method if it has one, else exact equality.
+        form: How a binary body reaches ``decode`` (see :func:`to_wire_and_back`).
+    """
+    tolerance = tolerance if tolerance is not None else _own_tolerance(codec)
+    snapshot = [_bits(array) for _, array in sent]
+    received = to_wire_and_back(codec, sent, form)
+    for (name, array), original in zip(sent, snapshot, strict=True):
+        assert _bits(array) == original, f"encode modified the caller's tensor {name!r}"
     assert len(received) == len(sent), f"sent {len(sent)} tensors, received {len(received)}"
     for i, ((name, before), (got_name, after)) in enumerate(zip(sent, received, strict=True)):
         assert isinstance(after, np.ndarray), f"tensor {i} decoded to {type(after)}"
@@ -145,6 +185,11 @@ def check_round_trip(
             assert _bits(exact) == _bits(before), f"tensor {i}: values differ"
         else:
             assert tolerance(before, restored), f"tensor {i}: outside the codec's tolerance"
+
+
+def _own_tolerance(codec: Codec) -> Tolerance | None:
+    own = getattr(codec, "tolerance", None)
+    return own if callable(own) else None
 
 
 def _bits(array: np.ndarray) -> bytes:
@@ -168,7 +213,8 @@ def check_codec(
         codec: The codec under test.
         max_examples: Hypothesis examples per property.
         tolerance: For codecs that are not lossless: ``tolerance(sent, received)`` says
-            whether a received tensor is close enough (exact equality when None).
+            whether a received tensor is close enough; default the codec's own
+            ``tolerance`` method if it has one, else exact equality.
     """
     assert isinstance(codec, Codec), f"{codec!r} lacks the codec attributes"
     assert _NAME.match(codec.name), f"codec name {codec.name!r} is not lowercase kebab-case"
@@ -180,10 +226,12 @@ def check_codec(
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
+    forms = st.just("bytearray") if codec.json_native else st.sampled_from(BODY_FORMS)
+
     @run
-    @given(tensor_lists(codec))
-    def round_trips(sent: Tensors) -> None:
-        check_round_trip(codec, sent, tolerance)
+    @given(tensor_lists(codec), forms)
+    def round_trips(sent: Tensors, form: str) -> None:
+        check_round_trip(codec, sent, tolerance, form)
 
     garbage: st.SearchStrategy[Any] = _json_values if codec.json_native else st.binary(max_size=512)
 

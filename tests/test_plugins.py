@@ -124,3 +124,23 @@ def test_importing_fma_connect_does_not_import_server_or_test_libraries() -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_trylast_plugin_sees_every_other_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    @hookimpl(trylast=True)
+    def register_wrapper(registry: Any) -> None:
+        seen.extend(registry.names())
+
+    @hookimpl
+    def register_late(registry: Any) -> None:
+        registry.add(ReversedMsgpack())
+
+    for name, hook in (("wrapper_plugin", register_wrapper), ("late_plugin", register_late)):
+        module = types.ModuleType(name)
+        module.fma_connect_register_codecs = hook  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, name, module)
+    eps = [_ep("wrapper", "wrapper_plugin"), _ep("late", "late_plugin")]
+    build_codec_registry(plugin_manager(entry_points=eps))
+    assert seen == ["json", "msgpack", "npz-b64", "reversed-msgpack"]
