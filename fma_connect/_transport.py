@@ -10,19 +10,30 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
+import numpy as np
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .exceptions import APIError, ConnectError, DecodeError, RequestTimeout, TransportError
+from .exceptions import (
+    APIError,
+    ConfigurationError,
+    ConnectError,
+    DecodeError,
+    EncodeError,
+    RequestTimeout,
+    TransportError,
+)
 
 __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
     "RETRY_STATUSES",
+    "SEND_SLICE",
     "Chunks",
     "JitterRetry",
     "Transport",
@@ -41,6 +52,10 @@ _BACKOFF_FACTOR = 0.5
 _BACKOFF_MAX = 30.0
 _EXCERPT = 300
 Progress = Callable[[int, int | None], None]
+#: Largest slice of an upload handed to the socket at once (see :class:`Chunks`).
+SEND_SLICE = 1 << 20
+#: Largest read into a download buffer at once (between two progress calls).
+_RECV_SLICE = 16 << 20
 
 
 class JitterRetry(Retry):
@@ -54,10 +69,22 @@ class JitterRetry(Retry):
         """Return a random sleep between 0 and the exponential backoff of this attempt."""
         return random.uniform(0.0, super().get_backoff_time())
 
+    def get_retry_after(self, response: Any) -> float | None:
+        """Return the server's Retry-After, capped like the backoff (a server may ask hours)."""
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, _BACKOFF_MAX)
+
 
 def dumps_json(value: Any) -> bytes:
-    """Serialise ``value`` with orjson; numpy arrays and scalars are written natively."""
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    """Serialise ``value`` with orjson; numpy arrays and scalars are written natively.
+
+    Raises:
+        EncodeError: ``value`` holds something JSON cannot carry.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise EncodeError(f"cannot write this as JSON: {exc}") from exc
 
 
 class Chunks:
@@ -65,6 +92,9 @@ class Chunks:
 
     requests sends a sized iterable with a Content-Length and no copies; a generator
     would be sent chunked, and a joined ``bytes`` would copy the whole payload.
+    Each buffer goes out in slices of at most :data:`SEND_SLICE` bytes (views, not
+    copies): the socket timeout then bounds each slice, so it limits a stalled
+    upload, not a long one, and ``progress`` is called after every slice.
     """
 
     def __init__(self, chunks: Sequence[Any], progress: Progress | None = None) -> None:
@@ -78,10 +108,12 @@ class Chunks:
     def __iter__(self) -> Iterator[memoryview]:
         sent = 0
         for chunk in self._chunks:
-            yield chunk
-            sent += chunk.nbytes
-            if self._progress is not None:
-                self._progress(sent, self.nbytes)
+            for start in range(0, chunk.nbytes, SEND_SLICE):
+                piece = chunk[start : start + SEND_SLICE]
+                yield piece
+                sent += piece.nbytes
+                if self._progress is not None:
+                    self._progress(sent, self.nbytes)
 
 
 def api_error(response: requests.Response, hint: str | None = None) -> APIError:
@@ -90,7 +122,57 @@ def api_error(response: requests.Response, hint: str | None = None) -> APIError:
         detail: Any = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         detail = _text_excerpt(response.content.decode("utf-8", "replace"))
+    if hint is None and response.status_code == 404:
+        request = response.request
+        hint = f"Nothing at {request.method} {request.url}: check the url and the model id"
     return APIError(response.status_code, detail, hint)
+
+
+def _check_url(url: object) -> str:
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"url must look like http://host:port or https://host/prefix, got {url!r}"
+        )
+    return url  # type: ignore[return-value]  # a str, checked above
+
+
+def _check_timeout(timeout: object) -> float | tuple[float, float] | None:
+    values = timeout if isinstance(timeout, tuple) else (timeout,)
+    if len(values) not in (1, 2) or not all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v > 0)
+        for v in values
+    ):
+        raise ConfigurationError(
+            f"timeout must be seconds > 0, a (connect, read) pair of them, or None; got {timeout!r}"
+        )
+    return timeout  # type: ignore[return-value]  # checked above
+
+
+def _timed_out(exc: BaseException) -> bool:
+    # urllib3 reports a read timeout that exhausted its retries as a ConnectionError
+    # wrapping MaxRetryError(reason=ReadTimeoutError): look through the chain.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):
+            return False  # refused or unreachable (a subclass of ConnectTimeoutError!)
+        if isinstance(seen, requests.Timeout | urllib3.exceptions.TimeoutError):
+            return True
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, BaseException):
+            seen = reason
+        else:
+            seen = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+    return False
+
+
+def _sent(exc: BaseException) -> bool:
+    # A refused or unresolvable connection never carried the body; anything else may have.
+    text = repr(exc)
+    return not any(
+        marker in text
+        for marker in ("NewConnectionError", "NameResolutionError", "Connection refused")
+    )
 
 
 def _text_excerpt(text: str) -> str:
@@ -116,10 +198,16 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         auth: Any = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/") + "/"
-        self.timeout = timeout
+        self.base_url = _check_url(base_url).rstrip("/") + "/"
+        self.timeout = _check_timeout(timeout)
+        if type(retries) is not int or retries < 0:
+            raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
+        # Sent with each request rather than set on the session, so a caller's session
+        # (and other clients sharing it) are left as they were.
+        self.headers = dict(headers or {})
+        self.auth = auth
         self.retries = retries
         self.backoff_factor = _BACKOFF_FACTOR
         retry = JitterRetry(
@@ -137,10 +225,6 @@ class Transport:
         )
         # Mounted for our base URL only, so a caller's own session keeps its other adapters.
         self.session.mount(self.base_url, HTTPAdapter(max_retries=retry))
-        if headers:
-            self.session.headers.update(headers)
-        if auth is not None:
-            self.session.auth = auth
 
     def url(self, path: str) -> str:
         """Resolve ``path`` (API path, site-relative or absolute URL) against the base URL."""
@@ -202,7 +286,8 @@ class Transport:
                 method,
                 url,
                 data=body,  # type: ignore[arg-type]  # a sized iterable of buffers is fine
-                headers=headers,
+                headers={**self.headers, **headers},
+                auth=self.auth,
                 params=params,
                 timeout=self.timeout,
                 stream=stream,
@@ -210,15 +295,23 @@ class Transport:
             )
         except requests.exceptions.RetryError as exc:
             raise TransportError(f"{method} {url}: gave up after retries: {exc}") from exc
-        except requests.Timeout as exc:
-            raise RequestTimeout(
-                f"{method} {url}: no answer within the {self.timeout} s timeout (connect, read); "
-                "raise WebClient(timeout=...) for slow services"
-            ) from exc
-        except requests.ConnectionError as exc:
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            if _timed_out(exc):
+                raise RequestTimeout(
+                    f"{method} {url}: no answer within the {self.timeout} s timeout "
+                    "(connect, read); raise WebClient(timeout=...) for slow services"
+                ) from exc
+            if body is not None and _sent(exc):
+                raise ConnectError(
+                    f"{method} {url}: the connection broke after the request was sent, so "
+                    f"its outcome is unknown ({exc}); WebClient(retry_updates=True) resends "
+                    "updates safely to services that honour Idempotency-Key"
+                ) from exc
             raise ConnectError(
                 f"{method} {url}: cannot reach the service at {self.base_url}: {exc}"
             ) from exc
+        except requests.RequestException as exc:
+            raise TransportError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """Seconds to wait before a resend: Retry-After when given, else full jitter."""
@@ -226,8 +319,13 @@ class Transport:
             return min(float(retry_after), _BACKOFF_MAX)
         return random.uniform(0.0, min(_BACKOFF_MAX, self.backoff_factor * 2**attempt))
 
-    def read_body(self, response: requests.Response, progress: Progress | None = None) -> bytearray:
+    def read_body(self, response: requests.Response, progress: Progress | None = None) -> Any:
         """Read a streamed response into one writable buffer, with no intermediate copies.
+
+        With a Content-Length (and no Content-Encoding) the body is read straight from
+        the socket into a fresh buffer of that size (returned as a memoryview);
+        otherwise it is collected into a ``bytearray``. Either is writable, so binary
+        codecs decode to writable arrays that view it.
 
         Raises:
             DecodeError: the body ended before its Content-Length.
@@ -235,7 +333,11 @@ class Transport:
         """
         length = response.headers.get("Content-Length")
         try:
-            if length is not None and not response.headers.get("Content-Encoding"):
+            if (
+                length is not None
+                and length.isdigit()
+                and not response.headers.get("Content-Encoding")
+            ):
                 return _read_exact(response, int(length), progress)
             buffer = bytearray()
             for chunk in response.iter_content(1 << 20):
@@ -245,7 +347,7 @@ class Transport:
             return buffer
         except requests.Timeout as exc:
             raise RequestTimeout(f"download of {response.url} stalled: {exc}") from exc
-        except (requests.ConnectionError, OSError) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ConnectError(f"download of {response.url} broke: {exc}") from exc
         finally:
             response.close()
@@ -256,12 +358,13 @@ class Transport:
             self.session.close()
 
 
-def _read_exact(response: requests.Response, length: int, progress: Progress | None) -> bytearray:
-    buffer = bytearray(length)
-    view = memoryview(buffer)
+def _read_exact(response: requests.Response, length: int, progress: Progress | None) -> Any:
+    # np.empty, not bytearray(length): no zero-fill pass over memory we overwrite anyway.
+    view = np.empty(length, np.uint8).data
+    readinto = _socket_readinto(response)
     got = 0
     while got < length:
-        n = response.raw.readinto(view[got : got + (64 << 20)])
+        n = readinto(view[got : got + _RECV_SLICE])
         if not n:
             raise DecodeError(
                 f"response from {response.url} is truncated: got {got} of {length} bytes"
@@ -269,4 +372,27 @@ def _read_exact(response: requests.Response, length: int, progress: Progress | N
         got += n
         if progress is not None:
             progress(got, length)
-    return buffer
+    return view
+
+
+def _socket_readinto(response: requests.Response) -> Callable[[memoryview], int]:
+    """The fastest ``readinto`` for a streamed body that urllib3 has not started reading.
+
+    urllib3's own ``readinto`` reads into a temporary ``bytes`` and copies it; the
+    ``http.client`` response underneath reads from the socket into our buffer.
+    """
+    raw = response.raw
+    inner = getattr(raw, "_fp", None)
+    untouched = getattr(raw, "_fp_bytes_read", None) == 0 and not getattr(
+        raw, "_decoded_buffer", None
+    )
+    if inner is not None and untouched and hasattr(inner, "readinto"):
+        readinto: Callable[[memoryview], int] = inner.readinto
+        return readinto
+
+    def fallback(view: memoryview) -> int:
+        data = raw.read(view.nbytes, decode_content=False)
+        view[: len(data)] = data
+        return len(data)
+
+    return fallback

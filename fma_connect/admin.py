@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import requests
 
+from . import settings
 from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Transport, dumps_json
 from .auth import TokenAuth
 from .codecs.json_lists import JsonListsCodec
 from .exceptions import APIError, DecodeError
-from .settings import default_url
 from .spec import flatten
 
 __all__ = ["AdminClient"]
@@ -33,7 +33,7 @@ class AdminClient:
     """REST client for an FMA service's admin routes, authenticated by token.
 
     Args:
-        url: Base URL of the service; default :func:`fma_connect.settings.default_url`.
+        url: Base URL of the service; default ``fma_connect.settings.default_url``.
         token: The admin's API token (``Authorization: Token <token>``).
         timeout: Seconds, or ``(connect, read)``.
         retries: Retries of GETs and of connections that failed before sending.
@@ -50,7 +50,7 @@ class AdminClient:
         session: requests.Session | None = None,
     ) -> None:
         self._transport = Transport(
-            url if url is not None else default_url(),
+            url if url is not None else settings.default_url,
             timeout=timeout,
             retries=retries,
             session=session,
@@ -138,15 +138,28 @@ class AdminClient:
         self._transport.request("DELETE", f"{_API}models/{model_id}/")
 
     def list_updates(self, model_id: int) -> list[dict[str, Any]]:
-        """Return the model's updates, newest first, each with its ``status`` (0-4).
+        """Return the model's updates, newest first (``status`` 0-4 on the reference server).
 
-        Needs the reference server (the ``?federated_model=`` filter is an extension).
+        The ``?federated_model=`` filter is a reference-server extension; the rows are
+        filtered here too, so a service that ignores it still gives only this model's.
+
+        Raises:
+            APIError: 404 when the model does not exist.
         """
-        return self._all(f"{_API}model_updates/", {"federated_model": model_id})
+        return self._of_model(f"{_API}model_updates/", model_id)
 
     def list_aggregates(self, model_id: int) -> list[dict[str, Any]]:
-        """Return the model's aggregates, newest first (``result`` is a URL)."""
-        return self._all(f"{_API}model_aggregates/", {"federated_model": model_id})
+        """Return the model's aggregates, newest first (``result`` is a URL).
+
+        Raises:
+            APIError: 404 when the model does not exist.
+        """
+        return self._of_model(f"{_API}model_aggregates/", model_id)
+
+    def _of_model(self, path: str, model_id: int) -> list[dict[str, Any]]:
+        self.get_model(model_id)  # a missing model is a 404, not an empty list
+        rows = self._all(path, {"federated_model": model_id})
+        return [row for row in rows if row.get("federated_model") == model_id]
 
     def aggregate(self, model_id: int) -> dict[str, Any]:
         """Run an aggregation round of the model's pending updates now; return the aggregate.

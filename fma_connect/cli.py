@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["main"]
@@ -51,12 +51,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    limits = {
+        name: getattr(args, name)
+        for name in ("max_body_bytes", "max_tensors")
+        if getattr(args, name) is not None
+    }
     return serve(
         args.host,
         args.port,
         args.data_dir,
         auto_aggregate=args.auto_aggregate,
         log_level=args.log_level,
+        **limits,
     )
 
 
@@ -86,6 +92,11 @@ def _cmd_admin(args: argparse.Namespace) -> int:
                     developer=args.developer,
                     initial_model=initial,
                 )
+            elif args.admin_command == "models":
+                result = admin.list_models()
+            elif args.admin_command == "delete-model":
+                admin.delete_model(args.model_id)
+                result = {"deleted": args.model_id}
             elif args.admin_command == "updates":
                 result = admin.list_updates(args.model_id)
             elif args.admin_command == "aggregates":
@@ -119,6 +130,18 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "in a background thread, or only on an admin trigger",
     )
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_at_least(1),
+        default=None,
+        help="largest request body; larger ones get 413 (default 16 GiB)",
+    )
+    serve.add_argument(
+        "--max-tensors",
+        type=_at_least(1),
+        default=None,
+        help="most tensors in one update; more get 400 (default 100000)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     admin = commands.add_parser("admin", help="admin actions on an FMA service")
@@ -141,6 +164,11 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     create.add_argument("--developer", type=int, default=1, help="developer user id (default 1)")
     create.add_argument("--initial-model", metavar="FILE", help="JSON file: a list of layers")
+    actions.add_parser("models", help="list the federated models")
+    delete = actions.add_parser(
+        "delete-model", help="delete a model with its updates, aggregates and artifacts"
+    )
+    delete.add_argument("model_id", type=int)
     for name, text in (
         ("updates", "list a model's updates"),
         ("aggregates", "list its aggregates"),
@@ -153,6 +181,39 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     publish.add_argument("aggregate_id", type=int)
     publish.add_argument("version")
 
+    token = commands.add_parser(
+        "admin-token",
+        help="print the admin token stored in a server's data directory",
+        description="Print the admin token a server stored in its data directory (the one "
+        "'serve' printed on its first start). Starting a server with "
+        "FMA_CONNECT_ADMIN_TOKEN set replaces the stored token with that one.",
+    )
+    token.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the server's data directory (default $FMA_CONNECT_DATA_DIR or ./fma-connect-data)",
+    )
+    token.set_defaults(func=_cmd_admin_token)
+
+
+def _cmd_admin_token(args: argparse.Namespace) -> int:
+    try:
+        from .server.datadir import DataDirError, read_admin_token
+        from .server.serve import default_data_dir
+    except ImportError as exc:
+        print(
+            f"error: the server needs its extra ({exc}): pip install 'fma-connect[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(read_admin_token(args.data_dir or default_data_dir()))
+    except DataDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -161,15 +222,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         args.clients, args.rounds, args.codec, framework=args.framework, seed=args.seed
     )
     # The demo's point: the federation beats any client alone; say so in the exit code too.
-    return 0 if result.final_accuracy > result.best_single_client else 1
+    if result.final_accuracy > result.best_single_client:
+        return 0
+    print("fma-connect demo: the federation did not beat the best single client", file=sys.stderr)
+    return 1
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser(
         "demo", help="run a federation on this machine (embedded server, digits dataset)"
     )
-    demo.add_argument("--clients", type=int, default=3, help="federated clients (default 3)")
-    demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    demo.add_argument(
+        "--clients", type=_at_least(2), default=3, help="federated clients, 2 or more (default 3)"
+    )
+    demo.add_argument("--rounds", type=_at_least(1), default=5, help="federated rounds (default 5)")
     demo.add_argument("--codec", default="json", help="codec of the updates (default json)")
     demo.add_argument(
         "--framework",
@@ -179,6 +258,24 @@ def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
     demo.set_defaults(func=_cmd_demo)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args, " ".join(["fma-connect", *args.argv]))
+
+
+def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .bench import add_arguments
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark codecs, transfers and round trips (markdown tables, PNG chart)",
+        description="Benchmark every installed codec against baselines and ceilings.",
+    )
+    add_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -193,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
     codecs.set_defaults(func=_cmd_codecs)
     _add_server_commands(commands)
     _add_demo_command(commands)
+    _add_bench_command(commands)
     return parser
 
 
@@ -201,9 +299,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .exceptions import FMAConnectError
 
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         status: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except FMAConnectError as exc:
         print(f"fma-connect {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly. Point stdout at devnull so the
+        # interpreter's final flush does not complain about the closed pipe either.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 1
     return status

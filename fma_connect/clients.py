@@ -11,15 +11,17 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import orjson
 import requests
 
+from . import settings
 from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Chunks, Progress, Transport, dumps_json
 from .codecs.base import Codec, Tensors, read_tag
-from .exceptions import APIError, DecodeError, UnknownCodecError
+from .codecs.json_lists import check_document_size, fast_layers
+from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError, UnknownCodecError
 from .plugins import default_codec_registry
 from .registry import CodecRegistry
-from .settings import default_url
 from .spec import Spec, flatten, restore_like, untyped
 
 __all__ = ["APIException", "WebClient"]
@@ -30,6 +32,8 @@ _API = "api/v1/"
 _JSON = "application/json"
 #: Response header holding the JSON fields of a response whose body is a binary payload.
 META_HEADER = "FMA-Meta"
+#: JSON bodies larger than this are sent in slices with progress, like binary ones.
+_STREAM_JSON = 8 << 20
 
 
 class WebClient:
@@ -38,7 +42,7 @@ class WebClient:
     Args:
         federated_model_id: Id of the federated model this client sends updates for.
         uuid: The client's UUID; None registers on first use.
-        url: Base URL of the service; default :func:`fma_connect.settings.default_url`.
+        url: Base URL of the service; default ``fma_connect.settings.default_url``.
         codec: Codec name or object for updates (default ``"json"``, which the stock
             service aggregates). Responses in any installed codec are decoded.
         timeout: Seconds, or ``(connect, read)``; read bounds silence, not a transfer.
@@ -76,11 +80,21 @@ class WebClient:
         progress: Progress | None = None,
         retry_updates: bool = False,
     ) -> None:
+        if uuid is not None and (not isinstance(uuid, str) or not uuid.isprintable()):
+            raise ConfigurationError(f"uuid must be a string (or None to register), got {uuid!r}")
         self._federated_model_id = federated_model_id
         self._uuid = uuid
-        self._url = url if url is not None else default_url()
+        self._url = url if url is not None else settings.default_url
         self._registry = registry if registry is not None else default_codec_registry()
-        self._codec = self._registry.get(codec) if isinstance(codec, str) else codec
+        if isinstance(codec, str):
+            self._codec = self._registry.get(codec)
+        elif isinstance(codec, Codec):
+            self._codec = codec
+        else:
+            raise ConfigurationError(
+                f"codec must be a codec name ({', '.join(self._registry.names())}) or a codec "
+                f"object, got {codec!r}"
+            )
         self._transport = Transport(
             self._url, timeout=timeout, retries=retries, session=session, headers=headers, auth=auth
         )
@@ -187,10 +201,12 @@ class WebClient:
             fields["num_examples"] = num_examples
         try:
             if self._codec.json_native:
+                body = dumps_json({**fields, "data": payload})
+                check_document_size(len(body), encoding=True)
                 response = self._transport.request(
                     "POST",
                     path,
-                    body=dumps_json({**fields, "data": payload}),
+                    body=Chunks([body], self._progress) if len(body) > _STREAM_JSON else body,
                     content_type=_JSON,
                     headers=headers,
                     resend=self._retry_updates,
@@ -247,7 +263,7 @@ class WebClient:
         if not aggregate or not self._is_new(aggregate.get("id"), update_after):
             return None
         aggregate["result"] = self._weights(aggregate.get("result"), like)
-        self._last_aggregate = aggregate["id"]
+        self._saw(aggregate["id"])
         return aggregate
 
     def get_current_artifact(self, *, like: Any = None) -> dict[str, Any] | None:
@@ -279,7 +295,8 @@ class WebClient:
         Args:
             update_after: Aggregate id the latest must exceed; default: the last
                 aggregate this client has seen. Values from an artifact (``aggregate``
-                None) are always returned.
+                None, e.g. the initial model) count as aggregate -1, as in the original
+                client: a client gets them once.
             like: A template to restore the weights into.
 
         Returns:
@@ -295,29 +312,29 @@ class WebClient:
             stream=True,
         )
         if _is_json(response):
-            latest = _json(response)
-            if not latest or not self._is_new(
-                latest.get("aggregate"), update_after, none_is_new=True
-            ):
+            latest, restored = self._json_with_weights(response, "values", like)
+            if not latest or not self._is_new(latest.get("aggregate"), update_after):
                 return None
-            latest["values"] = self._weights(latest.get("values"), like)
+            if not restored:
+                latest["values"] = self._weights(latest.get("values"), like)
         else:
             latest = _meta(response)
-            if not self._is_new(latest.get("aggregate"), update_after, none_is_new=True):
+            if not self._is_new(latest.get("aggregate"), update_after):
                 response.close()
                 return None
             latest["values"] = self._restore(self._decode_binary(response), like)
-        if latest.get("aggregate") is not None:
-            self._last_aggregate = latest["aggregate"]
+        self._saw(latest.get("aggregate"))
         return latest
 
     def send_val_results(self, results: Any, aggregate_id: int) -> dict[str, Any]:
         """Send this client's validation results for an aggregate.
 
         Raises:
+            EncodeError: ``results`` holds NaN, infinities or values JSON cannot carry.
             APIException: the service did not answer 201 (the stock service answers 400
                 to a second score for the same aggregate and client).
         """
+        _refuse_non_finite(results, "validation_results")
         body = {"validation_results": results, "aggregate": aggregate_id, "client": self.uuid}
         response = self._transport.request(
             "POST",
@@ -340,13 +357,20 @@ class WebClient:
             return _JSON
         return f"{self._codec.media_type}, {_JSON};q=0.9"
 
-    def _is_new(
-        self, aggregate_id: Any, update_after: int | None, none_is_new: bool = False
-    ) -> bool:
+    def _is_new(self, aggregate_id: Any, update_after: int | None) -> bool:
+        """Whether an answer is newer than ``update_after`` (default: the last one seen).
+
+        As in the original client, an answer without an aggregate (the current
+        artifact, e.g. the initial model) counts as aggregate -1: a client gets it once.
+        """
         threshold = update_after if update_after is not None else self._last_aggregate
-        if aggregate_id is None:
-            return none_is_new
-        return threshold is None or aggregate_id > threshold
+        return threshold is None or _aggregate_number(aggregate_id) > threshold
+
+    def _saw(self, aggregate_id: Any) -> None:
+        """Remember an answer handed to the caller, so it is not handed over again."""
+        current = _aggregate_number(aggregate_id)
+        if self._last_aggregate is None or current > self._last_aggregate:
+            self._last_aggregate = current
 
     def _weights(self, value: Any, like: Any) -> Any:
         """Turn a weight field of a JSON answer (inline weights or a URL) into weights."""
@@ -366,7 +390,12 @@ class WebClient:
             "GET", url, headers={**self._client_headers(), "Accept": self._accept()}, stream=True
         )
         if _is_json(response) or not _is_known_binary(response, self._registry):
+            _check_json_length(response)
             body = self._transport.read_body(response, self._progress)
+            if like is not None or self._spec is not None:
+                fast = fast_layers(memoryview(body).cast("B"))
+                if fast is not None:
+                    return self._restore(fast[1], like)
             try:
                 value = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
@@ -377,8 +406,35 @@ class WebClient:
             return self._weights(value, like)
         return self._restore(self._decode_binary(response), like)
 
+    def _json_with_weights(
+        self, response: requests.Response, field: str, like: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """Read a JSON object answer whose ``field`` may hold weights as plain lists.
+
+        Returns:
+            The answer, and whether ``field`` already holds the restored weights (the
+            fast path, taken when there is a template or spec to restore them into).
+        """
+        _check_json_length(response)
+        body = self._transport.read_body(response, self._progress)
+        if like is not None or self._spec is not None:
+            fast = fast_layers(memoryview(body).cast("B"), field)
+            if fast is not None:
+                fields, tensors = fast
+                fields[field] = self._restore(tensors, like)
+                return fields, True
+        return _json(response, body), False
+
     def _decode_binary(self, response: requests.Response) -> Tensors:
-        codec = self._registry.for_media_type(response.headers.get("Content-Type", ""))
+        content_type = response.headers.get("Content-Type", "")
+        try:
+            codec = self._registry.for_media_type(content_type)
+        except UnknownCodecError as exc:
+            response.close()
+            raise DecodeError(
+                f"{response.url} answered Content-Type {content_type!r}, which is neither "
+                f"JSON nor the media type of an installed codec ({exc})"
+            ) from exc
         return codec.decode(self._transport.read_body(response, self._progress))
 
     def _restore(self, tensors: Tensors, like: Any) -> Any:
@@ -389,14 +445,37 @@ class WebClient:
         return untyped(tensors)
 
 
-def _json(response: requests.Response) -> dict[str, Any]:
-    """Parse a response that must be a JSON object."""
+def _refuse_non_finite(value: Any, path: str) -> None:
+    # orjson writes NaN and infinities as null: a lost score must be an error instead.
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _refuse_non_finite(item, f"{path}.{i}")
+    elif (isinstance(value, float | np.floating) and not np.isfinite(value)) or (
+        isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all()
+    ):
+        raise EncodeError(f"{path} is {value!r}: JSON has no NaN or infinity; send a number")
+
+
+def _aggregate_number(aggregate_id: Any) -> int:
+    if aggregate_id is None:
+        return -1
+    if type(aggregate_id) is not int:
+        raise DecodeError(f"the service sent aggregate id {aggregate_id!r}; expected an integer")
+    return aggregate_id
+
+
+def _json(response: requests.Response, body: Any = None) -> dict[str, Any]:
+    """Parse a response (or its ``body``, read already) that must be a JSON object."""
+    content = response.content if body is None else body
     try:
-        value = orjson.loads(response.content)
+        value = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(
             f"{response.request.method} {response.url} answered {response.status_code} with a "
-            f"body that is not JSON: {response.content[:200]!r}"
+            f"body that is not JSON: {bytes(content[:200])!r}"
         ) from exc
     if not isinstance(value, dict):
         raise DecodeError(
@@ -404,6 +483,16 @@ def _json(response: requests.Response) -> dict[str, Any]:
             "expected an object"
         )
     return value
+
+
+def _check_json_length(response: requests.Response) -> None:
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit():
+        try:
+            check_document_size(int(length), encoding=False)
+        except DecodeError:
+            response.close()
+            raise
 
 
 def _is_json(response: requests.Response) -> bool:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import numpy as np
 import requests
 
+from .bench.progress import TransferBars
 from .clients import WebClient
+from .plugins import default_codec_registry
 
 __all__ = ["DemoResult", "RoundStats", "run_demo"]
 
@@ -194,6 +195,7 @@ def run_demo(
     def say(line: str) -> None:
         tqdm.write(line, file=out)
 
+    default_codec_registry().get(codec)  # an unknown codec fails before anything starts
     trainer = _Torch() if framework == "torch" else _Numpy()
     x_train, y_train, x_test, y_test = _load_digits(seed)
     shares = _non_iid_shares(y_train, clients, seed)
@@ -225,35 +227,53 @@ def run_demo(
             say(f"  client {c}: {len(share)} examples of digits {digits}")
         federation = [
             WebClient(
-                model_id, url=server.url, codec=codec, session=counter.session(), retry_updates=True
+                model_id,
+                url=server.url,
+                codec=codec,
+                session=counter.session(),
+                retry_updates=True,
+                # A bar per transfer of 32 MiB or more (models larger than the digits one).
+                progress=TransferBars(disable=None if progress else True),
             )
             for _ in shares
         ]
         for client in federation:
             client.register()
         template = trainer.template()
+        models: list[Any] = [None] * len(federation)  # what each client holds now
         say(f"{'round':>5}  {'accuracy':>8}  {'wire bytes':>11}  {'seconds':>7}")
-        bar: Callable[..., Any] = tqdm if progress else (lambda it, **_: it)
-        for r in bar(range(1, rounds + 1), desc="rounds", unit="round", leave=False):
+        # disable=None: no bar when stderr is not a terminal, so logs stay clean.
+        rounds_bar = tqdm(
+            range(1, rounds + 1),
+            desc="rounds",
+            unit="round",
+            leave=False,
+            disable=None if progress else True,
+        )
+        for r in rounds_bar:
             started, sent_before = time.perf_counter(), counter.total
             for c, (client, share) in enumerate(zip(federation, shares, strict=True)):
-                latest = client.check_for_latest_model(update_after=-1, like=template)
-                if latest is None:
+                # The seed's polling loop: None means nothing newer than what it holds.
+                latest = client.check_for_latest_model(like=template)
+                if latest is not None:
+                    models[c] = latest["values"]
+                if models[c] is None:
                     raise RuntimeError("the server has neither an aggregate nor an initial model")
                 update = trainer.train(
-                    latest["values"],
+                    models[c],
                     x_train[share],
                     y_train[share],
                     _LOCAL_EPOCHS,
                     seed + 100 * r + c,
                 )
                 client.send_update(update, num_examples=len(share))
-            latest = federation[0].check_for_latest_model(update_after=-1, like=template)
+            latest = federation[0].check_for_latest_model(like=template)
             if latest is None:
-                raise RuntimeError("the server lost the round's aggregate")
+                raise RuntimeError(f"round {r} made no aggregate")
+            models[0] = latest["values"]
             stats = RoundStats(
                 r,
-                _accuracy(latest["values"], x_test, y_test),
+                _accuracy(models[0], x_test, y_test),
                 counter.total - sent_before,
                 time.perf_counter() - started,
             )

@@ -8,6 +8,7 @@ Every error the library raises on purpose derives from :class:`FMAConnectError`:
     │   ├── EncodeError           the weights cannot be written in the chosen codec
     │   └── DecodeError           a payload is corrupt, truncated, hostile or of an unknown format
     ├── FrameworkError            weights do not fit the template / framework they are restored into
+    ├── ConfigurationError        a WebClient option is malformed (URL, uuid, codec, timeout)
     ├── PluginError               a plugin failed to load or registered a clashing name
     └── TransportError
         ├── ConnectError          the service could not be reached
@@ -25,6 +26,7 @@ __all__ = [
     "APIError",
     "APIException",
     "CodecError",
+    "ConfigurationError",
     "ConnectError",
     "DecodeError",
     "EncodeError",
@@ -61,6 +63,10 @@ class FrameworkError(FMAConnectError, TypeError):
     """Received weights do not fit the template or framework they are restored into."""
 
 
+class ConfigurationError(FMAConnectError, ValueError):
+    """An option given to the client is malformed; the message says what was expected."""
+
+
 class PluginError(FMAConnectError):
     """A plugin failed to load, or registered a name that is already taken."""
 
@@ -81,22 +87,33 @@ class APIError(TransportError):
     """The service answered with a non-2xx status.
 
     The message keeps the original client's format,
-    ``An API error occurred (status_code=403): {...}``, so existing log parsers still match.
+    ``An API error occurred (status_code=403): {...}``, and so does the constructor
+    (``APIException(status_code=None, message=None)``), so existing code still matches.
 
     Attributes:
-        status_code: The HTTP status code.
+        status_code: The HTTP status code (None when there was no answer).
         detail: The parsed JSON error body, or a short text excerpt of a non-JSON body.
         hint: What to do about it, when the client knows.
+        error_message: The formatted message (the original client's attribute).
     """
 
-    def __init__(self, status_code: int, detail: Any, hint: str | None = None) -> None:
+    def __init__(
+        self, status_code: int | None = None, message: Any = None, hint: str | None = None
+    ) -> None:
         self.status_code = status_code
-        self.detail = detail
+        self.detail = message
         self.hint = hint
-        message = f"An API error occurred (status_code={status_code}): {detail}"
+        shown = "Could not connect to the server." if message is None else message
+        status = "NULL" if status_code is None else status_code
+        self.error_message = f"An API error occurred (status_code={status}): {shown}"
         if hint:
-            message = f"{message}. {hint}"
-        super().__init__(message)
+            self.error_message = f"{self.error_message}. {hint}"
+        super().__init__(self.error_message)
+
+    def __reduce__(self) -> tuple[type[APIError], tuple[int | None, Any, str | None]]:
+        # Rebuild from the constructor's arguments, so the error survives pickling
+        # (multiprocessing, concurrent.futures) instead of failing on its message.
+        return (type(self), (self.status_code, self.detail, self.hint))
 
 
 #: The original client's name for :class:`APIError`.

@@ -99,9 +99,9 @@ class Spec:
         """Rebuild the tree from received tensors, with the sent dtypes and shapes.
 
         Tensors named by position (``"0"``, ``"1"``..., as plain JSON delivers them) are
-        matched by position and need only the sent number of values (plain JSON cannot
-        carry the shape of an empty tensor); named ones must carry the sent names, in the
-        sent order, with the sent shapes.
+        matched by position; named ones must carry the sent names, in the sent order.
+        Both must have the sent shapes, except that an empty tensor from plain JSON
+        (which cannot carry its shape) only needs to be empty.
 
         Raises:
             FrameworkError: count, names or shapes differ (the message names the first
@@ -119,7 +119,10 @@ class Spec:
                 raise FrameworkError(
                     f"tensor names differ: expected {leaf.name!r}, received {name!r}"
                 )
-            fits = array.size == math.prod(leaf.shape) if positional else array.shape == leaf.shape
+            # Plain JSON carries shapes in its nesting, except that of an empty tensor.
+            fits = array.shape == leaf.shape or (
+                positional and array.size == 0 == math.prod(leaf.shape)
+            )
             if not fits:
                 raise FrameworkError(
                     f"tensor {leaf.name!r}: expected shape {leaf.shape}, "
@@ -127,6 +130,10 @@ class Spec:
                 )
             arrays.append(_cast(array.reshape(leaf.shape), leaf.dtype))
         return _build(self.treedef, self.leaves, arrays)
+
+
+#: Deeper trees are refused: no model nests this deep, but a list holding itself does.
+_MAX_DEPTH = 100
 
 
 def flatten(tree: Any, *, registry: FrameworkRegistry | None = None) -> tuple[Tensors, Spec]:
@@ -182,6 +189,11 @@ def _flatten(tree: Any, registry: FrameworkRegistry | None, bind: bool) -> tuple
 
     def visit(node: Any, path: tuple[str, ...], root: bool) -> Any:
         name = ".".join(path) or "0"
+        if len(path) > _MAX_DEPTH:
+            raise EncodeError(
+                f"the tree is nested more than {_MAX_DEPTH} levels deep at {name[:80]!r}... "
+                "(does a container hold itself?)"
+            )
         # The root list is the list of layers, never one numeric-list tensor.
         adapter = None if root and isinstance(node, list) else registry.find(node)
         if adapter is not None:

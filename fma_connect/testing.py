@@ -33,12 +33,18 @@ from typing import Any
 
 import numpy as np
 import orjson
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+except ImportError:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "fma_connect.testing needs hypothesis: pip install 'fma-connect[test]'"
+    ) from None
 
 from ._transport import dumps_json
-from .codecs.base import Codec, Tensors
+from .codecs.base import Codec, Tensors, read_tag
 from .exceptions import DecodeError
 
 __all__ = [
@@ -220,6 +226,13 @@ def check_codec(
     assert _NAME.match(codec.name), f"codec name {codec.name!r} is not lowercase kebab-case"
     assert isinstance(codec.lossless, bool) and isinstance(codec.json_native, bool)
     assert "/" in codec.media_type, f"media type {codec.media_type!r} is not type/subtype"
+    if codec.json_native and codec.name != "json":
+        # Only plain lists are untagged: a receiver tells every other JSON payload by its tag.
+        tagged = read_tag(codec.encode([("t", np.zeros(2, np.float32))]))
+        assert tagged is not None and tagged[0] == codec.name, (
+            f"a JSON-native codec must encode to a tagged object "
+            f'{{"codec": "{codec.name}", "format_version": N, "payload": ...}}'
+        )
     run = settings(
         max_examples=max_examples,
         deadline=None,

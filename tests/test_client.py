@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,13 +20,17 @@ import responses
 from responses import matchers
 
 from fma_connect import (
+    APIError,
     APIException,
     CodecRegistry,
+    ConfigurationError,
     ConnectError,
     DecodeError,
+    EncodeError,
     RequestTimeout,
     TokenAuth,
     WebClient,
+    settings,
 )
 
 BASE = "http://fma.test"
@@ -73,13 +84,40 @@ def test_seed_properties(registry: CodecRegistry) -> None:
     assert (c.uuid, c.url, c.federated_model_id, c.codec.name) == (UUID, BASE, 7, "json")
 
 
-def test_default_url_comes_from_the_environment(
+def test_default_url_is_the_settings_string_as_in_the_original_client(
     registry: CodecRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FMA_CONNECT_URL", "http://elsewhere:9000")
-    assert WebClient(1, registry=registry).url == "http://elsewhere:9000"
-    monkeypatch.delenv("FMA_CONNECT_URL")
-    assert WebClient(1, registry=registry).url == "http://127.0.0.1:8000"
+    assert WebClient(1, registry=registry).url == "http://127.0.0.1:8000/"
+    monkeypatch.setattr(settings, "default_url", "http://elsewhere:9000/")
+    assert WebClient(1, registry=registry).url == "http://elsewhere:9000/"
+
+
+def test_default_url_can_come_from_the_environment() -> None:
+    code = "import fma_connect.settings as s; print(s.default_url)"
+    env = {**os.environ, "FMA_CONNECT_URL": "http://fma.internal:8000/"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "http://fma.internal:8000/"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"url": "127.0.0.1:8000"}, "url must look like http://host:port"),
+        ({"url": ""}, "url must look like"),
+        ({"url": "ftp://host/"}, "url must look like"),
+        ({"uuid": 12345}, "uuid must be a string"),
+        ({"uuid": "abc\ndef"}, "uuid must be a string"),
+        ({"codec": 42}, "codec must be a codec name \\(json, msgpack, npz-b64\\)"),
+        ({"timeout": -1}, "timeout must be seconds > 0"),
+        ({"timeout": (1, 2, 3)}, "timeout must be"),
+        ({"retries": -1}, "retries must be an integer >= 0"),
+    ],
+)
+def test_malformed_options_are_refused_at_construction(
+    registry: CodecRegistry, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        WebClient(1, **{"url": BASE, "registry": registry, **options})
 
 
 # -- send_update per codec ----------------------------------------------------------
@@ -181,8 +219,11 @@ def test_without_a_spec_json_values_are_returned_as_the_service_sent_them(
     responses.get(
         f"{API}/models/7/get_latest_model/", json={"values": [[1.0, 2.0]], "aggregate": None}
     )
-    latest = client(registry).check_for_latest_model(update_after=10)
-    assert latest == {"values": [[1.0, 2.0]], "aggregate": None}
+    c = client(registry)
+    assert c.check_for_latest_model() == {"values": [[1.0, 2.0]], "aggregate": None}
+    # As in the original client, the artifact counts as aggregate -1: handed over once.
+    assert c.check_for_latest_model() is None
+    assert c.check_for_latest_model(update_after=-2) is not None
 
 
 @responses.activate
@@ -385,3 +426,110 @@ def test_resending_gives_up_after_the_configured_retries(registry: CodecRegistry
     with pytest.raises(APIException, match=r"status_code=502\): Bad Gateway"):
         c.send_update([1.0])
     assert len(responses.calls) == 3
+
+
+# -- seed compatibility and edge cases found in review --------------------------------
+
+
+def test_api_exception_keeps_the_original_constructor_and_pickles() -> None:
+    assert str(APIException()) == (
+        "An API error occurred (status_code=NULL): Could not connect to the server."
+    )
+    err = APIException(status_code=403, message={"detail": "Invalid UUID"})
+    assert err.error_message == str(err)
+    assert err.status_code == 403 and err.detail == {"detail": "Invalid UUID"}
+    again = pickle.loads(pickle.dumps(APIError(404, "gone", "check the url")))
+    assert (again.status_code, again.detail, str(again)) == (
+        404,
+        "gone",
+        str(APIError(404, "gone", "check the url")),
+    )
+
+
+@responses.activate
+def test_a_404_names_the_url_it_could_not_find(registry: CodecRegistry) -> None:
+    responses.get(f"{API}/models/7/get_latest_model/", status=404, json={"detail": "Not found."})
+    with pytest.raises(
+        APIException,
+        match=r"status_code=404.*Nothing at GET http://fma\.test/api/v1/models/7/get_latest_model/",
+    ):
+        client(registry).check_for_latest_model()
+
+
+@responses.activate
+def test_a_latest_model_that_is_neither_json_nor_a_codec_is_a_decode_error(
+    registry: CodecRegistry,
+) -> None:
+    responses.get(
+        f"{API}/models/7/get_latest_model/", body="maintenance", content_type="text/plain"
+    )
+    with pytest.raises(DecodeError, match="text/plain"):
+        client(registry).check_for_latest_model()
+
+
+@pytest.mark.parametrize(
+    ("results", "message"),
+    [
+        ({"loss": float("nan")}, r"validation_results\.loss is nan"),
+        ({"acc": [np.float32(np.inf)]}, r"validation_results\.acc\.0 is"),
+        ({"x": object()}, "cannot write this as JSON"),
+    ],
+)
+def test_validation_results_json_cannot_carry_are_refused(
+    registry: CodecRegistry, results: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(EncodeError, match=message):
+        client(registry).send_val_results(results, 1)
+
+
+@responses.activate
+def test_a_callers_session_is_not_changed(registry: CodecRegistry) -> None:
+    responses.get(f"{API}/models/7/get_latest_model/", json={})
+    session = requests.Session()
+    with client(registry, session=session, headers={"X-Team": "a"}, auth=TokenAuth("t")) as c:
+        c.check_for_latest_model()
+    assert "X-Team" not in session.headers and session.auth is None
+    assert responses.calls[0].request.headers["X-Team"] == "a"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback socket that accepts, reads what it is sent and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(0.1)
+            with conn:
+                while not stop.is_set():
+                    try:
+                        chunk = conn.recv(1 << 16)
+                    except TimeoutError:
+                        continue
+                    if not chunk:
+                        break
+                    received.append(chunk)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", received
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_a_silent_service_is_a_timeout_even_after_retries(
+    registry: CodecRegistry, silent_server: tuple[str, list[bytes]]
+) -> None:
+    url, _ = silent_server
+    c = WebClient(7, UUID, url, registry=registry, timeout=0.3, retries=1)
+    c._transport.session.adapters[f"{url}/"].max_retries.backoff_factor = 0
+    with pytest.raises(RequestTimeout, match="raise WebClient\\(timeout=...\\)"):
+        c.get_current_artifact()

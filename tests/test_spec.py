@@ -54,7 +54,9 @@ def test_restore_casts_received_float64_to_the_sent_dtypes_and_rounds_ints() -> 
     _, spec = flatten(
         {"w": np.zeros((2, 2), np.float32), "n": np.zeros(2, np.int32), "e": np.zeros((0, 3))}
     )
-    back = spec.restore([("0", np.full(4, 0.1)), ("1", np.array([1.6, -2.5])), ("2", np.array([]))])
+    back = spec.restore(
+        [("0", np.full((2, 2), 0.1)), ("1", np.array([1.6, -2.5])), ("2", np.array([]))]
+    )
     assert back["w"].dtype == np.float32 and back["w"].shape == (2, 2)
     assert back["w"][0, 0] == np.float32(0.1)
     assert back["n"].tolist() == [2, -2] and back["n"].dtype == np.int32
@@ -83,3 +85,24 @@ def test_unsupported_leaves_are_refused_with_their_path(tree: Any, where: str) -
 def test_untyped_gives_a_list_for_positional_names_and_a_dict_otherwise() -> None:
     assert isinstance(untyped([("0", np.zeros(1)), ("1", np.zeros(1))]), list)
     assert list(untyped([("w", np.zeros(1)), ("b", np.zeros(1))])) == ["w", "b"]
+
+
+def test_plain_json_of_another_shape_is_refused_even_with_as_many_values() -> None:
+    _, spec = flatten({"w": np.zeros((3, 2), np.float32)})
+    with pytest.raises(FrameworkError, match=r"'w': expected shape \(3, 2\), received \(2, 3\)"):
+        spec.restore([("0", np.zeros((2, 3)))])
+
+
+def test_python_complex_numpy_matrix_and_masked_arrays() -> None:
+    tensors, spec = flatten({"c": 1 + 2j, "m": np.matrix([[1, 2]])})
+    back = spec.restore(tensors)
+    assert back["c"] == 1 + 2j and type(back["m"]) is np.ndarray
+    with pytest.raises(EncodeError, match="masked array at '0'.*filled"):
+        flatten([np.ma.masked_array([1.0, 2.0], [0, 1])])
+
+
+def test_a_list_that_holds_itself_is_refused() -> None:
+    loop: list[Any] = [1.0]
+    loop.append(loop)
+    with pytest.raises(EncodeError, match="nested more than 100 levels"):
+        flatten([loop])

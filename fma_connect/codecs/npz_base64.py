@@ -9,9 +9,15 @@ dtypes, shapes and names survive. The wire value is::
 The archive holds ``t0, t1, ...`` (uncompressed, C order, little-endian) and a
 ``manifest`` entry: the UTF-8 JSON ``{"names": [...], "dtypes": [...]}``. The manifest
 carries the dtype tags because ``.npy`` has no name for bfloat16; such tensors are
-stored as same-width unsigned integers and viewed back. Arrays are loaded with
-``allow_pickle=False`` and only stored (uncompressed) entries are accepted, so a
-payload cannot expand beyond its own size.
+stored as same-width unsigned integers and viewed back.
+
+Decoding trusts nothing in the archive: only stored (uncompressed) ``.npy`` entries are
+read, so a payload cannot expand beyond its own size; each entry's header is checked
+(numeric little-endian dtype, non-negative shape) and must account for exactly the
+bytes the entry holds *before* any array is allocated, so a header claiming 10^12
+elements is refused without allocating; object, void and structured dtypes are refused
+(nothing is ever unpickled); and every entry is read to its end, so zip's CRC-32 of
+the entry is verified and corruption is reported as such.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
+import struct
 import zipfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..dtypes import dtype_from_tag, tag_of, to_wire_array
 from ..exceptions import DecodeError
@@ -34,6 +43,12 @@ __all__ = ["NpzBase64Codec"]
 
 FORMAT_VERSION = 1
 _MANIFEST = "manifest"
+_SUFFIX = ".npy"
+_NPY_HEADER_MAX = 10_000  # numpy's own limit for headers it parses
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 class NpzBase64Codec:
@@ -73,37 +88,108 @@ class NpzBase64Codec:
             raise DecodeError("npz-b64 'payload' must be a base64 string")
         try:
             raw = base64.b64decode(tagged[2], validate=True)
-            _check_stored_only(raw)
-            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-                names, tags = _manifest(npz)
+            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+                entries = _entries(archive, len(raw))
+                if _MANIFEST not in entries:
+                    raise DecodeError("npz-b64 archive has no manifest entry")
+                names, tags = _manifest(_read_npy(archive, entries[_MANIFEST]), set(entries))
                 return [
-                    _restore(i, name, t, npz[f"t{i}"])
+                    _restore(i, name, t, _read_npy(archive, entries[f"t{i}"]))
                     for i, (name, t) in enumerate(zip(names, tags, strict=True))
                 ]
         except DecodeError:
             raise
-        except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            OSError,
+            EOFError,
+            struct.error,
+            zipfile.BadZipFile,
+            NotImplementedError,  # zipfile: an unknown zip version or compression method
+            RuntimeError,  # zipfile: an encrypted entry; RecursionError
+        ) as exc:
             raise DecodeError(f"npz-b64 payload is corrupt or truncated: {exc}") from exc
 
 
-def _check_stored_only(raw: bytes) -> None:
-    # Stored entries cannot expand beyond the payload: no zip bomb gets through.
-    for info in zipfile.ZipFile(io.BytesIO(raw)).infolist():
+def _entries(archive: zipfile.ZipFile, body_bytes: int) -> dict[str, zipfile.ZipInfo]:
+    """The archive's entries by name without ``.npy``; stored ones only, sizes bounded."""
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        # Stored entries cannot expand beyond the payload: no zip bomb gets through.
         if info.compress_type != zipfile.ZIP_STORED:
             raise DecodeError(
                 f"npz-b64 entry {info.filename!r} is compressed; only stored ones are read"
             )
+        if info.file_size > body_bytes or info.compress_size != info.file_size:
+            raise DecodeError(
+                f"npz-b64 payload is corrupt: entry {info.filename!r} claims {info.file_size} "
+                f"bytes stored in {info.compress_size}, in an archive of {body_bytes} bytes"
+            )
+        if not info.filename.endswith(_SUFFIX):
+            raise DecodeError(f"npz-b64 entry {info.filename!r} is not an .npy array")
+        name = info.filename[: -len(_SUFFIX)]
+        if name in entries:
+            raise DecodeError(f"npz-b64 archive holds {info.filename!r} twice")
+        entries[name] = info
+    return entries
 
 
-def _manifest(npz: Any) -> tuple[list[Any], list[Any]]:
-    manifest = json.loads(npz[_MANIFEST].tobytes())
-    names, tags = manifest["names"], manifest["dtypes"]
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """Read one ``.npy`` entry, checking its header before allocating anything."""
+    where = f"npz-b64 entry {info.filename!r}"
+    with archive.open(info) as file:
+        version = np.lib.format.read_magic(file)
+        reader = _NPY_HEADER_READERS.get(version)
+        if reader is None:
+            raise DecodeError(f"{where} has .npy format version {version}; expected 1.0 or 2.0")
+        shape, fortran_order, dtype = reader(file, max_header_size=_NPY_HEADER_MAX)
+        if dtype.kind not in "biufc" or dtype.fields is not None or dtype.byteorder == ">":
+            raise DecodeError(
+                f"npz-b64 payload is corrupt: {where} has dtype {dtype.str!r}; only little-endian "
+                "numeric dtypes are read (nothing is ever unpickled)"
+            )
+        if not all(type(n) is int and 0 <= n < 2**63 for n in shape):
+            raise DecodeError(f"npz-b64 payload is corrupt: {where} has the shape {shape!r}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        held = info.file_size - file.tell()
+        if nbytes != held:
+            raise DecodeError(
+                f"npz-b64 payload is corrupt or truncated: {where} declares shape {shape} of "
+                f"{dtype}, {nbytes} bytes, but holds {held}"
+            )
+        buffer = bytearray(nbytes)  # bounded by the entry's size, hence by the payload's
+        got = 0
+        while got < nbytes:
+            chunk = file.read(min(nbytes - got, 1 << 24))
+            if not chunk:
+                raise DecodeError(f"npz-b64 payload is truncated: {where} ends at byte {got}")
+            buffer[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        # Reading to the end of the entry makes zipfile compare its CRC-32.
+        if file.read(1):
+            raise DecodeError(f"npz-b64 payload is corrupt: {where} is longer than declared")
+    array = np.frombuffer(buffer, dtype=dtype)
+    if fortran_order:
+        return array.reshape(shape[::-1]).transpose()
+    return array.reshape(shape)
+
+
+def _manifest(stored: np.ndarray, entries: set[str]) -> tuple[list[Any], list[Any]]:
+    if stored.dtype != np.uint8 or stored.ndim != 1:
+        raise DecodeError("npz-b64 manifest must be a 1-d uint8 array of UTF-8 JSON")
+    # orjson bounds nesting depth (json would recurse until RecursionError).
+    manifest = orjson.loads(stored.tobytes())
+    if not isinstance(manifest, dict):
+        raise DecodeError("npz-b64 manifest must be a JSON object")
+    names, tags = manifest.get("names"), manifest.get("dtypes")
     if not (isinstance(names, list) and isinstance(tags, list) and len(names) == len(tags)):
         raise DecodeError("npz-b64 manifest must list as many names as dtypes")
     expected = {f"t{i}" for i in range(len(names))} | {_MANIFEST}
-    if set(npz.files) != expected:
+    if entries != expected:
         raise DecodeError(
-            f"npz-b64 archive entries {sorted(npz.files)} do not match its manifest "
+            f"npz-b64 archive entries {sorted(entries)} do not match its manifest "
             f"of {len(names)} tensors"
         )
     return names, tags

@@ -19,7 +19,7 @@ from .base import Branch, Leaf
 __all__ = ["NumpyFramework"]
 
 _NUMBER = (bool, int, float, np.bool_, np.number)
-_PYTHON = {"int": int, "float": float, "bool": bool}
+_PYTHON = {"int": int, "float": float, "bool": bool, "complex": complex}
 
 
 class NumpyFramework:
@@ -29,14 +29,20 @@ class NumpyFramework:
 
     def claims(self, obj: Any) -> bool:
         """Claim arrays, numbers and rectangular lists of numbers."""
-        if isinstance(obj, np.ndarray | np.generic | bool | int | float):
+        if isinstance(obj, np.ndarray | np.generic | bool | int | float | complex):
             return True
         return isinstance(obj, list) and _numeric_list(obj) is not None
 
     def flatten(self, obj: Any, name: str) -> Leaf | Branch:
         """Return the leaf; its kind says which Python or numpy type to give back."""
+        if isinstance(obj, np.ma.MaskedArray):
+            raise EncodeError(
+                f"the masked array at {name!r} cannot be sent with its mask; send "
+                "array.filled(value) or array.data"
+            )
         if isinstance(obj, np.ndarray):
-            return Leaf(obj, "ndarray")
+            # np.matrix and other subclasses travel (and come back) as plain arrays.
+            return Leaf(np.asarray(obj), "ndarray")
         if isinstance(obj, np.generic):
             return Leaf(np.asarray(obj), "scalar")
         if isinstance(obj, bool):
@@ -48,6 +54,8 @@ class NumpyFramework:
                 raise EncodeError(f"integer at {name!r} does not fit in int64: {obj}") from None
         if isinstance(obj, float):
             return Leaf(np.asarray(obj, dtype=np.float64), "float")
+        if isinstance(obj, complex):
+            return Leaf(np.asarray(obj, dtype=np.complex128), "complex")
         array = _numeric_list(obj) if isinstance(obj, list) else None
         if array is None:
             raise EncodeError(f"the numpy adapter cannot send {type(obj).__name__} at {name!r}")

@@ -11,21 +11,31 @@ Aggregators (the stock names plus a weighted FedAvg):
 Requirements: ``all_clients`` (every registered client sent an update) and
 ``require_x_updates`` (``requirement_args: [x]``); none means one update is enough.
 
-:class:`Accumulator` sums one update at a time in float64 (complex128 for complex
-tensors), so memory grows with the model, not with the number of updates. An update
-whose structure differs from the first accepted one is refused with a reason and the
-others still count; the mean is cast back to each tensor's input dtype (integers
-rounded to nearest).
+:class:`Accumulator` averages in float64 (complex128 for complex tensors), slice by
+slice: the updates it holds are views of memory-mapped blob files, so a round needs
+the result's memory plus a few slices, not a float64 copy of every update. Past
+:data:`FOLD_AT` held updates they are folded into float64 running sums (memory then
+grows with the model, never with the number of updates). An update whose structure
+differs from the first accepted one is refused with a reason and the others still
+count; the mean is cast back to each tensor's input dtype (integers rounded to nearest).
+
+Integer and bool tensors are summed exactly instead (int64 while that cannot overflow,
+else Python integers), so int64 and uint64 values survive whole. Named tensors are
+matched by name, in any order; plain JSON ones by position. A round of plain JSON
+updates only (no dtypes on the wire) answers float64, as the stock service does.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from ..codecs.base import Tensors
+from .structure import by_name
 
 __all__ = [
     "AGGREGATORS",
@@ -81,57 +91,125 @@ def requirement_met(
     return REQUIREMENTS[requirement](clients, senders, args or [])
 
 
+#: Elements per slice when checking, summing and casting (8 MiB of float64).
+SLICE = 1 << 20
+#: Updates held as views before they are folded into running sums.
+FOLD_AT = 16
+#: An update's weight, kept exact: integer tensors are averaged without rounding error.
+Weight = int | Fraction
+#: Integer sums (plus the total weight) stay below this to be summed in int64.
+_INT64_SAFE = 2**62
+
+
 class Accumulator:
-    """Running weighted sum of updates with the structure of the first one added."""
+    """Weighted mean of updates with the structure of the first one added."""
 
     def __init__(self) -> None:
         self._names: list[str] = []
         self._dtypes: list[np.dtype[Any]] = []
-        self._sums: list[np.ndarray] = []
-        self._weight = 0.0
+        self._shapes: list[tuple[int, ...]] = []
+        self._wide: list[np.dtype[Any]] = []
+        self._held: list[tuple[Tensors, Weight]] = []
+        self._sums: list[np.ndarray] | None = None
+        self._weight: Weight = 0
+        #: Per integer tensor, a bound on the magnitude of its weighted sum.
+        self._bounds: list[Weight] = []
         self._typed = False
         self.count = 0
 
     def add(self, tensors: Tensors, weight: float = 1.0, *, typed: bool = True) -> str | None:
-        """Add an update; return why it was refused (and leave the sum unchanged), or None.
+        """Add an update; return why it was refused (and leave the mean unchanged), or None.
+
+        The update's arrays are kept (not copied) until :meth:`result` or a fold.
 
         Args:
             tensors: The update.
             weight: Its weight in the mean.
             typed: Whether its dtypes are the sender's (False for plain JSON, whose
                 dtypes are guessed from the numbers): the result takes the dtypes of the
-                first typed update, else of the first update.
+                first typed update, else float64 (as the stock service answers).
         """
+        if self._names and not _positional(self._names):
+            tensors = by_name(self._names, tensors) or tensors  # named: match by name
         reason = self._mismatch(tensors)
         if reason is not None:
             return reason
+        if not self._names:
+            self._names = [name for name, _ in tensors]
+            self._shapes = [array.shape for _, array in tensors]
+            self._wide = [_start_wide(array.dtype) for _, array in tensors]
+            self._dtypes = [np.dtype(np.float64) if w.kind != "c" else w for w in self._wide]
+            self._bounds = [0] * len(tensors)
         if typed and not self._typed:
             self._dtypes = [array.dtype for _, array in tensors]
             self._typed = True
-        if not self._sums:
-            self._names = [name for name, _ in tensors]
-            self._dtypes = [array.dtype for _, array in tensors]
-            self._sums = [
-                np.zeros(a.shape, np.complex128 if a.dtype.kind == "c" else np.float64)
-                for _, a in tensors
-            ]
-        for total, (_, array) in zip(self._sums, tensors, strict=True):
-            term = array.astype(total.dtype)  # one temporary of this tensor's size
-            if weight != 1.0:
-                term *= weight
-            total += term
-        self._weight += weight
+        scale = _exact(weight)
+        self._widen(tensors, scale)
+        self._held.append((tensors, scale))
+        self._weight += scale
         self.count += 1
+        if len(self._held) >= FOLD_AT:
+            self._fold()
         return None
 
     def result(self) -> Tensors:
         """Return the weighted mean, each tensor in its input dtype (see :meth:`add`)."""
         if not self.count:
             raise ValueError("no update was added")
-        return [
-            (name, _cast(total / self._weight, dtype))
-            for name, dtype, total in zip(self._names, self._dtypes, self._sums, strict=True)
-        ]
+        out: Tensors = []
+        for i, (name, dtype, shape, wide) in enumerate(
+            zip(self._names, self._dtypes, self._shapes, self._wide, strict=True)
+        ):
+            mean = np.empty(shape, dtype)
+            flat = mean.reshape(-1)
+            for start in range(0, flat.size, SLICE):
+                part = slice(start, start + SLICE)
+                if self._sums is not None:
+                    total = self._sums[i][part].copy()
+                else:
+                    total = np.zeros(len(flat[part]), wide)
+                for tensors, weight in self._held:
+                    _add_scaled(total, _flat(tensors[i][1])[part], weight)
+                flat[part] = _mean(total, self._weight, dtype)
+            out.append((name, mean))
+        return out
+
+    def _widen(self, tensors: Tensors, scale: Weight) -> None:
+        """Choose each tensor's sum dtype so that adding ``tensors`` stays exact.
+
+        Integer (and bool) tensors are summed exactly: in int64 while a bound on the
+        weighted sum allows, else in Python integers (or fractions, for weights that
+        are not integers). A float update turns that tensor's sum into float64.
+        """
+        for i, (_, array) in enumerate(tensors):
+            wide = self._wide[i]
+            if wide.kind in "fc":
+                continue
+            if array.dtype.kind in "biu":
+                self._bounds[i] += _magnitude(array) * scale
+                small = self._bounds[i] + self._weight + scale < _INT64_SAFE
+                exact = isinstance(scale, int) and small and wide.kind != "O"
+                wider = np.dtype(np.int64 if exact else object)
+            else:
+                wider = np.dtype(np.float64)
+            if wider != wide:
+                self._wide[i] = wider
+                if self._sums is not None:
+                    self._sums[i] = self._sums[i].astype(wider)
+
+    def _fold(self) -> None:
+        if self._sums is None:
+            self._sums = [
+                np.zeros(math.prod(shape), wide)
+                for shape, wide in zip(self._shapes, self._wide, strict=True)
+            ]
+        for tensors, weight in self._held:
+            for total, (_, array) in zip(self._sums, tensors, strict=True):
+                source = _flat(array)
+                for start in range(0, total.size, SLICE):
+                    part = slice(start, start + SLICE)
+                    _add_scaled(total[part], source[part], weight)
+        self._held = []
 
     def _mismatch(self, tensors: Tensors) -> str | None:
         if not tensors:
@@ -141,36 +219,99 @@ class Accumulator:
                 return f"tensor {name!r} has the non-numeric dtype {array.dtype}"
             if not _finite(array):
                 return f"tensor {name!r} holds NaN or infinite values"
-        if not self._sums:
+        if not self._names:
             return None
-        if len(tensors) != len(self._sums):
+        if len(tensors) != len(self._names):
             return (
-                f"expected {len(self._sums)} tensors like the round's first update, "
+                f"expected {len(self._names)} tensors like the round's first update, "
                 f"got {len(tensors)}"
             )
         by_position = _positional(self._names) or _positional([n for n, _ in tensors])
-        for i, ((name, array), expected, total) in enumerate(
-            zip(tensors, self._names, self._sums, strict=True)
+        for i, ((name, array), expected, shape, wide) in enumerate(
+            zip(tensors, self._names, self._shapes, self._wide, strict=True)
         ):
             if not by_position and name != expected:
                 return (
                     f"tensor {i} is named {name!r}; the round's first update has {expected!r} there"
                 )
-            if array.shape != total.shape:
+            if array.shape != shape:
                 return (
                     f"tensor {expected!r} has shape {list(array.shape)}; the round's first "
-                    f"update has {list(total.shape)}"
+                    f"update has {list(shape)}"
                 )
-            if array.dtype.kind == "c" and total.dtype.kind != "c":
+            if array.dtype.kind == "c" and wide.kind != "c":
                 return f"tensor {expected!r} is complex; the round's first update has it real"
         return None
+
+
+def _flat(array: np.ndarray) -> np.ndarray:
+    # A view for the contiguous arrays codecs produce; a copy only for strided input.
+    return array.reshape(-1)
+
+
+def _add_scaled(total: np.ndarray, part: np.ndarray, weight: Weight) -> None:
+    term = part.astype(total.dtype)  # one slice-sized temporary
+    if weight != 1:
+        term *= weight if total.dtype.kind in "iO" else float(weight)
+    total += term
+
+
+def _start_wide(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The sum dtype of a tensor's first update (see :meth:`Accumulator._widen`)."""
+    if dtype.kind == "c":
+        return np.dtype(np.complex128)
+    return np.dtype(np.int64 if dtype.kind in "biu" else np.float64)
+
+
+def _exact(weight: float) -> Weight:
+    """A weight as an exact number: an int when it is whole, else a fraction."""
+    if isinstance(weight, int):
+        return weight
+    return int(weight) if float(weight).is_integer() else Fraction(weight)
+
+
+def _magnitude(array: np.ndarray) -> int:
+    """The largest absolute value in an integer or bool array, as a Python int."""
+    if array.size == 0:
+        return 0
+    if array.dtype.kind == "b":
+        return 1
+    return max(abs(int(array.max())), abs(int(array.min())))
+
+
+def _mean(total: np.ndarray, weight: Weight, dtype: np.dtype[Any]) -> np.ndarray:
+    """Divide a slice of sums by the total weight and cast it to ``dtype``."""
+    if total.dtype.kind not in "iO":
+        total /= float(weight)
+        return _cast(total, dtype)
+    # Exact integer sums (int64, or Python ints / fractions): round the exact quotient.
+    if dtype.kind in "iu":
+        quotient = total // weight  # floor division: the remainder is in [0, weight)
+        twice = 2 * (total - quotient * weight)
+        quotient = quotient + ((twice > weight) | ((twice == weight) & (quotient % 2 == 1)))
+        info = np.iinfo(dtype)
+        low, high = info.min, info.max
+        if quotient.dtype.kind == "i":  # keep the bounds within int64 for numpy
+            low, high = max(low, -(2**63)), min(high, 2**63 - 1)
+        clipped: np.ndarray = np.minimum(np.maximum(quotient, low), high)
+        return clipped.astype(dtype)
+    if dtype.kind == "b":
+        flags: np.ndarray = 2 * total >= weight
+        return flags.astype(bool)
+    return _cast((total / weight).astype(np.float64), dtype)
 
 
 def _finite(array: np.ndarray) -> bool:
     if array.dtype.kind in "biu":
         return True
-    wide = array.astype(np.complex128 if array.dtype.kind == "c" else np.float64)
-    return bool(np.isfinite(wide).all())
+    flat = _flat(array)
+    for start in range(0, flat.size, SLICE):
+        part = flat[start : start + SLICE]
+        if part.dtype.kind == "V":  # ml_dtypes floats: numpy's isfinite needs a real dtype
+            part = part.astype(np.float64)
+        if not np.isfinite(part).all():
+            return False
+    return True
 
 
 def _positional(names: list[str]) -> bool:
@@ -183,7 +324,9 @@ def _cast(mean: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
         return flags
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        rounded: np.ndarray = np.clip(np.rint(mean.real), info.min, info.max)
+        # float(info.max) rounds up past the largest int64/uint64: clip below it instead.
+        high = np.nextafter(float(info.max), 0.0) if float(info.max) > info.max else info.max
+        rounded: np.ndarray = np.clip(np.rint(mean.real), float(info.min), high)
         return rounded.astype(dtype)
     if dtype.kind in "fV" and mean.dtype.kind == "c":
         mean = mean.real

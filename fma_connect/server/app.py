@@ -23,9 +23,10 @@ from ..registry import CodecRegistry
 from . import routes_models, routes_records
 from .errors import NOT_FOUND, HTTPError
 from .httputil import JSONResponse
+from .limits import DEFAULT_MAX_TENSORS
 from .service import AutoAggregate, Service
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TENSORS", "create_app"]
 
 #: Largest request body accepted by default (an update is streamed to disk, not held).
 DEFAULT_MAX_BODY_BYTES = 16 << 30
@@ -39,6 +40,7 @@ def create_app(
     admin_token: str | None = None,
     auto_aggregate: AutoAggregate = "sync",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
 ) -> Starlette:
     """Build the server's ASGI app over a data directory (opened now, closed at shutdown).
 
@@ -49,13 +51,16 @@ def create_app(
             stored one, else a new one (``app.state.service.admin_token`` holds it).
         auto_aggregate: ``sync`` (a round runs in the request that meets the model's
             requirement), ``background`` (in a worker thread) or ``off``.
-        max_body_bytes: Largest request body; larger ones get 413.
+        max_body_bytes: Largest request body; larger ones get 413 (from Content-Length
+            before reading, or as soon as a chunked body grows past it).
+        max_tensors: Most tensors an update or initial model may hold; more get 400.
     """
     service = Service(
         Path(data_dir),
         registry if registry is not None else default_codec_registry(),
         admin_token=admin_token,
         auto_aggregate=auto_aggregate,
+        max_tensors=max_tensors,
     )
 
     @asynccontextmanager

@@ -150,9 +150,12 @@ def query_int(request: Request, name: str) -> int | None:
     if raw is None or raw == "":
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise bad_request(name, f"A valid integer is required, got {raw!r}.") from None
+    if not -(2**63) <= value < 2**63:
+        raise bad_request(name, f"Expected a 64-bit integer, got {raw!r}.")
+    return value
 
 
 def _check_length(request: Request, limit: int) -> None:

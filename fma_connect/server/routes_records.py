@@ -63,9 +63,13 @@ async def post_update(request: Request) -> Response:
         if not key or len(key) > _MAX_KEY:
             raise bad_request("Idempotency-Key", f"Expected 1 to {_MAX_KEY} characters.")
         existing = await run_in_threadpool(svc.store.update_by_key, client, key)
-        if existing is not None:
-            await drain(request)
-            return JSONResponse(update_json(existing), status_code=200)
+        if existing is not None:  # a retry gets the original update; another body a 422
+            with svc.blobs.writer() as replayed:
+                await spool(request, replayed)
+                row = await run_in_threadpool(
+                    svc.replay, existing, media_type(request), request.query_params, replayed
+                )
+            return JSONResponse(update_json(row), status_code=200)
     kind = media_type(request)
     writer = svc.blobs.writer()
     try:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
 import uvicorn
 
-from .app import create_app
+from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TENSORS, create_app
+from .datadir import DataDirError
 from .service import AutoAggregate
 
 __all__ = ["DEFAULT_DATA_DIR", "serve"]
@@ -31,15 +33,20 @@ def serve(
     *,
     auto_aggregate: AutoAggregate = "sync",
     log_level: str = "info",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
 ) -> int:
     """Serve until interrupted; return the exit code.
 
     Prints ``listening on http://HOST:PORT`` once the port is bound (with ``port`` 0,
     the port the system chose), and the admin token when this start created it.
+    ``max_body_bytes`` and ``max_tensors`` are :func:`~fma_connect.server.create_app`'s.
+
+    The port is bound before the data directory is opened, so a start that fails
+    (port taken, directory in use by another server, not a directory) creates no
+    admin token that it would not show.
     """
     data_dir = data_dir if data_dir is not None else default_data_dir()
-    app = create_app(data_dir, auto_aggregate=auto_aggregate)
-    service = app.state.service
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,6 +56,19 @@ def serve(
         print(f"error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         sock.close()
         return 1
+    try:
+        app = create_app(
+            data_dir,
+            auto_aggregate=auto_aggregate,
+            max_body_bytes=max_body_bytes,
+            max_tensors=max_tensors,
+        )
+    except (DataDirError, OSError, sqlite3.Error) as exc:
+        where = f" (database in {data_dir})" if isinstance(exc, sqlite3.Error) else ""
+        print(f"error: {exc}{where}", file=sys.stderr)
+        sock.close()
+        return 1
+    service = app.state.service
     sock.listen(128)  # connections made before uvicorn runs wait in the backlog
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host

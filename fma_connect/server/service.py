@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,20 +21,31 @@ from typing import Any, Literal
 
 import orjson
 
+from ..codecs.base import Tensors, read_tag
 from ..exceptions import CodecError, EncodeError
 from ..registry import CodecRegistry
 from . import store as st
 from .aggregation import AGGREGATORS, Accumulator, requirement_met
 from .blobs import BlobStore, BlobWriter
-from .errors import HTTPError, bad_request, forbidden, not_found
+from .datadir import DataDirLock, prepare
+from .errors import HTTPError, bad_request, detail, forbidden, not_found
+from .limits import DEFAULT_MAX_TENSORS, PausePoint, check_tensor_count, check_tensors_schema
 from .store import Row, Store
-from .validation import check_against_schema, model_fields, reference
+from .structure import Structure, difference, structure_of
+from .validation import check_against_schema, model_fields, optional_int, reference
 from .weights import decode_data, load, result_codec, store_tensors
 
 __all__ = ["AutoAggregate", "Service"]
 
 AutoAggregate = Literal["sync", "background", "off"]
 TOKEN_ENV = "FMA_CONNECT_ADMIN_TOKEN"
+_JSON = "application/json"
+#: The fields of an update besides its weights (an idempotent replay has the same).
+_UPDATE_FIELDS = ("federated_model", "base_aggregate", "num_examples")
+_NO_TENSORS = "The update holds no tensors; send at least one."
+_INT64_MAX = 2**63 - 1
+#: A JSON integer literal of 19 digits or more (fraction and exponent digits excluded).
+_LONG_INTEGER = re.compile(rb"(?<![\w.+-])-?[0-9]{19,}(?![0-9.eE])")
 log = logging.getLogger("fma_connect.server")
 
 
@@ -44,14 +56,19 @@ class Service:
         data_dir: Holds ``fma.sqlite3`` and ``blobs/``; created if missing.
         registry: The codecs updates may use.
         admin_token: Token of the admin (user 1); default ``FMA_CONNECT_ADMIN_TOKEN``,
-            else the stored one, else a new random one.
+            else the stored one, else a new random one. A token given either way
+            replaces the stored one.
         auto_aggregate: Run a round when a model's requirement is met after an update:
             in the request (``sync``, deterministic), in a worker thread
             (``background``), or never (``off``: admin trigger only).
+        max_tensors: Most tensors an update (or initial model) may hold.
 
     Attributes:
         admin_token: The admin's token.
         admin_token_created: Whether this start created it.
+
+    Raises:
+        DataDirError: ``data_dir`` is a file, or another server is using it.
     """
 
     def __init__(
@@ -61,21 +78,32 @@ class Service:
         *,
         admin_token: str | None = None,
         auto_aggregate: AutoAggregate = "sync",
+        max_tensors: int = DEFAULT_MAX_TENSORS,
     ) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        prepare(data_dir)
+        self._dir_lock = DataDirLock(data_dir)
+        try:
+            self.store = Store(data_dir / "fma.sqlite3")
+            self.blobs = BlobStore(data_dir)
+            token = admin_token or os.environ.get(TOKEN_ENV) or None
+            self.admin_token, self.admin_token_created = self.store.ensure_admin(token)
+            if self.store.reset_running():
+                log.warning("updates left RUNNING by an interrupted round are PENDING again")
+            self.blobs.sweep(self.store.blob_filenames())
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self.registry = registry
-        self.store = Store(data_dir / "fma.sqlite3")
-        self.blobs = BlobStore(data_dir)
-        token = admin_token or os.environ.get(TOKEN_ENV) or None
-        self.admin_token, self.admin_token_created = self.store.ensure_admin(token)
-        if self.store.reset_running():
-            log.warning("updates left RUNNING by an interrupted round are PENDING again")
-        self.blobs.sweep(self.store.blob_filenames())
         self.auto_aggregate = auto_aggregate
+        self.max_tensors = max_tensors
+        self._pause = PausePoint()  # crash tests only (FMA_CONNECT_TEST_PAUSE)
         self._locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        #: model id -> (blob id, structure) of the blob that established its structure.
+        self._structures: dict[int, tuple[int, Structure]] = {}
+        self._intake: dict[int, threading.Lock] = {}
         if auto_aggregate == "background":
             self._worker = threading.Thread(target=self._work, name="fma-aggregation", daemon=True)
             self._worker.start()
@@ -87,6 +115,7 @@ class Service:
             self._worker.join()
             self._worker = None
         self.store.close()
+        self._dir_lock.release()
 
     def wait_idle(self) -> None:
         """Block until the background worker has run every queued round."""
@@ -121,7 +150,7 @@ class Service:
         fields, clients = model_fields({"developer": user, **body}, self.store)
         initial = None
         if body.get("initial_model") is not None:
-            initial = self._store_json_weights(body["initial_model"], "initial_model")
+            initial, _ = self._store_json_weights(body["initial_model"], "initial_model")
         try:
             return self.store.insert_model(fields, clients or [], initial)
         except BaseException:
@@ -143,6 +172,7 @@ class Service:
         """Delete a model, its updates, aggregates, artifacts, scores and blobs."""
         self.model(model_id)
         self.blobs.delete(self.store.delete_model(model_id))
+        self._structures.pop(model_id, None)
 
     # -- updates ---------------------------------------------------------------------
 
@@ -168,8 +198,10 @@ class Service:
                     f'Invalid pk "{base}" - no such aggregate of federated model {model_id}.',
                 )
         examples = fields.get("num_examples")
-        if examples is not None and (type(examples) is not int or examples < 1):
-            raise bad_request("num_examples", "Expected null or an integer of at least 1.")
+        if examples is not None and (type(examples) is not int or not 1 <= examples <= _INT64_MAX):
+            raise bad_request(
+                "num_examples", f"Expected null or an integer from 1 to {_INT64_MAX}."
+            )
         return {
             "federated_model": model_id,
             "client": client,
@@ -181,30 +213,36 @@ class Service:
         """Store an update whose JSON body was spooled to ``spool``; run a round if due.
 
         Returns:
-            The update row and whether it is new (False: the idempotency key was used).
+            The update row (with its status after that round) and whether it is new
+            (False: the idempotency key was used, for the same update).
         """
         raw = spool.contents()
         try:
-            body = orjson.loads(memoryview(raw))
-        except orjson.JSONDecodeError as exc:
-            raise HTTPError(400, {"detail": f"JSON parse error - {exc}"}) from exc
+            try:
+                body = orjson.loads(memoryview(raw))
+            except orjson.JSONDecodeError as exc:
+                raise HTTPError(400, {"detail": f"JSON parse error - {exc}"}) from exc
+            if not isinstance(body, dict):
+                raise bad_request(
+                    "non_field_errors",
+                    f"Invalid data. Expected a dictionary, but got {type(body).__name__}.",
+                )
+            fields = self.check_update(client, body)
+            if "data" not in body or body["data"] is None:
+                raise bad_request(
+                    "data",
+                    "This field is required."
+                    if "data" not in body
+                    else "This field may not be null.",
+                )
+            schema = self.model(fields["federated_model"])["update_schema"]
+            if read_tag(body["data"]) is None:  # plain lists: checked as sent, as stock does
+                check_against_schema(schema, body["data"], "data")
+                schema = None
+            blob, shape = self._store_json_weights(body["data"], "data", raw, schema)
         finally:
             spool.discard()
-        if not isinstance(body, dict):
-            raise bad_request(
-                "non_field_errors",
-                f"Invalid data. Expected a dictionary, but got {type(body).__name__}.",
-            )
-        fields = self.check_update(client, body)
-        if "data" not in body or body["data"] is None:
-            raise bad_request(
-                "data",
-                "This field is required." if "data" not in body else "This field may not be null.",
-            )
-        schema = self.model(fields["federated_model"])["update_schema"]
-        check_against_schema(schema, body["data"], "data")
-        blob = self._store_json_weights(body["data"], "data")
-        return self._insert(fields, blob, key)
+        return self._insert(fields, blob, key, shape)
 
     def add_binary_update(
         self, fields: dict[str, Any], codec_name: str, body: BlobWriter, key: str | None
@@ -212,36 +250,176 @@ class Service:
         """Store an update whose binary body (checked ``fields``) is in ``body``."""
         codec = self.registry.get(codec_name)
         try:
-            codec.decode(body.contents())
+            tensors = codec.decode(body.contents())
+            shape = structure_of(tensors)
         except CodecError as exc:
             body.discard()
             raise bad_request("data", f"The {codec.name} body does not decode: {exc}") from exc
+        check_tensor_count(len(tensors), self.max_tensors)
+        check_tensors_schema(self.model(fields["federated_model"])["update_schema"], tensors)
+        del tensors  # views of the spooled file
+        if not shape:
+            body.discard()
+            raise bad_request("data", _NO_TENSORS)
         filename = body.commit()
-        return self._insert(fields, (codec.name, filename, body.nbytes), key)
+        return self._insert(fields, (codec.name, filename, body.nbytes), key, shape)
+
+    def replay(self, row: Row, media_type: str, query: Mapping[str, str], spool: BlobWriter) -> Row:
+        """Answer a request whose Idempotency-Key stored ``row``: the same update again?
+
+        Returns:
+            ``row``, when the request (spooled to ``spool``) carries the same update.
+
+        Raises:
+            HTTPError: 422, the key was used for a different update.
+        """
+        raw = spool.contents()
+        fields: dict[str, Any] = {}
+        if media_type == _JSON or media_type.endswith("+json"):
+            try:
+                body = orjson.loads(memoryview(raw))
+            except orjson.JSONDecodeError:
+                body = None
+            if isinstance(body, dict) and body.get("data") is not None:
+                tagged = read_tag(body["data"])
+                fields = {name: body.get(name) for name in _UPDATE_FIELDS}
+                payload = orjson.dumps(body["data"])
+                if self._same_update(row, fields, tagged[0] if tagged else "json", payload):
+                    return row
+        else:
+            try:
+                codec = self.registry.for_media_type(media_type).name
+                fields = {name: optional_int(query.get(name), name) for name in _UPDATE_FIELDS}
+            except (CodecError, HTTPError):
+                codec = ""
+            if codec and self._same_update(row, fields, codec, raw):
+                return row
+        raise _key_reused(row)
 
     def _insert(
-        self, fields: dict[str, Any], blob: tuple[str, str, int], key: str | None
+        self,
+        fields: dict[str, Any],
+        blob: tuple[str, str, int],
+        key: str | None,
+        shape: Structure,
     ) -> tuple[Row, bool]:
+        self._pause.reached("update-stored")
+        model_id = fields["federated_model"]
         try:
-            row, created = self.store.insert_update(fields, blob, key)
+            with self._intake_lock(model_id):
+                existing = self.store.update_by_key(fields["client"], key) if key else None
+                if existing is None:
+                    problem = self._structure_problem(model_id, shape)
+                    if problem is not None:
+                        raise bad_request("data", problem)
+                    row, created = self.store.insert_update(fields, blob, key)
+                else:
+                    row, created = existing, False
         except BaseException:
             self.blobs.delete([blob[1]])
             raise
-        if not created:
+        if not created:  # the key was used already: the same update again, or a misuse
+            same = self._same_update(row, fields, blob[0], self.blobs.read(blob[1]))
             self.blobs.delete([blob[1]])
+            if not same:
+                raise _key_reused(row)
         elif self.auto_aggregate == "sync":
-            self._auto_round(fields["federated_model"])
+            self._auto_round(model_id)
+            row = self.store.get_update(row["id"]) or row  # its status after the round
         elif self.auto_aggregate == "background":
-            self._queue.put(fields["federated_model"])
+            self._queue.put(model_id)
         return row, created
 
-    def _store_json_weights(self, value: Any, field: str) -> tuple[str, str, int]:
+    @contextmanager
+    def _intake_lock(self, model_id: int) -> Iterator[None]:
+        # Checking an update against the model's structure and storing it is one step,
+        # so two first updates of different structures cannot both get in.
+        with self._locks_guard:
+            lock = self._intake.setdefault(model_id, threading.Lock())
+        with lock:
+            yield
+
+    def _store_json_weights(
+        self, value: Any, field: str, raw: Any = None, schema: Any = None
+    ) -> tuple[tuple[str, str, int], Structure]:
+        """Check and store JSON weights; return ``(codec, file, size)`` and their structure.
+
+        Args:
+            value: The parsed weights.
+            field: The request field they came in (for errors).
+            raw: The request body they were parsed from, to find integers beyond 64 bits
+                (which orjson turns into floats).
+            schema: An ``update_schema`` to check the tensors' plain-lists form against.
+        """
+        if isinstance(value, list):  # plain layers: count them before making arrays
+            check_tensor_count(len(value), self.max_tensors, field)
         try:
-            codec, _ = decode_data(value, self.registry)
+            codec, tensors = decode_data(value, self.registry)
         except CodecError as exc:
             raise bad_request(field, str(exc)) from exc
+        check_tensor_count(len(tensors), self.max_tensors, field)
+        check_tensors_schema(schema, tensors)
+        if not tensors:
+            raise bad_request(field, _NO_TENSORS)
+        if codec == "json" and raw is not None:
+            problem = _integer_beyond_64_bits(raw, tensors)
+            if problem is not None:
+                raise bad_request(field, problem)
+        shape = structure_of(tensors)
+        del tensors
         filename, nbytes = self.blobs.write([orjson.dumps(value)])
-        return codec, filename, nbytes
+        return (codec, filename, nbytes), shape
+
+    def _structure_problem(self, model_id: int, shape: Structure) -> str | None:
+        """Why an update of this structure does not fit the model, or None."""
+        established = self._established(model_id)
+        if established is None:
+            return None
+        expected, source = established
+        return difference(expected, shape, source)
+
+    def _established(self, model_id: int) -> tuple[Structure, str] | None:
+        """The model's structure and what established it, or None if nothing has yet.
+
+        That is its latest aggregate, else its current artifact (the initial model),
+        else its first update still waiting for a round.
+        """
+        found: tuple[int, str] | None = None
+        aggregate = self.store.latest_aggregate(model_id)
+        model = self.store.get_model(model_id)
+        if aggregate is not None:
+            found = aggregate["blob"], f"the model's latest aggregate ({aggregate['id']})"
+        elif model is not None and model["current_artifact"] is not None:
+            artifact = self.store.get_artifact(model["current_artifact"])
+            if artifact is not None:
+                what = "the initial model" if artifact["aggregate"] is None else "the artifact"
+                found = artifact["blob"], what
+        if found is None:
+            first = self.store.first_open_update(model_id)
+            if first is None:
+                return None
+            found = first["blob"], f"the model's first pending update ({first['id']})"
+        blob_id, source = found
+        cached = self._structures.get(model_id)
+        if cached is None or cached[0] != blob_id:
+            try:
+                tensors = load(self.blobs, self.store.get_blob(blob_id), self.registry)
+            except (CodecError, OSError):
+                return None  # unreadable: its round marks what cannot be read
+            cached = blob_id, structure_of(tensors)
+            del tensors
+            self._structures[model_id] = cached
+        return cached[1], source
+
+    def _same_update(self, row: Row, fields: Mapping[str, Any], codec: str, payload: Any) -> bool:
+        """Whether a request would store the same update as ``row`` (same fields, bytes)."""
+        if row["codec"] != codec or any(row[name] != fields.get(name) for name in _UPDATE_FIELDS):
+            return False
+        try:
+            stored = self.blobs.read(self.store.get_blob(row["blob"])["filename"])
+        except OSError:
+            return True  # the original is unreadable: nothing to tell them apart by
+        return _same_bytes(stored, payload)
 
     # -- aggregation -----------------------------------------------------------------
 
@@ -310,10 +488,14 @@ class Service:
             ids = [u["id"] for u in pending]
             self.store.set_update_status(ids, st.RUNNING)
             try:
-                aggregate_id, invalid = self._average(model, pending, set(clients))
+                aggregate_id, invalid = self._average(model, pending, set(clients), auto=auto)
             except BaseException:
                 self.store.set_update_status(ids, st.PENDING, only=st.RUNNING)
                 raise
+        if aggregate_id is None and auto:
+            if invalid:
+                log.info("round of model %s refused updates %s", model_id, invalid)
+            return None
         if aggregate_id is None:
             reasons = [f"update {i}: {reason}" for i, reason in invalid.items()]
             raise bad_request("non_field_errors", "No valid update to aggregate.", *reasons)
@@ -322,8 +504,14 @@ class Service:
         return aggregate
 
     def _average(
-        self, model: Row, pending: list[Row], clients: set[str]
+        self, model: Row, pending: list[Row], clients: set[str], *, auto: bool
     ) -> tuple[int | None, dict[int, str]]:
+        """Average the valid ones of ``pending`` and record the round.
+
+        An automatic round makes an aggregate only when the valid updates alone still
+        meet the model's requirement; otherwise the refused ones are marked INVALID and
+        the valid ones wait (PENDING) for more.
+        """
         weighted = AGGREGATORS[model["aggregator"]]
         allowed = None
         if model["furthest_base_agg"]:
@@ -359,7 +547,16 @@ class Service:
                 codecs.append(update["codec"])
             else:
                 invalid[update["id"]] = reason
+        if used and auto and invalid:
+            senders = [u["client"] for u in pending if u["id"] in set(used)]
+            args = (model["requirement"], model["requirement_args"], sorted(clients), senders)
+            if not requirement_met(*args):
+                self.store.record_round(model["id"], None, model["aggregator"], [], invalid)
+                self.store.set_update_status(used, st.PENDING, only=st.RUNNING)
+                return None, invalid
+        self._pause.reached("round-running")
         blob = self._store_result(accumulator, codecs) if used else None
+        self._pause.reached("round-stored")
         try:
             aggregate_id = self.store.record_round(
                 model["id"], blob, model["aggregator"], used, invalid
@@ -419,3 +616,41 @@ class Service:
         score = self.store.get_score(score_id)
         assert score is not None
         return score
+
+
+def _key_reused(row: Row) -> HTTPError:
+    return detail(
+        422,
+        f"Idempotency-Key {row['idempotency_key']!r} was already used for update {row['id']}, "
+        "with a different request; send a new key with a new update.",
+    )
+
+
+def _same_bytes(first: Any, second: Any) -> bool:
+    """Whether two bytes-like objects (e.g. memory maps) hold the same bytes."""
+    a, b = memoryview(first).cast("B"), memoryview(second).cast("B")
+    if a.nbytes != b.nbytes:
+        return False
+    step = 1 << 24
+    return all(a[i : i + step] == b[i : i + step] for i in range(0, a.nbytes, step))
+
+
+def _integer_beyond_64_bits(raw: Any, tensors: Tensors) -> str | None:
+    """Why plain JSON weights cannot be stored: an integer beyond int64 and uint64.
+
+    orjson reads such integers as floats, so they can only be told apart from large
+    floats in the text; the text is searched only when a float that large is there.
+    """
+    large = any(
+        array.dtype.kind == "f" and array.size and max(array.max(), -array.min()) >= 2.0**63
+        for _, array in tensors
+    )
+    if not large:
+        return None
+    for match in _LONG_INTEGER.finditer(memoryview(raw).cast("B")):
+        if not -(2**63) <= int(match.group()) < 2**64:
+            return (
+                f"The integer {match.group().decode()} is beyond the 64-bit range of int64 "
+                "and uint64; send it as a float (e.g. 1e20) or use a binary codec."
+            )
+    return None

@@ -168,15 +168,25 @@ class Store:
             self._conn.execute("COMMIT")
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """Run a query and return every row."""
+        """Run a query and return every row.
+
+        SQLite integers have 64 bits: a parameter beyond them (an id from a URL, a
+        page number) matches no row, instead of failing.
+        """
         with self._lock:
-            rows: list[Row] = self._conn.execute(sql, params).fetchall()
+            try:
+                rows: list[Row] = self._conn.execute(sql, params).fetchall()
+            except OverflowError:
+                return []
             return rows
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        """Run a query and return its first row, or None."""
+        """Run a query and return its first row, or None (see :meth:`all`)."""
         with self._lock:
-            row: Row | None = self._conn.execute(sql, params).fetchone()
+            try:
+                row: Row | None = self._conn.execute(sql, params).fetchone()
+            except OverflowError:
+                return None
             return row
 
     def count(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -362,6 +372,14 @@ class Store:
     def get_update(self, update_id: int) -> Row | None:
         """Return an update row (with its blob's codec)."""
         return self.one(f"{_UPDATE_SELECT} WHERE u.id = ?", (update_id,))
+
+    def first_open_update(self, model_id: int) -> Row | None:
+        """The model's oldest update still waiting for (or in) a round."""
+        sql = (
+            f"{_UPDATE_SELECT} WHERE u.federated_model = ? AND u.status IN (?, ?) "
+            "ORDER BY u.id LIMIT 1"
+        )
+        return self.one(sql, (model_id, PENDING, RUNNING))
 
     def pending_updates(self, model_id: int) -> list[Row]:
         """The model's PENDING updates, oldest first."""

@@ -35,6 +35,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "furthest_base_agg": None,
 }
 _REQUIRED = "This field is required."
+#: Ids and counts are SQLite integers: 64-bit.
+INT64_MAX = 2**63 - 1
 _SCHEMA_FIELDS = ("update_schema", "client_agg_results_schema")
 
 
@@ -68,8 +70,8 @@ def model_fields(
         if problem:
             errors["requirement_args"] = [problem]
     furthest = merged["furthest_base_agg"]
-    if furthest is not None and (type(furthest) is not int or furthest < 1):
-        errors["furthest_base_agg"] = ["Expected null or an integer of at least 1."]
+    if furthest is not None and (type(furthest) is not int or not 1 <= furthest <= INT64_MAX):
+        errors["furthest_base_agg"] = [f"Expected null or an integer from 1 to {INT64_MAX}."]
     for key in _SCHEMA_FIELDS:
         problem = _schema_problem(merged[key])
         if problem:
@@ -102,6 +104,11 @@ def reference(body: Mapping[str, Any], field: str, *, required: bool) -> int | N
         if required:
             raise bad_request(field, "This field may not be null.")
         return None
+    if type(value) is float and value.is_integer() and abs(value) > INT64_MAX:
+        # orjson reads integers beyond 64 bits as floats: no id is that large.
+        raise bad_request(
+            field, "Invalid pk - object does not exist (ids are 64-bit integers; this is larger)."
+        )
     if type(value) is not int:
         raise bad_request(
             field, f"Incorrect type. Expected pk value, received {type(value).__name__}."

@@ -2,14 +2,15 @@
 
 Stored blobs keep the codec they arrived in (or, for aggregates, see
 :func:`result_codec`). An answer is written in the binary codec the request's
-``Accept`` prefers, else as JSON: a JSON-native blob as stored (plain lists for ``json``
-updates, the tagged object for e.g. ``npz-b64``), a binary blob in a lossless
-JSON-native codec so that dtypes survive (plain lists if none is installed).
+``Accept`` prefers, else as JSON: plain layer lists, as the stock service answers and
+the original client reads, unless the request names a JSON-native codec in a ``codec``
+parameter, e.g. ``Accept: application/json; codec=npz-b64`` for the tagged ``npz-b64``
+object, which keeps names and dtypes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -37,7 +38,6 @@ JSON = "application/json"
 #: Response header with the JSON fields of an answer whose body is binary weights.
 META_HEADER = "FMA-Meta"
 _JSON_RANGES = frozenset({JSON, "*/*", "application/*"})
-_PREFERRED_LOSSLESS_JSON = "npz-b64"
 
 
 def decode_data(value: Any, registry: CodecRegistry) -> tuple[str, Tensors]:
@@ -114,23 +114,36 @@ def result_codec(update_codecs: Sequence[str], registry: CodecRegistry) -> list[
 
 
 def negotiate(accept: str | None, registry: CodecRegistry) -> Codec | None:
-    """Return the binary codec ``accept`` prefers, or None for JSON (also the default)."""
+    """Return the codec ``accept`` prefers, or None for plain JSON lists (the default).
+
+    A JSON range with a ``codec`` parameter naming an installed JSON-native codec
+    (``application/json; codec=npz-b64``) picks that codec; with another name the
+    range is skipped.
+    """
     entries = []
     for position, part in enumerate((accept or "").split(",")):
         media, *params = (piece.strip() for piece in part.split(";"))
         quality = 1.0
+        codec = None
         for param in params:
             key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
+            key = key.strip().lower()
+            if key == "q":
                 try:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
+            elif key == "codec":
+                codec = value.strip().strip('"').lower()
         if media and quality > 0:
-            entries.append((-quality, position, media.lower()))
-    for _, _, media in sorted(entries):
+            entries.append((-quality, position, media.lower(), codec))
+    for _, _, media, codec in sorted(entries):
         if media in _JSON_RANGES:
-            return None
+            if codec is None or codec == "json":
+                return None
+            if codec in registry and registry.get(codec).json_native:
+                return registry.get(codec)
+            continue
         try:
             return registry.for_media_type(media)
         except UnknownCodecError:
@@ -159,42 +172,44 @@ def weights_response(
         meta: The other fields; in a binary answer they go in the ``FMA-Meta`` header.
     """
     codec = negotiate(accept, registry)
-    if codec is not None:
+    if codec is not None and not codec.json_native:
         chunks, nbytes = _binary(blobs, blob, codec, registry)
         headers = {"Content-Length": str(nbytes)}
         if field is not None:
             headers[META_HEADER] = orjson.dumps(dict(meta or {})).decode()
         return StreamingResponse(chunks, headers=headers, media_type=codec.media_type)
-    chunks, nbytes = _json(blobs, blob, registry)
+    chunks, nbytes = _json(blobs, blob, registry, codec)
     if field is not None:
         head = orjson.dumps({**(meta or {}), field: None})[: -len(b"null}")]
-        chunks = _chain([head], chunks, [b"}"])
+        chunks = _chain(_once(head), chunks, _once(b"}"))
         nbytes += len(head) + 1
     return StreamingResponse(chunks, headers={"Content-Length": str(nbytes)}, media_type=JSON)
 
 
-def _json(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> tuple[Iterator[Any], int]:
-    stored = _codec(blob, registry)
-    if stored.json_native:
-        return blobs.iter_file(blob["filename"]), int(blob["nbytes"])
+def _json(
+    blobs: BlobStore, blob: Row, registry: CodecRegistry, codec: Codec | None
+) -> tuple[AsyncIterator[Any], int]:
+    """The weights as JSON: plain lists, or the JSON-native ``codec`` asked for."""
+    target = codec if codec is not None else registry.get("json")
+    if _codec(blob, registry).name == target.name:
+        return blobs.stream_file(blob["filename"]), int(blob["nbytes"])
     tensors = _load(blobs, blob, registry)
-    candidates = [i.codec for i in registry if i.codec.json_native and i.codec.lossless]
-    candidates.sort(key=lambda c: c.name != _PREFERRED_LOSSLESS_JSON)
-    candidates.append(registry.get("json"))
-    for codec in candidates:
-        try:
-            text = orjson.dumps(codec.encode(tensors), option=orjson.OPT_SERIALIZE_NUMPY)
-        except (EncodeError, orjson.JSONEncodeError):
-            continue
-        return iter([text]), len(text)
-    raise detail(406, "these weights cannot be written as JSON; ask for a binary codec in Accept")
+    try:
+        text = orjson.dumps(target.encode(tensors), option=orjson.OPT_SERIALIZE_NUMPY)
+    except (EncodeError, orjson.JSONEncodeError) as exc:
+        raise detail(
+            406,
+            f"these weights cannot be written as {target.name} JSON ({exc}); ask for a binary "
+            "codec in Accept, or for 'application/json; codec=npz-b64'",
+        ) from exc
+    return _once(text), len(text)
 
 
 def _binary(
     blobs: BlobStore, blob: Row, codec: Codec, registry: CodecRegistry
-) -> tuple[Iterator[Any], int]:
+) -> tuple[AsyncIterator[Any], int]:
     if blob["codec"] == codec.name:
-        return blobs.iter_file(blob["filename"]), int(blob["nbytes"])
+        return blobs.stream_file(blob["filename"]), int(blob["nbytes"])
     try:
         chunks = [memoryview(c).cast("B") for c in codec.encode(_load(blobs, blob, registry))]
     except EncodeError as exc:
@@ -217,13 +232,18 @@ def _load(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> Tensors:
         raise detail(500, f"stored weights do not decode: {exc}") from exc
 
 
-def _sliced(chunks: Sequence[memoryview]) -> Iterator[memoryview]:
+async def _sliced(chunks: Sequence[memoryview]) -> AsyncIterator[memoryview]:
     # Slices bound what the event loop buffers per write; they are views, not copies.
     for chunk in chunks:
         for start in range(0, chunk.nbytes, CHUNK):
             yield chunk[start : start + CHUNK]
 
 
-def _chain(*parts: Iterable[Any]) -> Iterator[Any]:
+async def _once(value: bytes) -> AsyncIterator[bytes]:
+    yield value
+
+
+async def _chain(*parts: AsyncIterator[Any]) -> AsyncIterator[Any]:
     for part in parts:
-        yield from part
+        async for chunk in part:
+            yield chunk

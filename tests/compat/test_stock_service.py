@@ -89,7 +89,7 @@ def test_json_updates_are_aggregated_and_restored_to_the_sent_dtypes(stock: Stoc
 def test_a_fresh_client_gets_what_the_service_sent(stock: StockServer) -> None:
     model = create_model(stock, initial_model=[[0.5, 0.25]])
     fresh = WebClient(model, url=stock.url)
-    assert fresh.check_for_latest_model(update_after=3) == {
+    assert fresh.check_for_latest_model() == {
         "values": [[0.5, 0.25]],
         "aggregate": None,
     }

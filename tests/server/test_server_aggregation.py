@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from fma_connect.server import aggregation
 from fma_connect.server.aggregation import Accumulator, check_requirement_args, requirement_met
 
 
@@ -57,3 +59,14 @@ def test_requirements() -> None:
     assert check_requirement_args("require_x_updates", [0]) is not None
     assert check_requirement_args("require_x_updates", [2]) is None
     assert check_requirement_args("all_clients", [2]) is not None
+
+
+def test_integer_sums_stay_exact_when_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aggregation, "FOLD_AT", 2)
+    acc = Accumulator()
+    big = np.array([2**63 - 1, -(2**63)], np.int64)
+    for _ in range(5):  # folded twice, then one held: sums beyond int64 on the way
+        assert acc.add([("n", big), ("u", np.array([2**64 - 1], np.uint64))]) is None
+    result = dict(acc.result())
+    assert result["n"].tolist() == big.tolist()
+    assert result["u"].tolist() == [2**64 - 1]

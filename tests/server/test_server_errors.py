@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from fma_connect import APIError, WebClient
+from fma_connect import APIError, WebClient, default_codec_registry
 from fma_connect.admin import AdminClient
 from fma_connect.server.testing import RunningServer
 
@@ -111,7 +111,8 @@ def test_update_schema_is_enforced(server: RunningServer, admin: AdminClient) ->
         client.send_update([np.ones(2)])
     assert refused.value.status_code == 400
     assert "schema" in str(refused.value.detail["data"])
-    assert client.send_update([np.ones(2), np.zeros(3)])["status"] == PENDING
+    # Accepted, and averaged in the same request (no requirement): the answer says so.
+    assert client.send_update([np.ones(2), np.zeros(3)])["status"] == COMPLETE
 
 
 def test_invalid_model_definitions_get_400(server: RunningServer, admin: AdminClient) -> None:
@@ -156,28 +157,33 @@ def test_publish_and_score_input_errors(
 def test_mismatched_update_becomes_invalid_and_later_rounds_work(
     server: RunningServer, admin: AdminClient
 ) -> None:
-    model = admin.create_model("mismatch", requirement="require_x_updates", requirement_args=[3])
+    model = admin.create_model("mismatch", requirement="require_x_updates", requirement_args=[2])
     clients = [WebClient(model["id"], url=server.url, codec="msgpack", retries=0) for _ in range(3)]
     clients[0].send_update({"w": np.arange(4, dtype=np.float32), "b": np.ones(2, np.float32)})
-    clients[1].send_update({"w": np.arange(5, dtype=np.float32), "b": np.ones(2, np.float32)})
+    with pytest.raises(APIError) as mismatched:  # refused on arrival: never stored
+        clients[1].send_update({"w": np.arange(5, dtype=np.float32), "b": np.ones(2, np.float32)})
+    assert mismatched.value.status_code == 400
+    assert "shape" in str(mismatched.value.detail)
     clients[2].send_update({"w": np.full(4, np.nan, np.float32), "b": np.ones(2, np.float32)})
+    # NaN is found in the round: the update is INVALID and the valid one waits for another.
+    assert clients[0].check_for_new_model_aggregate() is None
+    clients[1].send_update({"w": np.arange(4, dtype=np.float32) + 2, "b": np.ones(2, np.float32)})
     first = clients[0].check_for_new_model_aggregate()
-    assert first is not None  # the valid update still made the round
-    np.testing.assert_array_equal(first["result"]["w"], np.arange(4, dtype=np.float32))
+    assert first is not None
+    np.testing.assert_array_equal(first["result"]["w"], np.arange(4, dtype=np.float32) + 1)
     updates = sorted(admin.list_updates(model["id"]), key=lambda u: u["id"])
-    assert [u["status"] for u in updates] == [COMPLETE, INVALID, INVALID]
-    assert "shape" in updates[1]["status_reason"]
-    assert "NaN" in updates[2]["status_reason"]
+    assert [u["status"] for u in updates] == [COMPLETE, INVALID, COMPLETE]
+    assert "NaN" in updates[1]["status_reason"]
 
-    # The refused updates do not come back: the next round has only the new ones.
-    for i, client in enumerate(clients):
+    # The refused update does not come back: the next round has only the new ones.
+    for i, client in enumerate(clients[:2]):
         client.send_update({"w": np.full(4, float(i), np.float32), "b": np.zeros(2, np.float32)})
     second = clients[0].check_for_new_model_aggregate()
     assert second is not None
     assert second["parent"] == first["id"]
-    np.testing.assert_array_equal(second["result"]["w"], np.ones(4, np.float32))
+    np.testing.assert_array_equal(second["result"]["w"], np.full(4, 0.5, np.float32))
     statuses = [u["status"] for u in admin.list_updates(model["id"])]
-    assert statuses == [COMPLETE] * 3 + [INVALID, INVALID, COMPLETE]
+    assert statuses == [COMPLETE] * 2 + [COMPLETE, INVALID, COMPLETE]
 
 
 def test_admin_trigger_with_only_invalid_updates_reports_why(
@@ -213,8 +219,18 @@ def test_idempotency_key_stores_one_update(
     binary_headers = {**headers, "Content-Type": "application/vnd.fma-connect.msgpack"}
     path = f"{API}/model_updates/?federated_model={model['id']}"
     replay = _request(server, "POST", path, data=packed, headers=binary_headers)
-    assert (replay.status_code, replay.json()["id"]) == (200, first.json()["id"])
+    assert replay.status_code == 422  # the key of another update: refused, not its answer
+    assert "Idempotency-Key" in replay.json()["detail"]
     assert len(admin.list_updates(model["id"])) == 1
+    # A binary update sent twice with one key is stored once too.
+    codec = default_codec_registry().get("msgpack")
+    payload = b"".join(bytes(chunk) for chunk in codec.encode([("0", np.ones(2))]))
+    binary_headers = {**binary_headers, "Idempotency-Key": "retry-2"}
+    once = _request(server, "POST", path, data=payload, headers=dict(binary_headers))
+    twice = _request(server, "POST", path, data=payload, headers=dict(binary_headers))
+    assert (once.status_code, twice.status_code) == (201, 200)
+    assert twice.json()["id"] == once.json()["id"]
+    assert len(admin.list_updates(model["id"])) == 2
 
 
 def test_pages_are_newest_first(

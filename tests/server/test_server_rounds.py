@@ -12,7 +12,7 @@ import pytest
 import requests
 from server_helpers import CODECS, assert_leaves_equal, make_tree, reference_mean
 
-from fma_connect import APIError, WebClient
+from fma_connect import APIError, WebClient, default_codec_registry
 from fma_connect.admin import AdminClient
 from fma_connect.server.testing import RunningServer, running_server
 
@@ -179,13 +179,22 @@ def test_fresh_client_gets_dtypes_from_a_lossless_aggregate(
     (sender,) = _clients(server, model["id"], [codec])
     tree = make_tree(7)
     sender.send_update(tree)
-    (fresh,) = _clients(server, model["id"], ["json"])  # no Spec: nothing sent yet
+    (fresh,) = _clients(server, model["id"], ["msgpack"])  # no Spec: nothing sent yet
     latest = fresh.check_for_latest_model()
     assert latest is not None
     values = latest["values"]
     assert values["dense.kernel"].dtype == np.float32
     assert values["count"].dtype == np.int32
     np.testing.assert_array_equal(values["dense.bias"], tree["dense"]["bias"])
+    # JSON keeps the dtypes only in a tagged codec, asked for by name in Accept.
+    response = requests.get(
+        f"{server.url}/api/v1/models/{model['id']}/get_latest_model/",
+        headers={"CLIENT-UUID": fresh.uuid, "Accept": "application/json; codec=npz-b64"},
+        timeout=10,
+    )
+    tagged = dict(default_codec_registry().get("npz-b64").decode(response.json()["values"]))
+    assert tagged["dense.kernel"].dtype == np.float32
+    assert tagged["count"].dtype == np.int32
 
 
 def test_concurrent_updates_never_share_or_split_a_round(

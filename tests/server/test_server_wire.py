@@ -48,19 +48,21 @@ def test_binary_accept_gets_the_codec_body_and_meta_header(
     np.testing.assert_array_equal(tensors["n"], [2, 3])
 
 
-def test_json_accept_gets_dtype_keeping_json_for_binary_weights(
+def test_json_accept_gets_plain_lists_and_tagged_json_when_named(
     server: RunningServer, aggregated: tuple[dict[str, Any], WebClient]
 ) -> None:
     aggregate, client = aggregated
     path = f"/api/v1/models/{aggregate['federated_model']}/get_latest_model/"
     body = _get(server, path, client, "application/json").json()
-    assert body["aggregate"] == aggregate["id"]
-    assert body["values"]["codec"] == "npz-b64"
-    tensors = dict(default_codec_registry().get("npz-b64").decode(body["values"]))
+    assert body == {"aggregate": aggregate["id"], "values": [[2.0, 3.0], [2, 3]]}
+    tagged = _get(server, path, client, "application/json; codec=npz-b64").json()
+    assert tagged["aggregate"] == aggregate["id"]
+    assert tagged["values"]["codec"] == "npz-b64"
+    tensors = dict(default_codec_registry().get("npz-b64").decode(tagged["values"]))
     assert tensors["w"].dtype == np.float32
     # The aggregate detail has the result inline; get_latest_aggregate has a URL.
     detail = _get(server, f"/api/v1/model_aggregates/{aggregate['id']}/", client, "*/*").json()
-    assert detail["result"]["codec"] == "npz-b64"
+    assert detail["result"] == body["values"]
     assert detail["parent"] is None
     latest = _get(server, path.replace("get_latest_model", "get_latest_aggregate"), client, "*/*")
     assert latest.json()["result"] == f"/api/v1/model_aggregates/{aggregate['id']}/result/"

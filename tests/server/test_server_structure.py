@@ -1,0 +1,115 @@
+"""An update's structure is checked when it arrives; rounds count valid updates only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from fma_connect import APIError, WebClient, default_codec_registry
+from fma_connect.admin import AdminClient
+from fma_connect.server.testing import RunningServer
+
+PENDING, COMPLETE, INVALID = 0, 2, 4
+MSGPACK = "application/vnd.fma-connect.msgpack"
+
+
+def _refused(client: WebClient, weights: Any) -> str:
+    with pytest.raises(APIError) as refused:
+        client.send_update(weights)
+    assert refused.value.status_code == 400
+    detail = refused.value.detail
+    assert isinstance(detail, dict)
+    (reason,) = detail["data"]
+    assert isinstance(reason, str)
+    return reason
+
+
+def test_updates_must_fit_the_initial_model(server: RunningServer, admin: AdminClient) -> None:
+    initial = [np.zeros((2, 2)), np.ones(3)]
+    model = admin.create_model("initial", initial_model=initial, allow_aggregation=False)
+    client = WebClient(model["id"], url=server.url, retries=0)
+    assert "expected 2 tensors" in _refused(client, [np.zeros((2, 2)), np.ones(3), np.ones(1)])
+    reason = _refused(client, [np.zeros((2, 2)), np.ones(4)])
+    assert "tensor 1" in reason
+    assert "[4]" in reason
+    assert "[3]" in reason
+    assert client.send_update([np.ones((2, 2)), np.zeros(3)])["status"] == PENDING
+    assert len(admin.list_updates(model["id"])) == 1
+
+
+def test_the_first_update_sets_the_structure(server: RunningServer, admin: AdminClient) -> None:
+    model = admin.create_model("first", allow_aggregation=False)
+    named = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
+    named.send_update({"w": np.zeros(4, np.float32), "b": np.zeros(2, np.float32)})
+    assert "shape" in _refused(named, {"w": np.zeros(5, np.float32), "b": np.zeros(2)})
+    assert "'c'" in _refused(named, {"w": np.zeros(4, np.float32), "c": np.zeros(2)})
+    # Plain JSON carries no names: tensors are compared by position.
+    plain = WebClient(model["id"], url=server.url, retries=0)
+    assert plain.send_update([np.ones(4), np.ones(2)])["status"] == PENDING
+    assert "expected 2 tensors" in _refused(plain, [np.ones(4)])
+    assert len(admin.list_updates(model["id"])) == 2
+
+
+def test_an_aggregate_sets_the_structure(server: RunningServer, admin: AdminClient) -> None:
+    model = admin.create_model("after", requirement="require_x_updates", requirement_args=[1])
+    client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
+    client.send_update({"w": np.zeros(3)})
+    assert "shape" in _refused(client, {"w": np.zeros(2)})
+
+
+def test_empty_updates_are_refused(server: RunningServer, admin: AdminClient) -> None:
+    model = admin.create_model("empty")
+    client = WebClient(model["id"], url=server.url, retries=0)
+    client.register()
+    headers = {"CLIENT-UUID": client.uuid}
+    body = {"federated_model": model["id"], "data": []}
+    response = requests.post(
+        f"{server.url}/api/v1/model_updates/", json=body, headers=headers, timeout=10
+    )
+    assert response.status_code == 400, response.text
+    assert "no tensors" in response.json()["data"][0]
+    empty = b"".join(bytes(part) for part in default_codec_registry().get("msgpack").encode([]))
+    binary = requests.post(
+        f"{server.url}/api/v1/model_updates/?federated_model={model['id']}",
+        data=empty,
+        headers={**headers, "Content-Type": MSGPACK},
+        timeout=10,
+    )
+    assert binary.status_code == 400, binary.text
+    assert admin.list_updates(model["id"]) == []
+
+
+def test_requirements_count_valid_updates_only(server: RunningServer, admin: AdminClient) -> None:
+    model = admin.create_model("valid", requirement="require_x_updates", requirement_args=[2])
+    clients = [WebClient(model["id"], url=server.url, codec="msgpack", retries=0) for _ in range(3)]
+    poisoned = clients[0].send_update({"w": np.array([np.nan, 1.0])})
+    assert poisoned["status"] == PENDING
+    held = clients[1].send_update({"w": np.array([1.0, 2.0])})
+    # The NaN update is refused in the round, which then lacks a second valid update.
+    assert held["status"] == PENDING
+    assert admin.list_aggregates(model["id"]) == []
+    statuses = {u["id"]: u for u in admin.list_updates(model["id"])}
+    assert statuses[poisoned["id"]]["status"] == INVALID
+    assert "NaN" in statuses[poisoned["id"]]["status_reason"]
+    assert statuses[held["id"]]["status"] == PENDING
+
+    last = clients[2].send_update({"w": np.array([3.0, 4.0])})
+    assert last["status"] == COMPLETE  # the round ran in this request, and it says so
+    (aggregate,) = admin.list_aggregates(model["id"])
+    assert last["applied_aggregate"] == aggregate["id"]
+    latest = clients[2].check_for_latest_model()
+    assert latest is not None
+    np.testing.assert_array_equal(latest["values"]["w"], [2.0, 3.0])
+
+
+def test_an_update_made_invalid_by_its_own_round_says_so(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    model = admin.create_model("own-round")
+    client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
+    sent = client.send_update({"w": np.array([np.inf])})
+    assert sent["status"] == INVALID
+    assert "NaN or infinite" in sent["status_reason"]
