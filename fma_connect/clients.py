@@ -353,8 +353,12 @@ class WebClient:
         return {"CLIENT-UUID": self.uuid}
 
     def _accept(self) -> str:
-        if self._codec.json_native:
+        # Plain application/json asks for plain lists (what the original client gets);
+        # a tagged JSON codec is asked for by name, a binary one by its media type.
+        if self._codec.name == "json":
             return _JSON
+        if self._codec.json_native:
+            return f"{_JSON}; codec={self._codec.name}"
         return f"{self._codec.media_type}, {_JSON};q=0.9"
 
     def _is_new(self, aggregate_id: Any, update_after: int | None) -> bool:

@@ -95,6 +95,17 @@ class Spec:
         visit(self.treedef)
         return list(found)
 
+    def _in_sent_order(self, tensors: Tensors) -> Tensors:
+        # Named tensors may arrive in another order (a server aggregating clients whose
+        # dicts differ in key order answers in the first client's): match them by name.
+        names = [name for name, _ in tensors]
+        if names == self.names or len(set(names)) != len(names):
+            return tensors
+        if set(names) != set(self.names) or _positional(self.names):
+            return tensors
+        by_name = dict(tensors)
+        return [(name, by_name[name]) for name in self.names]
+
     def restore(self, tensors: Tensors) -> Any:
         """Rebuild the tree from received tensors, with the sent dtypes and shapes.
 
@@ -113,6 +124,8 @@ class Spec:
                 f"received {len(tensors)} ({_preview([n for n, _ in tensors])})"
             )
         positional = _is_positional(tensors)
+        if not positional:
+            tensors = self._in_sent_order(tensors)
         arrays = []
         for leaf, (name, array) in zip(self.leaves, tensors, strict=True):
             if not positional and name != leaf.name:
@@ -294,7 +307,11 @@ def _framework_call(adapter: Framework, where: str, call: Callable[[], Any]) -> 
 
 
 def _is_positional(tensors: Tensors) -> bool:
-    return all(name == str(i) for i, (name, _) in enumerate(tensors))
+    return _positional([name for name, _ in tensors])
+
+
+def _positional(names: list[str]) -> bool:
+    return all(name == str(i) for i, name in enumerate(names))
 
 
 def _preview(names: list[str], limit: int = 5) -> str:

@@ -106,3 +106,11 @@ def test_a_list_that_holds_itself_is_refused() -> None:
     loop.append(loop)
     with pytest.raises(EncodeError, match="nested more than 100 levels"):
         flatten([loop])
+
+
+def test_named_tensors_in_another_order_are_matched_by_name() -> None:
+    tensors, spec = flatten({"b": np.zeros(2, np.float32), "a": np.ones(3, np.int8)})
+    back = spec.restore(list(reversed(tensors)))
+    assert list(back) == ["b", "a"] and back["a"].dtype == np.int8 and back["a"].shape == (3,)
+    with pytest.raises(FrameworkError, match="expected 'b', received 'a'"):
+        spec.restore([("a", np.ones(3)), ("c", np.zeros(2))])

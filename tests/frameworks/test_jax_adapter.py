@@ -132,5 +132,8 @@ def test_the_json_codec_carries_float32_and_bfloat16_through_the_spec() -> None:
 
 def test_a_template_of_another_structure_names_the_first_difference() -> None:
     tensors, _ = flatten({"a": jnp.zeros(2), "b": jnp.zeros(3)})
-    with pytest.raises(FrameworkError, match="expected 'b', received 'a'"):
-        restore_like({"b": jnp.zeros(3), "a": jnp.zeros(2)}, tensors)
+    with pytest.raises(FrameworkError, match="expected 'a', received 'b'"):
+        restore_like({"a": jnp.zeros(2), "c": jnp.zeros(3)}, list(reversed(tensors)))
+    # The same names in another order are matched by name.
+    swapped = restore_like({"b": jnp.zeros(3), "a": jnp.zeros(2)}, tensors)
+    assert list(swapped) == ["b", "a"] and swapped["a"].shape == (2,)

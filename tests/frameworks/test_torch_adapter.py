@@ -183,7 +183,7 @@ def test_the_json_codec_carries_float32_bfloat16_ints_and_bools_through_the_spec
 def test_received_tensors_that_do_not_fit_the_module_name_the_first_difference() -> None:
     tensors, _ = flatten(torch.nn.Linear(3, 2))
     with pytest.raises(FrameworkError, match="expected 'weight', received 'bias'"):
-        restore_like(torch.nn.Linear(3, 2), list(reversed(tensors)))
+        restore_like(torch.nn.Linear(3, 2), [("bias", tensors[1][1]), ("kernel", tensors[0][1])])
     with pytest.raises(
         FrameworkError, match=r"'weight': expected shape \(2, 4\), received \(2, 3\)"
     ):
