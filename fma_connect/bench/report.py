@@ -276,6 +276,8 @@ def _versus_baselines(results: Results) -> list[list[str]]:
     ours = results.codec[(size, "msgpack")]
     for kind in ("np.save", "safetensors", "pickle5"):
         other = results.baseline.get((size, kind)) or {}
+        if not other or _problem(other) is not None:
+            continue  # not measured at this size (baselines stop at 2 GB)
         for what, key in (("encode", "encode_s"), ("decode", "decode_s")):
             ratio = _ratio(other.get(key), ours.get(key))
             name = f"msgpack {what} speed vs {kind}, {_label(size)}"
@@ -398,13 +400,18 @@ def write_chart(results: Results, path: Path) -> None:
     for axis, size in zip(axes[:, 0], sizes, strict=True):
         names = [n for s, n in results.codec if s == size]
         names.sort(key=_codec_order)
+        codecs = len(names)
         names += [k for s, k in results.baseline if s == size]
         encode, decode, trip = [], [], []
-        for name in names:
-            figures = results.codec.get((size, name)) or results.baseline.get((size, name)) or {}
+        for i, name in enumerate(names):
+            table = results.codec if i < codecs else results.baseline
+            figures = table.get((size, name)) or {}
             encode.append(_mbps(size, figures.get("encode_s")))
             decode.append(_mbps(size, figures.get("decode_s")))
-            trip.append(_mbps(size, (results.roundtrip.get((size, name)) or {}).get("seconds")))
+            # Baselines have no round trip of their own, except the original client's path.
+            key = name if i < codecs or name == "original" else ""
+            trip.append(_mbps(size, (results.roundtrip.get((size, key)) or {}).get("seconds")))
+        names = [n if i < codecs else f"{n} (baseline)" for i, n in enumerate(names)]
         positions = range(len(names))
         width = 0.27
         axis.bar([p - width for p in positions], encode, width, label="encode")
