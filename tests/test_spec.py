@@ -93,6 +93,7 @@ def test_plain_json_of_another_shape_is_refused_even_with_as_many_values() -> No
         spec.restore([("0", np.zeros((2, 3)))])
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 def test_python_complex_numpy_matrix_and_masked_arrays() -> None:
     tensors, spec = flatten({"c": 1 + 2j, "m": np.matrix([[1, 2]])})
     back = spec.restore(tensors)
