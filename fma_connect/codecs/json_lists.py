@@ -280,8 +280,8 @@ def _fast_layer(layer: Any, array_type: Any) -> tuple[np.ndarray, bytes] | None:
         return None
     pattern = _pattern(shape)
     count = math.prod(shape)
-    if count == 0:
-        return np.zeros(shape, np.float64), pattern
+    if count == 0:  # [[], [0]] has the brackets and commas of [[], []]: orjson decides
+        return None
     flat: np.ndarray
     try:
         flat = np.frombuffer(layer.as_buffer(of_type="i"), np.int64)

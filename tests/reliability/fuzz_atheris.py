@@ -5,19 +5,21 @@
         -rss_limit_mb=2048 -max_len=8192
 
 The first argument names the codec (``json``, ``msgpack``, ``npz-b64``); the rest go to
-libFuzzer. The input is the body a receiver gets (for ``npz-b64``: the zip archive,
+libFuzzer, including a corpus directory (default: ``fma-fuzz-<codec>`` in the system's
+temporary directory). The input is the body a receiver gets (for ``npz-b64``: the zip archive,
 which is base64-wrapped into its tagged object before decoding, so the fuzzer works on
 the archive's structure rather than on base64). Each input must satisfy
 :func:`fuzz_support.decode_guarded` (only DecodeError escapes, allocation within the
 linear budget); libFuzzer adds a hang check (``-timeout``) and an RSS limit. The corpus
-is seeded with valid encodings of a few tensors (in ``.fuzz-corpus-<codec>/``, which
-libFuzzer grows). libFuzzer prints the number of inputs run when it stops.
+is seeded with valid encodings of a few tensors, and libFuzzer grows it. libFuzzer
+prints the number of inputs run when it stops.
 docs/RELIABILITY.md records the last campaign.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -58,17 +60,19 @@ def main() -> None:
         sys.exit(f"usage: {sys.argv[0]} {{{','.join(CODECS)}}} [libFuzzer options] [corpus]")
     name = sys.argv.pop(1)
     codec = CODECS[name]
-    corpus = Path(f".fuzz-corpus-{name}")
-    corpus.mkdir(exist_ok=True)
+    given = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+    corpus = Path(given[-1]) if given else Path(tempfile.gettempdir()) / f"fma-fuzz-{name}"
+    corpus.mkdir(parents=True, exist_ok=True)
     for i, seed in enumerate(_seeds(name)):
         (corpus / f"seed-{i}").write_bytes(seed)
+    arguments = sys.argv if given else [*sys.argv, str(corpus)]
 
     def one_input(data: bytes) -> None:
         body = npz_body(data) if name == "npz-b64" else data
         decode_guarded(codec, body)
 
     tracemalloc.start()
-    atheris.Setup([*sys.argv, str(corpus)], one_input)
+    atheris.Setup(arguments, one_input)
     atheris.Fuzz()  # libFuzzer reports the inputs run ("Done N runs") and exits
 
 

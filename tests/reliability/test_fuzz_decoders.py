@@ -504,6 +504,26 @@ def test_nesting_is_bounded_in_every_codec(figures: Figures) -> None:
     _count(figures, NPZ.name, 1)
 
 
+def test_json_fast_paths_agree_with_orjson_on_ragged_and_empty_layers(figures: Figures) -> None:
+    # Found by the atheris campaign: [[], [0]] was read as an empty (2, 0) layer by the
+    # whole-document path, dropping the 0, where orjson + decode refuse it as ragged.
+    documents = [
+        b"[[[], [0]]]",
+        b"[[[0], []]]",
+        b"[[[], []]]",
+        b"[[], 3, [[]]]",
+        b"[[[[]], [[0]]]]",
+        b"[[[], [[]]]]",
+        b"[[1, [2]]]",
+        b"[[[1, 2], [3]]]",
+        b"[[[1, 2], [3, [4]]]]",
+    ]
+    for document in documents:
+        decode_guarded(JSON, document)  # compares every path with orjson + decode
+    assert decode_guarded(JSON, b"[[[], [0]]]") is None
+    _count(figures, JSON.name, len(documents) + 1)
+
+
 _UNPICKLED: list[str] = []
 
 

@@ -10,6 +10,7 @@ test depends on the wall clock.
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import time
 import types
 from typing import Any
@@ -210,3 +211,20 @@ def test_retry_counts_are_as_documented(
             client.send_update(_weights(7))
     assert len(_posts(proxy.log)) == 1
     figures.set("retries", "attempts per request (default)", 1 + DEFAULT_RETRIES)
+
+
+def test_a_refused_connection_is_retried_for_every_method(
+    sleeps: list[float], figures: Figures
+) -> None:
+    # Nothing listens on the port: the request never left, so even a POST is retried.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    client = WebClient(1, uuid="00000000-0000-0000-0000-000000000001", url=url)
+    with pytest.raises(ConnectError):
+        client.check_for_new_model_aggregate()
+    with pytest.raises(ConnectError):
+        client.send_val_results({"loss": 1.0}, 1)
+    # Per request: the first retry at once, then two jittered sleeps (1 + 3 attempts).
+    assert len(sleeps) == 2 * 2
+    figures.set("retries", "refused connections retried (GET and POST)", True)
