@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from .codecs.base import Codec
 from .exceptions import FrameworkError, PluginError, UnknownCodecError
 from .frameworks.base import Framework
 
 __all__ = ["CodecInfo", "CodecRegistry", "FrameworkInfo", "FrameworkRegistry"]
+
+
+class _Info(Protocol):
+    @property
+    def plugin(self) -> str: ...
+
+
+InfoT = TypeVar("InfoT", bound=_Info)
 
 
 @dataclass(frozen=True)
@@ -34,13 +42,37 @@ class CodecInfo:
     version: str | None = None
 
 
-class CodecRegistry:
-    """Codecs by name. Names are unique: registering a taken name is an error."""
+class _Registry(Generic[InfoT]):
+    """What both registries share: unique names, each recorded with who registered it."""
+
+    _kind = ""  # "codec" or "framework", for messages
 
     def __init__(self) -> None:
-        self._infos: dict[str, CodecInfo] = {}
+        self._infos: dict[str, InfoT] = {}
         # Set by the plugin loader while a plugin's hook runs, so add() knows who called it.
         self.source: tuple[str, str | None, str | None] = ("user", None, None)
+
+    def _check(self, item: object, is_valid: bool, name: str, attributes: str) -> None:
+        if not is_valid:
+            raise PluginError(f"{self.source[0]} registered {item!r}, which lacks the {attributes}")
+        taken = self._infos.get(name)
+        if taken is not None:
+            raise PluginError(
+                f"{self._kind} name {name!r} is registered twice: by {taken.plugin} and by "
+                f"{self.source[0]}; uninstall or block one of them (FMA_CONNECT_BLOCK_PLUGINS)"
+            )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+
+class CodecRegistry(_Registry[CodecInfo]):
+    """Codecs by name. Names are unique: registering a taken name is an error."""
+
+    _kind = "codec"
 
     def add(self, codec: Codec) -> None:
         """Register ``codec`` under ``codec.name``.
@@ -48,18 +80,15 @@ class CodecRegistry:
         Raises:
             PluginError: the object is not a codec, or its name is already registered.
         """
-        if not isinstance(codec, Codec):
-            raise PluginError(
-                f"{self.source[0]} registered {codec!r}, which lacks the codec attributes "
-                "(name, media_type, lossless, json_native, encode, decode)"
-            )
-        taken = self._infos.get(codec.name)
-        if taken is not None:
-            raise PluginError(
-                f"codec name {codec.name!r} is registered twice: by {taken.plugin} and by "
-                f"{self.source[0]}; uninstall or block one of them (FMA_CONNECT_BLOCK_PLUGINS)"
-            )
-        self._infos[codec.name] = CodecInfo(codec, *self.source)
+        is_codec = isinstance(codec, Codec)
+        name = codec.name if is_codec else ""
+        self._check(
+            codec,
+            is_codec,
+            name,
+            "codec attributes (name, media_type, lossless, json_native, encode, decode)",
+        )
+        self._infos[name] = CodecInfo(codec, *self.source)
 
     def get(self, name: str) -> Codec:
         """Return the codec named ``name``.
@@ -102,12 +131,6 @@ class CodecRegistry:
     def __iter__(self) -> Iterator[CodecInfo]:
         return iter(sorted(self._infos.values(), key=lambda info: info.codec.name))
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._infos
-
-    def __len__(self) -> int:
-        return len(self._infos)
-
 
 @dataclass(frozen=True)
 class FrameworkInfo:
@@ -126,17 +149,14 @@ class FrameworkInfo:
     version: str | None = None
 
 
-class FrameworkRegistry:
+class FrameworkRegistry(_Registry[FrameworkInfo]):
     """Framework adapters by name. Names are unique: registering a taken name is an error.
 
     :meth:`find` asks the adapters in reverse order of registration, so a plugin loaded
     after the built-ins can take over objects a built-in adapter would claim.
     """
 
-    def __init__(self) -> None:
-        self._infos: dict[str, FrameworkInfo] = {}
-        # Set by the plugin loader while a plugin's hook runs, so add() knows who called it.
-        self.source: tuple[str, str | None, str | None] = ("user", None, None)
+    _kind = "framework"
 
     def add(self, framework: Framework) -> None:
         """Register ``framework`` under ``framework.name``.
@@ -144,18 +164,15 @@ class FrameworkRegistry:
         Raises:
             PluginError: the object is not an adapter, or its name is already registered.
         """
-        if not isinstance(framework, Framework):
-            raise PluginError(
-                f"{self.source[0]} registered {framework!r}, which lacks the framework adapter "
-                "attributes (name, claims, flatten, restore, rebuild)"
-            )
-        taken = self._infos.get(framework.name)
-        if taken is not None:
-            raise PluginError(
-                f"framework name {framework.name!r} is registered twice: by {taken.plugin} and "
-                f"by {self.source[0]}; uninstall or block one of them (FMA_CONNECT_BLOCK_PLUGINS)"
-            )
-        self._infos[framework.name] = FrameworkInfo(framework, *self.source)
+        is_adapter = isinstance(framework, Framework)
+        name = framework.name if is_adapter else ""
+        self._check(
+            framework,
+            is_adapter,
+            name,
+            "framework adapter attributes (name, claims, flatten, restore, rebuild)",
+        )
+        self._infos[name] = FrameworkInfo(framework, *self.source)
 
     def find(self, obj: Any) -> Framework | None:
         """Return the adapter that claims ``obj``, or None when none does."""
@@ -188,9 +205,3 @@ class FrameworkRegistry:
 
     def __iter__(self) -> Iterator[FrameworkInfo]:
         return iter(self._infos.values())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._infos
-
-    def __len__(self) -> int:
-        return len(self._infos)

@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+import requests
+
+from fma_connect.server.testing import RunningServer
 
 #: Every built-in codec.
 CODECS = ("json", "msgpack", "npz-b64")
@@ -78,3 +81,20 @@ def assert_leaves_equal(actual: Any, expected: Sequence[np.ndarray]) -> None:
         assert isinstance(array, np.ndarray)
         assert array.dtype == want.dtype, (array.dtype, want.dtype)
         np.testing.assert_array_equal(array, want)
+
+
+def request(
+    server: RunningServer, method: str, path: str, *, admin: bool = False, **kwargs: Any
+) -> requests.Response:
+    """Send a raw HTTP request to the test server (as the admin when ``admin``)."""
+    headers = kwargs.pop("headers", {})
+    if admin:
+        headers["Authorization"] = f"Token {server.admin_token}"
+    return requests.request(method, server.url + path, headers=headers, timeout=10, **kwargs)
+
+
+def json_error(response: requests.Response, status: int) -> Any:
+    """Assert a JSON error answer with ``status`` and return its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    return response.json()

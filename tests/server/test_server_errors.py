@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-import requests
+from server_helpers import json_error, request
 
 from fma_connect import APIError, WebClient, default_codec_registry
 from fma_connect.admin import AdminClient
@@ -16,21 +16,6 @@ from fma_connect.server.testing import RunningServer
 
 API = "/api/v1"
 INVALID, COMPLETE, PENDING = 4, 2, 0
-
-
-def _request(
-    server: RunningServer, method: str, path: str, *, admin: bool = False, **kwargs: Any
-) -> requests.Response:
-    headers = kwargs.pop("headers", {})
-    if admin:
-        headers["Authorization"] = f"Token {server.admin_token}"
-    return requests.request(method, server.url + path, headers=headers, timeout=10, **kwargs)
-
-
-def _assert_json_error(response: requests.Response, status: int) -> Any:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    return response.json()
 
 
 @pytest.fixture
@@ -46,14 +31,14 @@ def client(server: RunningServer, model: dict[str, Any]) -> WebClient:
 
 
 def test_unknown_routes_and_methods_answer_json(server: RunningServer) -> None:
-    body = _assert_json_error(_request(server, "GET", "/nowhere/"), 404)
+    body = json_error(request(server, "GET", "/nowhere/"), 404)
     assert body == {"detail": "Not found."}
-    _assert_json_error(_request(server, "GET", f"{API}/models/abc/", admin=True), 404)
-    wrong = _assert_json_error(_request(server, "PUT", f"{API}/models/", admin=True), 405)
+    json_error(request(server, "GET", f"{API}/models/abc/", admin=True), 404)
+    wrong = json_error(request(server, "PUT", f"{API}/models/", admin=True), 405)
     assert wrong == {"detail": 'Method "PUT" not allowed.'}
-    no_slash = _assert_json_error(_request(server, "POST", f"{API}/models", admin=True), 404)
+    no_slash = json_error(request(server, "POST", f"{API}/models", admin=True), 404)
     assert "end with '/'" in no_slash["detail"]
-    redirected = _request(server, "GET", f"{API}/models", admin=True, allow_redirects=False)
+    redirected = request(server, "GET", f"{API}/models", admin=True, allow_redirects=False)
     assert redirected.status_code == 301
     assert redirected.headers["Location"].endswith(f"{API}/models/")
 
@@ -64,8 +49,8 @@ def test_bad_update_bodies_get_400_with_a_reason(
     headers = {"CLIENT-UUID": client.uuid, "Content-Type": "application/json"}
 
     def post(body: bytes) -> Any:
-        response = _request(server, "POST", f"{API}/model_updates/", data=body, headers=headers)
-        return _assert_json_error(response, 400)
+        response = request(server, "POST", f"{API}/model_updates/", data=body, headers=headers)
+        return json_error(response, 400)
 
     assert "detail" in post(b"{not json")
     assert "non_field_errors" in post(b"[1, 2]")
@@ -78,8 +63,8 @@ def test_bad_update_bodies_get_400_with_a_reason(
     assert "data" in post(ragged)
     unknown_codec = {"codec": "nope", "format_version": 1, "payload": ""}
     tagged = {"federated_model": model["id"], "data": unknown_codec}
-    response = _request(server, "POST", f"{API}/model_updates/", json=tagged, headers=headers)
-    assert "nope" in str(_assert_json_error(response, 400)["data"])
+    response = request(server, "POST", f"{API}/model_updates/", json=tagged, headers=headers)
+    assert "nope" in str(json_error(response, 400)["data"])
     bad_base = f'{{"federated_model": {model["id"]}, "data": [[1.0]], "base_aggregate": 99}}'
     assert "base_aggregate" in post(bad_base.encode())
     examples = f'{{"federated_model": {model["id"]}, "data": [[1.0]], "num_examples": 0}}'
@@ -91,16 +76,16 @@ def test_binary_bodies_are_checked(
 ) -> None:
     headers = {"CLIENT-UUID": client.uuid, "Content-Type": "application/x-unknown"}
     path = f"{API}/model_updates/?federated_model={model['id']}"
-    unsupported = _request(server, "POST", path, data=b"abc", headers=headers)
-    body = _assert_json_error(unsupported, 415)
+    unsupported = request(server, "POST", path, data=b"abc", headers=headers)
+    body = json_error(unsupported, 415)
     assert "application/vnd.fma-connect.msgpack" in body["accepted"]
     headers["Content-Type"] = "application/vnd.fma-connect.msgpack"
-    garbage = _request(server, "POST", path, data=b"\x00garbage", headers=headers)
-    assert "data" in _assert_json_error(garbage, 400)
-    empty = _request(server, "POST", path, data=b"", headers=headers)
-    assert "data" in _assert_json_error(empty, 400)
-    no_model = _request(server, "POST", f"{API}/model_updates/", data=b"x", headers=headers)
-    assert _assert_json_error(no_model, 400) == {"federated_model": ["This field is required."]}
+    garbage = request(server, "POST", path, data=b"\x00garbage", headers=headers)
+    assert "data" in json_error(garbage, 400)
+    empty = request(server, "POST", path, data=b"", headers=headers)
+    assert "data" in json_error(empty, 400)
+    no_model = request(server, "POST", f"{API}/model_updates/", data=b"x", headers=headers)
+    assert json_error(no_model, 400) == {"federated_model": ["This field is required."]}
 
 
 def test_update_schema_is_enforced(server: RunningServer, admin: AdminClient) -> None:
@@ -126,8 +111,8 @@ def test_invalid_model_definitions_get_400(server: RunningServer, admin: AdminCl
         ({"name": "m", "developer": 1, "initial_model": {"a": 1}}, "initial_model"),
     ]
     for body, field in cases:
-        response = _request(server, "POST", f"{API}/models/", admin=True, json=body)
-        assert field in _assert_json_error(response, 400), body
+        response = request(server, "POST", f"{API}/models/", admin=True, json=body)
+        assert field in json_error(response, 400), body
     assert admin.list_models() == []
 
 
@@ -139,19 +124,19 @@ def test_publish_and_score_input_errors(
     other.send_update([np.zeros(2)])
     aggregate = admin.list_aggregates(model["id"])[0]
     publish = f"{API}/model_aggregates/{aggregate['id']}/publish_aggregate/"
-    no_version = _request(server, "POST", publish, admin=True, json={})
-    assert _assert_json_error(no_version, 400) == {"version": ["This field is required."]}
+    no_version = request(server, "POST", publish, admin=True, json={})
+    assert json_error(no_version, 400) == {"version": ["This field is required."]}
     missing = f"{API}/model_aggregates/999/publish_aggregate/"
-    _assert_json_error(_request(server, "POST", missing, admin=True, json={"version": "1"}), 404)
+    json_error(request(server, "POST", missing, admin=True, json={"version": "1"}), 404)
     score = {"validation_results": {"acc": 1}, "aggregate": None, "client": client.uuid}
-    null = _request(
+    null = request(
         server,
         "POST",
         f"{API}/client_aggregate_scores/",
         json=score,
         headers={"CLIENT-UUID": client.uuid},
     )
-    assert "aggregate" in _assert_json_error(null, 400)
+    assert "aggregate" in json_error(null, 400)
 
 
 def test_mismatched_update_becomes_invalid_and_later_rounds_work(
@@ -210,15 +195,15 @@ def test_idempotency_key_stores_one_update(
 ) -> None:
     headers = {"CLIENT-UUID": client.uuid, "Idempotency-Key": "retry-1"}
     body = {"federated_model": model["id"], "data": [[1.0, 2.0]], "base_aggregate": None}
-    first = _request(server, "POST", f"{API}/model_updates/", json=body, headers=headers)
+    first = request(server, "POST", f"{API}/model_updates/", json=body, headers=headers)
     assert first.status_code == 201
-    again = _request(server, "POST", f"{API}/model_updates/", json=body, headers=dict(headers))
+    again = request(server, "POST", f"{API}/model_updates/", json=body, headers=dict(headers))
     assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
     packed = msgpack.packb({"not": "a payload"})
     binary_headers = {**headers, "Content-Type": "application/vnd.fma-connect.msgpack"}
     path = f"{API}/model_updates/?federated_model={model['id']}"
-    replay = _request(server, "POST", path, data=packed, headers=binary_headers)
+    replay = request(server, "POST", path, data=packed, headers=binary_headers)
     assert replay.status_code == 422  # the key of another update: refused, not its answer
     assert "Idempotency-Key" in replay.json()["detail"]
     assert len(admin.list_updates(model["id"])) == 1
@@ -226,8 +211,8 @@ def test_idempotency_key_stores_one_update(
     codec = default_codec_registry().get("msgpack")
     payload = b"".join(bytes(chunk) for chunk in codec.encode([("0", np.ones(2))]))
     binary_headers = {**binary_headers, "Idempotency-Key": "retry-2"}
-    once = _request(server, "POST", path, data=payload, headers=dict(binary_headers))
-    twice = _request(server, "POST", path, data=payload, headers=dict(binary_headers))
+    once = request(server, "POST", path, data=payload, headers=dict(binary_headers))
+    twice = request(server, "POST", path, data=payload, headers=dict(binary_headers))
     assert (once.status_code, twice.status_code) == (201, 200)
     assert twice.json()["id"] == once.json()["id"]
     assert len(admin.list_updates(model["id"])) == 2
@@ -241,16 +226,16 @@ def test_pages_are_newest_first(
     for i in range(12):
         sender.send_update([np.full(2, float(i))])
     path = f"{API}/model_updates/?federated_model={model['id']}"
-    page1 = _request(server, "GET", path, admin=True).json()
+    page1 = request(server, "GET", path, admin=True).json()
     assert len(page1) == 10  # the default page size
-    page2 = _request(server, "GET", path + "&page=2", admin=True).json()
+    page2 = request(server, "GET", path + "&page=2", admin=True).json()
     ids = [u["id"] for u in page1 + page2]
     assert ids == sorted(ids, reverse=True)
     assert len(ids) == 12
-    small = _request(server, "GET", path + "&page_size=5&page=3", admin=True).json()
+    small = request(server, "GET", path + "&page_size=5&page=3", admin=True).json()
     assert [u["id"] for u in small] == ids[10:]
-    past = _request(server, "GET", path + "&page=3", admin=True)
-    assert _assert_json_error(past, 404) == {"detail": "Invalid page."}
+    past = request(server, "GET", path + "&page=3", admin=True)
+    assert json_error(past, 404) == {"detail": "Invalid page."}
     assert len(admin.list_updates(model["id"])) == 12
 
 
@@ -263,8 +248,8 @@ def test_a_lost_payload_is_a_json_500_and_an_invalid_update(
     for blob in (data_dir / "blobs").iterdir():
         blob.unlink()
     headers = {"CLIENT-UUID": client.uuid, "Accept": "application/vnd.fma-connect.msgpack"}
-    lost = _request(server, "GET", update["data"], headers=headers)
-    assert "Internal server error" in _assert_json_error(lost, 500)["detail"]
+    lost = request(server, "GET", update["data"], headers=headers)
+    assert "Internal server error" in json_error(lost, 500)["detail"]
     with pytest.raises(APIError) as refused:
         admin.aggregate(model["id"])
     assert refused.value.status_code == 400
