@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import tracemalloc
 from collections.abc import Sequence
 from typing import Any
@@ -111,15 +110,13 @@ def test_a_declared_size_above_the_bound_is_refused_before_decompressing() -> No
     assert len(bomb) < 64 * 1024
     codec = ZstdCodec(MsgpackCodec(), max_output_size=16 * MIB)
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         with pytest.raises(DecodeError, match=r"declares \d+ bytes.*16777216-byte bound"):
             codec.decode(bomb)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < MIB
-    assert time.perf_counter() - started < 1.0
+    assert peak < MIB  # refused from the header: nothing was decompressed
 
 
 def test_a_frame_without_declared_size_is_bounded_while_it_streams() -> None:
