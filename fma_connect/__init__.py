@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .admin import AdminClient
 from .auth import TokenAuth
 from .clients import WebClient
 from .codecs.base import Codec, Tensors
@@ -39,6 +40,7 @@ from .spec import Spec, flatten, restore_like
 __all__ = [
     "APIError",
     "APIException",
+    "AdminClient",
     "Codec",
     "CodecError",
     "CodecRegistry",
