@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from reliability_figures import Figures
-
-from fma_connect.admin import AdminClient
-from fma_connect.server.testing import RunningServer, running_server
 
 FIGURES_ENV = "FMA_RELIABILITY_FIGURES"
 
@@ -43,21 +39,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     target = os.environ.get(FIGURES_ENV)
     if target:
         Path(target).write_text(json.dumps(_FIGURES.data, indent=2, sort_keys=True) + "\n")
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def server(data_dir: Path) -> Iterator[RunningServer]:
-    """A reference server in a thread on 127.0.0.1, over a fresh data directory."""
-    with running_server(data_dir) as running:
-        yield running
-
-
-@pytest.fixture
-def admin(server: RunningServer) -> Iterator[AdminClient]:
-    with AdminClient(server.url, server.admin_token, retries=0) as client:
-        yield client
