@@ -6,6 +6,8 @@ No figure is checked against a threshold: timings belong to benchmarks/RESULTS.m
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,26 @@ def test_sizes_parse_decimal_and_binary_units() -> None:
     assert parse_size("1GB") == 10**9
     assert parse_size("5GiB") == 5 * 2**30
     assert parse_size("256kb") == 256_000
+
+
+def test_json_encode_floor_script_prints_its_paths_and_tensors() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "json_encode_floor.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--mb", "1", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")]
+    cells = {row[0].strip(): [c.strip() for c in row[1:]] for row in rows}
+    paths = (
+        "stdlib json over tolist()",
+        "json codec (nested lists)",
+        "same values written flat (floor)",
+    )
+    for path in paths:
+        seconds, ratio = cells[path]
+        assert float(seconds) > 0 and float(ratio.rstrip("x")) > 0
+    assert cells["stdlib json over tolist()"][1] == "1.00x"
+    assert {"dense.weight", "conv.weight", "head.weight", "dense.bias"} <= set(cells)
