@@ -5,9 +5,10 @@ build the ASGI app with :func:`create_app`. Tests run it in-process with
 :func:`fma_connect.server.testing.running_server`.
 
 Modules: :mod:`.app` (the app and its errors), ``routes_*`` (HTTP handlers),
-:mod:`.service` (what the routes do), :mod:`.store` (SQLite metadata),
-:mod:`.blobs` (payload files), :mod:`.weights` (codecs on the wire),
-:mod:`.aggregation` (aggregators), :mod:`.auth`, :mod:`.validation`, :mod:`.shapes`.
+:mod:`.service` (what the routes do), :mod:`.rounds` (aggregation rounds),
+:mod:`.store` (SQLite metadata), :mod:`.blobs` (payload files), :mod:`.weights`
+(codecs on the wire), :mod:`.aggregation` (aggregators), :mod:`.auth`,
+:mod:`.validation`, :mod:`.shapes`, :mod:`.locks`.
 """
 
 from __future__ import annotations

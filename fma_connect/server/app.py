@@ -24,7 +24,8 @@ from . import routes_models, routes_records
 from .errors import NOT_FOUND, HTTPError
 from .httputil import JSONResponse
 from .limits import DEFAULT_MAX_TENSORS
-from .service import AutoAggregate, Service
+from .rounds import AutoAggregate
+from .service import Service
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TENSORS", "create_app"]
 

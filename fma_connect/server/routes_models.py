@@ -147,7 +147,7 @@ def trigger_aggregation(request: Request) -> Response:
     """POST /models/<id>/aggregate/ (admin, extension): run a round of the pending updates."""
     svc = service(request)
     authenticate(request, svc.store).require_admin()
-    aggregate = svc.aggregate(_model_id(request))
+    aggregate = svc.rounds.aggregate(_model_id(request))
     return JSONResponse(aggregate_json(aggregate), status_code=201)
 
 

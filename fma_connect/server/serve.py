@@ -13,7 +13,7 @@ import uvicorn
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TENSORS, create_app
 from .datadir import DataDirError
-from .service import AutoAggregate
+from .rounds import AutoAggregate
 
 __all__ = ["DEFAULT_DATA_DIR", "serve"]
 

@@ -1,43 +1,38 @@
 """What the reference server does, behind its HTTP routes: models, updates, rounds, scores.
 
 Everything here is synchronous and thread-safe; the routes run it in a worker thread.
-Aggregation rounds of one model never overlap (a lock per model); a round takes the
-model's PENDING updates, marks them RUNNING, averages them one at a time and commits
-the aggregate and every update's final status (COMPLETE, or INVALID with its reason)
-in one transaction. Updates left RUNNING by a crash are PENDING again at start-up.
+An update is checked against its model's structure and stored in one step, so two
+first updates of different structures cannot both get in. Rounds are run by
+:class:`~.rounds.Rounds`; updates a crash left RUNNING are PENDING again at start-up.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from ..codecs.base import Tensors, read_tag
-from ..exceptions import CodecError, EncodeError
+from ..exceptions import CodecError
 from ..registry import CodecRegistry
-from . import store as st
-from .aggregation import AGGREGATORS, Accumulator, requirement_met
 from .blobs import BlobStore, BlobWriter
 from .datadir import DataDirLock, prepare
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
 from .limits import DEFAULT_MAX_TENSORS, PausePoint, check_tensor_count, check_tensors_schema
+from .locks import KeyedLocks
+from .rounds import AutoAggregate, Rounds
 from .store import Row, Store
 from .structure import Structure, difference, structure_of
 from .validation import check_against_schema, model_fields, optional_int, reference
-from .weights import decode_data, load, result_codec, store_tensors
+from .weights import decode_data, load
 
-__all__ = ["AutoAggregate", "Service"]
+__all__ = ["Service"]
 
-AutoAggregate = Literal["sync", "background", "off"]
 TOKEN_ENV = "FMA_CONNECT_ADMIN_TOKEN"
 _JSON = "application/json"
 #: The fields of an update besides its weights (an idempotent replay has the same).
@@ -58,14 +53,13 @@ class Service:
         admin_token: Token of the admin (user 1); default ``FMA_CONNECT_ADMIN_TOKEN``,
             else the stored one, else a new random one. A token given either way
             replaces the stored one.
-        auto_aggregate: Run a round when a model's requirement is met after an update:
-            in the request (``sync``, deterministic), in a worker thread
-            (``background``), or never (``off``: admin trigger only).
+        auto_aggregate: When rounds run by themselves (see :class:`~.rounds.Rounds`).
         max_tensors: Most tensors an update (or initial model) may hold.
 
     Attributes:
         admin_token: The admin's token.
         admin_token_created: Whether this start created it.
+        rounds: Runs the aggregation rounds (``rounds.aggregate`` is the admin trigger).
 
     Raises:
         DataDirError: ``data_dir`` is a file, or another server is using it.
@@ -94,32 +88,26 @@ class Service:
             self._dir_lock.release()
             raise
         self.registry = registry
-        self.auto_aggregate = auto_aggregate
         self.max_tensors = max_tensors
         self._pause = PausePoint()  # crash tests only (FMA_CONNECT_TEST_PAUSE)
-        self._locks: dict[int, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        self._queue: queue.Queue[int | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
         #: model id -> (blob id, structure) of the blob that established its structure.
         self._structures: dict[int, tuple[int, Structure]] = {}
-        self._intake: dict[int, threading.Lock] = {}
-        if auto_aggregate == "background":
-            self._worker = threading.Thread(target=self._work, name="fma-aggregation", daemon=True)
-            self._worker.start()
+        # Checking an update against the model's structure and storing it is one step,
+        # so two first updates of different structures cannot both get in.
+        self._intake = KeyedLocks()
+        self.rounds = Rounds(
+            self.store,
+            self.blobs,
+            registry,
+            auto_aggregate=auto_aggregate,
+            pause=self._pause,
+        )
 
     def close(self) -> None:
         """Stop the aggregation worker and close the database."""
-        if self._worker is not None:
-            self._queue.put(None)
-            self._worker.join()
-            self._worker = None
+        self.rounds.close()
         self.store.close()
         self._dir_lock.release()
-
-    def wait_idle(self) -> None:
-        """Block until the background worker has run every queued round."""
-        self._queue.join()
 
     # -- models ----------------------------------------------------------------------
 
@@ -306,7 +294,7 @@ class Service:
         self._pause.reached("update-stored")
         model_id = fields["federated_model"]
         try:
-            with self._intake_lock(model_id):
+            with self._intake.hold(model_id):
                 existing = self.store.update_by_key(fields["client"], key) if key else None
                 if existing is None:
                     problem = self._structure_problem(model_id, shape)
@@ -323,21 +311,10 @@ class Service:
             self.blobs.delete([blob[1]])
             if not same:
                 raise _key_reused(row)
-        elif self.auto_aggregate == "sync":
-            self._auto_round(model_id)
-            row = self.store.get_update(row["id"]) or row  # its status after the round
-        elif self.auto_aggregate == "background":
-            self._queue.put(model_id)
+        else:
+            self.rounds.after_update(model_id)
+            row = self.store.get_update(row["id"]) or row  # its status after a sync round
         return row, created
-
-    @contextmanager
-    def _intake_lock(self, model_id: int) -> Iterator[None]:
-        # Checking an update against the model's structure and storing it is one step,
-        # so two first updates of different structures cannot both get in.
-        with self._locks_guard:
-            lock = self._intake.setdefault(model_id, threading.Lock())
-        with lock:
-            yield
 
     def _store_json_weights(
         self, value: Any, field: str, raw: Any = None, schema: Any = None
@@ -420,162 +397,6 @@ class Service:
         except OSError:
             return True  # the original is unreadable: nothing to tell them apart by
         return _same_bytes(stored, payload)
-
-    # -- aggregation -----------------------------------------------------------------
-
-    def aggregate(self, model_id: int) -> Row:
-        """Run a round now (admin trigger); return the new aggregate.
-
-        Raises:
-            HTTPError: 404 no model; 400 aggregation disabled, nothing pending, or no
-                valid update (those are then INVALID, with their reasons).
-        """
-        if not self.model(model_id)["allow_aggregation"]:
-            raise bad_request(
-                "non_field_errors", f"Aggregation is disabled for federated model {model_id}."
-            )
-        aggregate = self._round(model_id, auto=False)
-        assert aggregate is not None
-        return aggregate
-
-    def _auto_round(self, model_id: int) -> None:
-        try:
-            self._round(model_id, auto=True)
-        except HTTPError as exc:
-            log.info("automatic round of model %s made no aggregate: %s", model_id, exc.body)
-        except Exception:
-            log.exception("automatic round of model %s failed", model_id)
-
-    def _work(self) -> None:
-        while True:
-            model_id = self._queue.get()
-            try:
-                if model_id is None:
-                    return
-                self._auto_round(model_id)
-            finally:
-                self._queue.task_done()
-
-    @contextmanager
-    def _model_lock(self, model_id: int) -> Iterator[None]:
-        with self._locks_guard:
-            lock = self._locks.setdefault(model_id, threading.Lock())
-        with lock:
-            yield
-
-    def _round(self, model_id: int, *, auto: bool) -> Row | None:
-        with self._model_lock(model_id):
-            model = self.store.get_model(model_id)
-            if model is None:
-                raise not_found()
-            pending = self.store.pending_updates(model_id)
-            clients = self.store.model_clients(model_id)
-            if auto and not (
-                model["allow_aggregation"]
-                and requirement_met(
-                    model["requirement"],
-                    model["requirement_args"],
-                    clients,
-                    [u["client"] for u in pending if u["client"] in clients],
-                )
-            ):
-                return None
-            if not pending:
-                raise bad_request(
-                    "non_field_errors",
-                    f"No pending updates to aggregate for federated model {model_id}.",
-                )
-            ids = [u["id"] for u in pending]
-            self.store.set_update_status(ids, st.RUNNING)
-            try:
-                aggregate_id, invalid = self._average(model, pending, set(clients), auto=auto)
-            except BaseException:
-                self.store.set_update_status(ids, st.PENDING, only=st.RUNNING)
-                raise
-        if aggregate_id is None and auto:
-            if invalid:
-                log.info("round of model %s refused updates %s", model_id, invalid)
-            return None
-        if aggregate_id is None:
-            reasons = [f"update {i}: {reason}" for i, reason in invalid.items()]
-            raise bad_request("non_field_errors", "No valid update to aggregate.", *reasons)
-        aggregate = self.store.get_aggregate(aggregate_id)
-        assert aggregate is not None
-        return aggregate
-
-    def _average(
-        self, model: Row, pending: list[Row], clients: set[str], *, auto: bool
-    ) -> tuple[int | None, dict[int, str]]:
-        """Average the valid ones of ``pending`` and record the round.
-
-        An automatic round makes an aggregate only when the valid updates alone still
-        meet the model's requirement; otherwise the refused ones are marked INVALID and
-        the valid ones wait (PENDING) for more.
-        """
-        weighted = AGGREGATORS[model["aggregator"]]
-        allowed = None
-        if model["furthest_base_agg"]:
-            recent = self.store.recent_aggregate_ids(model["id"], model["furthest_base_agg"])
-            allowed = set(recent) if recent else None
-        accumulator = Accumulator()
-        used: list[int] = []
-        codecs: list[str] = []
-        invalid: dict[int, str] = {}
-        for update in pending:
-            reason = None
-            if update["client"] not in clients:
-                reason = "its client is no longer registered with the model"
-            elif allowed is not None and update["base_aggregate"] not in allowed:
-                reason = (
-                    f"its base aggregate {update['base_aggregate']} is not among the model's "
-                    f"{model['furthest_base_agg']} latest aggregates (furthest_base_agg)"
-                )
-            else:
-                try:
-                    tensors = load(self.blobs, self.store.get_blob(update["blob"]), self.registry)
-                except CodecError as exc:
-                    reason = f"the stored update does not decode: {exc}"
-                except OSError as exc:  # no server path in a reason clients can read
-                    reason = f"the stored update cannot be read: {exc.strerror or exc}"
-                else:
-                    weight = float(update["num_examples"] or 1) if weighted else 1.0
-                    typed = self.registry.get(update["codec"]).lossless
-                    reason = accumulator.add(tensors, weight, typed=typed)
-                    del tensors
-            if reason is None:
-                used.append(update["id"])
-                codecs.append(update["codec"])
-            else:
-                invalid[update["id"]] = reason
-        if used and auto and invalid:
-            senders = [u["client"] for u in pending if u["id"] in set(used)]
-            args = (model["requirement"], model["requirement_args"], sorted(clients), senders)
-            if not requirement_met(*args):
-                self.store.record_round(model["id"], None, model["aggregator"], [], invalid)
-                self.store.set_update_status(used, st.PENDING, only=st.RUNNING)
-                return None, invalid
-        self._pause.reached("round-running")
-        blob = self._store_result(accumulator, codecs) if used else None
-        self._pause.reached("round-stored")
-        try:
-            aggregate_id = self.store.record_round(
-                model["id"], blob, model["aggregator"], used, invalid
-            )
-        except BaseException:
-            if blob is not None:
-                self.blobs.delete([blob[1]])
-            raise
-        return aggregate_id, invalid
-
-    def _store_result(self, accumulator: Accumulator, codecs: list[str]) -> tuple[str, str, int]:
-        result = accumulator.result()
-        errors = []
-        for codec in result_codec(codecs, self.registry):
-            try:
-                return store_tensors(self.blobs, result, codec)
-            except EncodeError as exc:
-                errors.append(f"{codec.name}: {exc}")
-        raise EncodeError(f"no installed codec can store the aggregate: {'; '.join(errors)}")
 
     # -- artifacts and scores ------------------------------------------------------------
 

@@ -1,0 +1,234 @@
+"""Aggregation rounds of the reference server: when they run and what they record.
+
+Rounds of one model never overlap (a lock per model). A round takes the model's
+PENDING updates, marks them RUNNING, averages them one at a time from their
+memory-mapped blobs, and commits the aggregate and every update's final status
+(COMPLETE, or INVALID with its reason) in one transaction. If it fails, the updates
+are PENDING again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Literal
+
+from ..exceptions import CodecError, EncodeError
+from ..registry import CodecRegistry
+from . import store as st
+from .aggregation import AGGREGATORS, Accumulator, requirement_met
+from .blobs import BlobStore
+from .errors import HTTPError, bad_request, not_found
+from .limits import PausePoint
+from .locks import KeyedLocks
+from .store import Row, Store
+from .weights import load, result_codec, store_tensors
+
+__all__ = ["AutoAggregate", "Rounds"]
+
+AutoAggregate = Literal["sync", "background", "off"]
+log = logging.getLogger("fma_connect.server")
+
+
+class Rounds:
+    """Runs the aggregation rounds of every model of one server.
+
+    Args:
+        store: The server's metadata.
+        blobs: The server's payload files.
+        registry: The codecs stored updates may use.
+        auto_aggregate: Run a round when a model's requirement is met after an update:
+            in the request (``sync``, deterministic), in a worker thread
+            (``background``), or never (``off``: admin trigger only).
+        pause: The crash tests' pause point.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        registry: CodecRegistry,
+        *,
+        auto_aggregate: AutoAggregate,
+        pause: PausePoint,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.registry = registry
+        self.auto_aggregate = auto_aggregate
+        self._pause = pause
+        self._model_locks = KeyedLocks()
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        if auto_aggregate == "background":
+            self._worker = threading.Thread(target=self._work, name="fma-aggregation", daemon=True)
+            self._worker.start()
+
+    def close(self) -> None:
+        """Stop the background worker (after the rounds already queued)."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+
+    def wait_idle(self) -> None:
+        """Block until the background worker has run every queued round."""
+        self._queue.join()
+
+    def after_update(self, model_id: int) -> None:
+        """A new update of the model was stored: run a round now, queue one, or neither."""
+        if self.auto_aggregate == "sync":
+            self._auto_round(model_id)
+        elif self.auto_aggregate == "background":
+            self._queue.put(model_id)
+
+    def aggregate(self, model_id: int) -> Row:
+        """Run a round now (admin trigger); return the new aggregate.
+
+        Raises:
+            HTTPError: 404 no such model; 400 aggregation disabled, nothing pending, or no
+                valid update (those are then INVALID, with their reasons).
+        """
+        model = self.store.get_model(model_id)
+        if model is None:
+            raise not_found()
+        if not model["allow_aggregation"]:
+            raise bad_request(
+                "non_field_errors", f"Aggregation is disabled for federated model {model_id}."
+            )
+        aggregate = self._round(model_id, auto=False)
+        assert aggregate is not None
+        return aggregate
+
+    def _auto_round(self, model_id: int) -> None:
+        try:
+            self._round(model_id, auto=True)
+        except HTTPError as exc:
+            log.info("automatic round of model %s made no aggregate: %s", model_id, exc.body)
+        except Exception:
+            log.exception("automatic round of model %s failed", model_id)
+
+    def _work(self) -> None:
+        while True:
+            model_id = self._queue.get()
+            try:
+                if model_id is None:
+                    return
+                self._auto_round(model_id)
+            finally:
+                self._queue.task_done()
+
+    def _round(self, model_id: int, *, auto: bool) -> Row | None:
+        with self._model_locks.hold(model_id):
+            model = self.store.get_model(model_id)
+            if model is None:
+                raise not_found()
+            pending = self.store.pending_updates(model_id)
+            clients = self.store.model_clients(model_id)
+            if auto and not (
+                model["allow_aggregation"]
+                and requirement_met(
+                    model["requirement"],
+                    model["requirement_args"],
+                    clients,
+                    [u["client"] for u in pending if u["client"] in clients],
+                )
+            ):
+                return None
+            if not pending:
+                raise bad_request(
+                    "non_field_errors",
+                    f"No pending updates to aggregate for federated model {model_id}.",
+                )
+            ids = [u["id"] for u in pending]
+            self.store.set_update_status(ids, st.RUNNING)
+            try:
+                aggregate_id, invalid = self._average(model, pending, set(clients), auto=auto)
+            except BaseException:
+                self.store.set_update_status(ids, st.PENDING, only=st.RUNNING)
+                raise
+        if aggregate_id is None and auto:
+            if invalid:
+                log.info("round of model %s refused updates %s", model_id, invalid)
+            return None
+        if aggregate_id is None:
+            reasons = [f"update {i}: {reason}" for i, reason in invalid.items()]
+            raise bad_request("non_field_errors", "No valid update to aggregate.", *reasons)
+        aggregate = self.store.get_aggregate(aggregate_id)
+        assert aggregate is not None
+        return aggregate
+
+    def _average(
+        self, model: Row, pending: list[Row], clients: set[str], *, auto: bool
+    ) -> tuple[int | None, dict[int, str]]:
+        """Average the valid ones of ``pending`` and record the round.
+
+        An automatic round makes an aggregate only when the valid updates alone still
+        meet the model's requirement; otherwise the refused ones are marked INVALID and
+        the valid ones wait (PENDING) for more.
+        """
+        weighted = AGGREGATORS[model["aggregator"]]
+        allowed = None
+        if model["furthest_base_agg"]:
+            recent = self.store.recent_aggregate_ids(model["id"], model["furthest_base_agg"])
+            allowed = set(recent) if recent else None
+        accumulator = Accumulator()
+        used: list[int] = []
+        codecs: list[str] = []
+        invalid: dict[int, str] = {}
+        for update in pending:
+            reason = None
+            if update["client"] not in clients:
+                reason = "its client is no longer registered with the model"
+            elif allowed is not None and update["base_aggregate"] not in allowed:
+                reason = (
+                    f"its base aggregate {update['base_aggregate']} is not among the model's "
+                    f"{model['furthest_base_agg']} latest aggregates (furthest_base_agg)"
+                )
+            else:
+                try:
+                    tensors = load(self.blobs, self.store.get_blob(update["blob"]), self.registry)
+                except CodecError as exc:
+                    reason = f"the stored update does not decode: {exc}"
+                except OSError as exc:  # no server path in a reason clients can read
+                    reason = f"the stored update cannot be read: {exc.strerror or exc}"
+                else:
+                    weight = float(update["num_examples"] or 1) if weighted else 1.0
+                    typed = self.registry.get(update["codec"]).lossless
+                    reason = accumulator.add(tensors, weight, typed=typed)
+                    del tensors
+            if reason is None:
+                used.append(update["id"])
+                codecs.append(update["codec"])
+            else:
+                invalid[update["id"]] = reason
+        if used and auto and invalid:
+            senders = [u["client"] for u in pending if u["id"] in set(used)]
+            args = (model["requirement"], model["requirement_args"], sorted(clients), senders)
+            if not requirement_met(*args):
+                self.store.record_round(model["id"], None, model["aggregator"], [], invalid)
+                self.store.set_update_status(used, st.PENDING, only=st.RUNNING)
+                return None, invalid
+        self._pause.reached("round-running")
+        blob = self._store_result(accumulator, codecs) if used else None
+        self._pause.reached("round-stored")
+        try:
+            aggregate_id = self.store.record_round(
+                model["id"], blob, model["aggregator"], used, invalid
+            )
+        except BaseException:
+            if blob is not None:
+                self.blobs.delete([blob[1]])
+            raise
+        return aggregate_id, invalid
+
+    def _store_result(self, accumulator: Accumulator, codecs: list[str]) -> tuple[str, str, int]:
+        result = accumulator.result()
+        errors = []
+        for codec in result_codec(codecs, self.registry):
+            try:
+                return store_tensors(self.blobs, result, codec)
+            except EncodeError as exc:
+                errors.append(f"{codec.name}: {exc}")
+        raise EncodeError(f"no installed codec can store the aggregate: {'; '.join(errors)}")
