@@ -17,12 +17,19 @@ the result's memory plus a few slices, not a float64 copy of every update. Past
 :data:`FOLD_AT` held updates they are folded into float64 running sums (memory then
 grows with the model, never with the number of updates). An update whose structure
 differs from the first accepted one is refused with a reason and the others still
-count; the mean is cast back to each tensor's input dtype (integers rounded to nearest).
+count.
+
+The mean of each tensor is cast to a dtype that holds every update's values, whatever
+their order: numpy's promotion of the senders' dtypes (float16 and float32 make
+float32, int8 and float64 make float64), with integers rounded to nearest. Plain JSON
+updates carry no dtype: next to a sender's float type they take it; next to integer
+types their layer counts as float64 if it holds a float, else as the smallest integer
+type that holds its values. A round of plain JSON updates only answers float64, as
+the stock service does.
 
 Integer and bool tensors are summed exactly instead (int64 while that cannot overflow,
 else Python integers), so int64 and uint64 values survive whole. Named tensors are
-matched by name, in any order; plain JSON ones by position. A round of plain JSON
-updates only (no dtypes on the wire) answers float64, as the stock service does.
+matched by name, in any order; plain JSON ones by position (the mean keeps the names).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
     "AGGREGATORS",
     "REQUIREMENTS",
     "Accumulator",
+    "all_finite",
     "check_requirement_args",
     "requirement_met",
 ]
@@ -106,7 +114,11 @@ class Accumulator:
 
     def __init__(self) -> None:
         self._names: list[str] = []
-        self._dtypes: list[np.dtype[Any]] = []
+        #: Per tensor, the promoted dtype of the typed updates (None: none was typed),
+        #: of the plain JSON ones (None: none was plain), and the range of their integers.
+        self._typed: list[np.dtype[Any] | None] = []
+        self._plain: list[np.dtype[Any] | None] = []
+        self._span: list[tuple[int, int] | None] = []
         self._shapes: list[tuple[int, ...]] = []
         self._wide: list[np.dtype[Any]] = []
         self._held: list[tuple[Tensors, Weight]] = []
@@ -114,7 +126,6 @@ class Accumulator:
         self._weight: Weight = 0
         #: Per integer tensor, a bound on the magnitude of its weighted sum.
         self._bounds: list[Weight] = []
-        self._typed = False
         self.count = 0
 
     def add(self, tensors: Tensors, weight: float = 1.0, *, typed: bool = True) -> str | None:
@@ -126,8 +137,7 @@ class Accumulator:
             tensors: The update.
             weight: Its weight in the mean.
             typed: Whether its dtypes are the sender's (False for plain JSON, whose
-                dtypes are guessed from the numbers): the result takes the dtypes of the
-                first typed update, else float64 (as the stock service answers).
+                dtypes are guessed from the numbers); see the module for the result's.
         """
         if self._names and not _positional(self._names):
             tensors = by_name(self._names, tensors) or tensors  # named: match by name
@@ -138,11 +148,22 @@ class Accumulator:
             self._names = [name for name, _ in tensors]
             self._shapes = [array.shape for _, array in tensors]
             self._wide = [_start_wide(array.dtype) for _, array in tensors]
-            self._dtypes = [np.dtype(np.float64) if w.kind != "c" else w for w in self._wide]
+            self._typed = [None] * len(tensors)
+            self._plain = [None] * len(tensors)
+            self._span = [None] * len(tensors)
             self._bounds = [0] * len(tensors)
-        if typed and not self._typed:
-            self._dtypes = [array.dtype for _, array in tensors]
-            self._typed = True
+        elif _positional(self._names):  # the mean takes the names of any named update
+            self._names = [name for name, _ in tensors]
+        seen = self._typed if typed else self._plain
+        for i, (_, array) in enumerate(tensors):
+            before = seen[i]
+            seen[i] = array.dtype if before is None else _promote(before, array.dtype)
+            if not typed and array.dtype.kind in "iu" and array.size:
+                low, high = int(array.min()), int(array.max())
+                span = self._span[i]
+                self._span[i] = (
+                    (low, high) if span is None else (min(low, span[0]), max(high, span[1]))
+                )
         scale = _exact(weight)
         self._widen(tensors, scale)
         self._held.append((tensors, scale))
@@ -153,13 +174,14 @@ class Accumulator:
         return None
 
     def result(self) -> Tensors:
-        """Return the weighted mean, each tensor in its input dtype (see :meth:`add`)."""
+        """Return the weighted mean, each tensor in the dtype the module describes."""
         if not self.count:
             raise ValueError("no update was added")
         out: Tensors = []
-        for i, (name, dtype, shape, wide) in enumerate(
-            zip(self._names, self._dtypes, self._shapes, self._wide, strict=True)
+        for i, (name, shape, wide) in enumerate(
+            zip(self._names, self._shapes, self._wide, strict=True)
         ):
+            dtype = _result_dtype(self._typed[i], self._plain[i], self._span[i])
             mean = np.empty(shape, dtype)
             flat = mean.reshape(-1)
             for start in range(0, flat.size, SLICE):
@@ -179,13 +201,17 @@ class Accumulator:
 
         Integer (and bool) tensors are summed exactly: in int64 while a bound on the
         weighted sum allows, else in Python integers (or fractions, for weights that
-        are not integers). A float update turns that tensor's sum into float64.
+        are not integers). A float update turns that tensor's sum into float64, a
+        complex one into complex128.
         """
         for i, (_, array) in enumerate(tensors):
             wide = self._wide[i]
-            if wide.kind in "fc":
+            if wide.kind == "c" or (wide.kind == "f" and array.dtype.kind != "c"):
                 continue
-            if array.dtype.kind in "biu":
+            wider: np.dtype[Any]
+            if array.dtype.kind == "c":
+                wider = np.dtype(np.complex128)
+            elif array.dtype.kind in "biu":
                 self._bounds[i] += _magnitude(array) * scale
                 small = self._bounds[i] + self._weight + scale < _INT64_SAFE
                 exact = isinstance(scale, int) and small and wide.kind != "O"
@@ -217,7 +243,7 @@ class Accumulator:
         for name, array in tensors:
             if array.dtype.kind not in "biufcV":
                 return f"tensor {name!r} has the non-numeric dtype {array.dtype}"
-            if not _finite(array):
+            if not all_finite(array):
                 return f"tensor {name!r} holds NaN or infinite values"
         if not self._names:
             return None
@@ -227,8 +253,8 @@ class Accumulator:
                 f"got {len(tensors)}"
             )
         by_position = _positional(self._names) or _positional([n for n, _ in tensors])
-        for i, ((name, array), expected, shape, wide) in enumerate(
-            zip(tensors, self._names, self._shapes, self._wide, strict=True)
+        for i, ((name, array), expected, shape) in enumerate(
+            zip(tensors, self._names, self._shapes, strict=True)
         ):
             if not by_position and name != expected:
                 return (
@@ -239,8 +265,6 @@ class Accumulator:
                     f"tensor {expected!r} has shape {list(array.shape)}; the round's first "
                     f"update has {list(shape)}"
                 )
-            if array.dtype.kind == "c" and wide.kind != "c":
-                return f"tensor {expected!r} is complex; the round's first update has it real"
         return None
 
 
@@ -301,7 +325,55 @@ def _mean(total: np.ndarray, weight: Weight, dtype: np.dtype[Any]) -> np.ndarray
     return _cast((total / weight).astype(np.float64), dtype)
 
 
-def _finite(array: np.ndarray) -> bool:
+def _promote(first: np.dtype[Any], second: np.dtype[Any]) -> np.dtype[Any]:
+    """numpy's promotion of two dtypes; float64 (or complex128) where it has none."""
+    if first == second:
+        return first
+    try:
+        return np.result_type(first, second)
+    except TypeError:  # e.g. ml_dtypes' bfloat16 with an integer type
+        complex_ = "c" in (first.kind, second.kind)
+        return np.dtype(np.complex128 if complex_ else np.float64)
+
+
+def _result_dtype(
+    typed: np.dtype[Any] | None, plain: np.dtype[Any] | None, span: tuple[int, int] | None
+) -> np.dtype[Any]:
+    """The dtype of a tensor's mean, from its typed and plain updates (see the module).
+
+    Args:
+        typed: The promoted dtype of its typed updates, if any.
+        plain: The promoted dtype of its plain JSON updates as decoded (float64,
+            complex128, int64 or bool), if any.
+        span: The least and greatest integer of its plain JSON updates, if any.
+    """
+    if typed is None:  # plain JSON only: float64 as the stock service answers
+        return np.dtype(np.complex128 if plain is not None and plain.kind == "c" else np.float64)
+    if plain is None or typed.kind == "c" or (typed.kind in "fV" and plain.kind != "c"):
+        return typed  # a float type holds plain JSON numbers as well as JSON did
+    if plain.kind in "fc":
+        return _promote(typed, np.dtype(np.float64 if plain.kind == "f" else np.complex128))
+    if span is None or _holds(typed, *span):
+        return typed
+    low, high = span
+    kind = "u" if typed.kind in "bu" and low >= 0 else "i"
+    for size in (1, 2, 4, 8):  # the smallest integer type that holds both
+        candidate = np.dtype(f"{kind}{size}")
+        if np.can_cast(typed, candidate) and _holds(candidate, low, high):
+            return candidate
+    return np.dtype(np.float64)
+
+
+def _holds(dtype: np.dtype[Any], low: int, high: int) -> bool:
+    """Whether a bool or integer dtype holds every integer from ``low`` to ``high``."""
+    if dtype.kind == "b":
+        return low >= 0 and high <= 1
+    info = np.iinfo(dtype)
+    return info.min <= low and high <= info.max
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether a tensor holds no NaN or infinity (checked a slice at a time)."""
     if array.dtype.kind in "biu":
         return True
     flat = _flat(array)

@@ -20,6 +20,7 @@ import orjson
 from ..codecs.base import Tensors, read_tag
 from ..exceptions import CodecError
 from ..registry import CodecRegistry
+from .aggregation import all_finite
 from .blobs import BlobStore, BlobWriter
 from .datadir import DataDirLock, prepare
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
@@ -245,10 +246,11 @@ class Service:
             raise bad_request("data", f"The {codec.name} body does not decode: {exc}") from exc
         check_tensor_count(len(tensors), self.max_tensors)
         check_tensors_schema(self.model(fields["federated_model"])["update_schema"], tensors)
+        problem = _NO_TENSORS if not shape else _not_finite(tensors)
         del tensors  # views of the spooled file
-        if not shape:
+        if problem is not None:
             body.discard()
-            raise bad_request("data", _NO_TENSORS)
+            raise bad_request("data", problem)
         filename = body.commit()
         return self._insert(fields, (codec.name, filename, body.nbytes), key, shape)
 
@@ -336,8 +338,9 @@ class Service:
             raise bad_request(field, str(exc)) from exc
         check_tensor_count(len(tensors), self.max_tensors, field)
         check_tensors_schema(schema, tensors)
-        if not tensors:
-            raise bad_request(field, _NO_TENSORS)
+        problem = _NO_TENSORS if not tensors else _not_finite(tensors)
+        if problem is not None:
+            raise bad_request(field, problem)
         if codec == "json" and raw is not None:
             problem = _integer_beyond_64_bits(raw, tensors)
             if problem is not None:
@@ -454,6 +457,17 @@ def _same_bytes(first: Any, second: Any) -> bool:
         return False
     step = 1 << 24
     return all(a[i : i + step] == b[i : i + step] for i in range(0, a.nbytes, step))
+
+
+def _not_finite(tensors: Tensors) -> str | None:
+    """Why weights cannot be averaged: a tensor holds NaN or infinity (else None)."""
+    for name, array in tensors:
+        if not all_finite(array):
+            return (
+                f"Tensor {name!r} holds NaN or infinite values; the server averages updates, "
+                "so every value must be finite."
+            )
+    return None
 
 
 def _integer_beyond_64_bits(raw: Any, tensors: Tensors) -> str | None:

@@ -93,6 +93,19 @@ def request(
     return requests.request(method, server.url + path, headers=headers, timeout=10, **kwargs)
 
 
+def unregister(server: RunningServer, model_id: int, client: str) -> None:
+    """Remove a client from a model (its updates already sent stay, and a round refuses them)."""
+    clients = request(server, "GET", f"/api/v1/models/{model_id}/", admin=True).json()["clients"]
+    response = request(
+        server,
+        "PATCH",
+        f"/api/v1/models/{model_id}/",
+        admin=True,
+        json={"clients": [c for c in clients if c != client]},
+    )
+    assert response.status_code == 200, response.text
+
+
 def json_error(response: requests.Response, status: int) -> Any:
     """Assert a JSON error answer with ``status`` and return its body."""
     assert response.status_code == status, response.text

@@ -49,6 +49,61 @@ def test_typed_updates_decide_the_result_dtype() -> None:
     assert result[1].dtype == np.float32
 
 
+def _mean_both_ways(first: Aggregand, second: Aggregand) -> list[np.ndarray]:
+    """The mean of two updates added in each order; both orders must agree exactly."""
+    results = []
+    for order in ((first, second), (second, first)):
+        acc = Accumulator()
+        for array, typed in order:
+            assert acc.add([("0", array)], typed=typed) is None
+        results.append(dict(acc.result())["0"])
+    assert results[0].dtype == results[1].dtype
+    np.testing.assert_array_equal(results[0], results[1])
+    return results
+
+
+Aggregand = tuple[np.ndarray, bool]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "dtype", "mean"),
+    [
+        # typed integers and floats: numpy's promotion, never a cast down to the integers
+        ((np.array([1, 2], np.int8), True), (np.array([1.5, 2.0]), True), np.float64, [1.25, 2]),
+        (
+            (np.array([1, 2], np.float16), True),
+            (np.array([2, 3], np.float32), True),
+            np.float32,
+            [1.5, 2.5],
+        ),
+        (
+            (np.array([1, 3], np.int8), True),
+            (np.array([200, 1], np.uint8), True),
+            np.int16,
+            [100, 2],
+        ),
+        # plain JSON numbers: fractions make float64, integers only what they need
+        ((np.array([1, 2], np.int8), True), (np.array([1.5, 2.0]), False), np.float64, [1.25, 2]),
+        ((np.array([1, 2], np.int8), True), (np.array([3, 4]), False), np.int8, [2, 3]),
+        ((np.array([1, 2], np.int8), True), (np.array([1000, 4]), False), np.int16, [500, 3]),
+        ((np.array([1, 2], np.float32), True), (np.array([3, 4]), False), np.float32, [2, 3]),
+        # real and complex updates make a complex mean in either order
+        (
+            (np.array([1.0, 2.0]), True),
+            (np.array([1j, 2 + 2j]), True),
+            np.complex128,
+            [0.5 + 0.5j, 2 + 1j],
+        ),
+    ],
+)
+def test_the_mean_dtype_holds_every_update_whatever_their_order(
+    first: Aggregand, second: Aggregand, dtype: type, mean: list[complex]
+) -> None:
+    result, _ = _mean_both_ways(first, second)
+    assert result.dtype == dtype
+    np.testing.assert_array_equal(result, np.array(mean, dtype))
+
+
 def test_requirements() -> None:
     assert not requirement_met("all_clients", None, ["a", "b"], ["a", "a"])
     assert requirement_met("all_clients", None, ["a", "b"], ["b", "a"])

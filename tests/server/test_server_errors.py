@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from server_helpers import json_error, request
+from server_helpers import json_error, request, unregister
 
 from fma_connect import APIError, WebClient, default_codec_registry
 from fma_connect.admin import AdminClient
@@ -139,26 +139,31 @@ def test_publish_and_score_input_errors(
     assert "aggregate" in json_error(null, 400)
 
 
-def test_mismatched_update_becomes_invalid_and_later_rounds_work(
+def test_refused_updates_never_count_and_invalid_ones_do_not_come_back(
     server: RunningServer, admin: AdminClient
 ) -> None:
     model = admin.create_model("mismatch", requirement="require_x_updates", requirement_args=[2])
-    clients = [WebClient(model["id"], url=server.url, codec="msgpack", retries=0) for _ in range(3)]
-    clients[0].send_update({"w": np.arange(4, dtype=np.float32), "b": np.ones(2, np.float32)})
+    clients = [WebClient(model["id"], url=server.url, codec="msgpack", retries=0) for _ in range(4)]
+    # Stored, then its client leaves the model: a round refuses it (INVALID).
+    clients[3].send_update({"w": np.full(4, 9, np.float32), "b": np.ones(2, np.float32)})
+    unregister(server, model["id"], clients[3].uuid)
     with pytest.raises(APIError) as mismatched:  # refused on arrival: never stored
         clients[1].send_update({"w": np.arange(5, dtype=np.float32), "b": np.ones(2, np.float32)})
     assert mismatched.value.status_code == 400
     assert "shape" in str(mismatched.value.detail)
-    clients[2].send_update({"w": np.full(4, np.nan, np.float32), "b": np.ones(2, np.float32)})
-    # NaN is found in the round: the update is INVALID and the valid one waits for another.
-    assert clients[0].check_for_new_model_aggregate() is None
+    with pytest.raises(APIError) as not_finite:
+        clients[2].send_update({"w": np.full(4, np.nan, np.float32), "b": np.ones(2, np.float32)})
+    assert not_finite.value.status_code == 400
+    assert "'w' holds NaN or infinite values" in str(not_finite.value.detail)
+    clients[0].send_update({"w": np.arange(4, dtype=np.float32), "b": np.ones(2, np.float32)})
+    assert clients[0].check_for_new_model_aggregate() is None  # one update of a registered client
     clients[1].send_update({"w": np.arange(4, dtype=np.float32) + 2, "b": np.ones(2, np.float32)})
     first = clients[0].check_for_new_model_aggregate()
     assert first is not None
     np.testing.assert_array_equal(first["result"]["w"], np.arange(4, dtype=np.float32) + 1)
     updates = sorted(admin.list_updates(model["id"]), key=lambda u: u["id"])
-    assert [u["status"] for u in updates] == [COMPLETE, INVALID, COMPLETE]
-    assert "NaN" in updates[1]["status_reason"]
+    assert [u["status"] for u in updates] == [INVALID, COMPLETE, COMPLETE]
+    assert "no longer registered" in updates[0]["status_reason"]
 
     # The refused update does not come back: the next round has only the new ones.
     for i, client in enumerate(clients[:2]):
@@ -167,8 +172,8 @@ def test_mismatched_update_becomes_invalid_and_later_rounds_work(
     assert second is not None
     assert second["parent"] == first["id"]
     np.testing.assert_array_equal(second["result"]["w"], np.full(4, 0.5, np.float32))
-    statuses = [u["status"] for u in admin.list_updates(model["id"])]
-    assert statuses == [COMPLETE] * 2 + [COMPLETE, INVALID, COMPLETE]
+    statuses = [u["status"] for u in sorted(admin.list_updates(model["id"]), key=lambda u: u["id"])]
+    assert statuses == [INVALID] + [COMPLETE] * 4
 
 
 def test_admin_trigger_with_only_invalid_updates_reports_why(
@@ -179,11 +184,12 @@ def test_admin_trigger_with_only_invalid_updates_reports_why(
     )
     client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
     admin_off = admin.create_model("off", allow_aggregation=False)
-    client.send_update([np.array([np.inf])])
+    client.send_update([np.array([1.0])])
+    unregister(server, model["id"], client.uuid)
     with pytest.raises(APIError) as refused:
         admin.aggregate(model["id"])
     assert refused.value.status_code == 400
-    assert "NaN or infinite" in str(refused.value.detail)
+    assert "no longer registered" in str(refused.value.detail)
     assert admin.list_updates(model["id"])[0]["status"] == INVALID
     with pytest.raises(APIError) as disabled:
         admin.aggregate(admin_off["id"])

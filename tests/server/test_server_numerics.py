@@ -68,6 +68,23 @@ def test_lossless_integer_updates_keep_their_dtype_and_round(
     assert result.tolist() == [2, 2, 4]  # 1.5, 2.5, 4.5: to nearest, ties to even
 
 
+@pytest.mark.parametrize("float_codec", ["msgpack", "json"])
+def test_an_integer_and_a_float_update_average_to_floats_in_either_order(
+    server: RunningServer, admin: AdminClient, float_codec: str
+) -> None:
+    integers = {"w": np.array([1, 2, 3], np.int8)}
+    floats = {"w": np.array([1.5, 2.0, 3.0])}
+    for order in ((integers, floats), (floats, integers)):
+        model_id = _model(admin, 2)
+        for update in order:
+            codec = float_codec if update is floats else "msgpack"
+            WebClient(model_id, url=server.url, codec=codec, retries=0).send_update(update)
+        watcher = WebClient(model_id, url=server.url, retries=0)
+        result = _latest_tensors(server, model_id, watcher)["w"]
+        assert result.dtype == np.float64
+        assert result.tolist() == [1.25, 2.0, 3.0]
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # no "invalid value encountered in cast"
 @pytest.mark.parametrize(
     "values",

@@ -83,22 +83,27 @@ def test_empty_updates_are_refused(server: RunningServer, admin: AdminClient) ->
 
 
 def test_requirements_count_valid_updates_only(server: RunningServer, admin: AdminClient) -> None:
-    model = admin.create_model("valid", requirement="require_x_updates", requirement_args=[2])
+    model = admin.create_model(
+        "valid", requirement="require_x_updates", requirement_args=[2], furthest_base_agg=1
+    )
     clients = [WebClient(model["id"], url=server.url, codec="msgpack", retries=0) for _ in range(3)]
-    poisoned = clients[0].send_update({"w": np.array([np.nan, 1.0])})
-    assert poisoned["status"] == PENDING
-    held = clients[1].send_update({"w": np.array([1.0, 2.0])})
-    # The NaN update is refused in the round, which then lacks a second valid update.
+    for client in clients[:2]:
+        client.send_update({"w": np.zeros(2)})
+    (start,) = admin.list_aggregates(model["id"])
+    stale = clients[0].send_update({"w": np.array([9.0, 9.0])}, base_aggregate=None)
+    assert stale["status"] == PENDING
+    held = clients[1].send_update({"w": np.array([1.0, 2.0])}, base_aggregate=start["id"])
+    # The stale update is refused in the round, which then lacks a second valid update.
     assert held["status"] == PENDING
-    assert admin.list_aggregates(model["id"]) == []
+    assert len(admin.list_aggregates(model["id"])) == 1
     statuses = {u["id"]: u for u in admin.list_updates(model["id"])}
-    assert statuses[poisoned["id"]]["status"] == INVALID
-    assert "NaN" in statuses[poisoned["id"]]["status_reason"]
+    assert statuses[stale["id"]]["status"] == INVALID
+    assert "furthest_base_agg" in statuses[stale["id"]]["status_reason"]
     assert statuses[held["id"]]["status"] == PENDING
 
-    last = clients[2].send_update({"w": np.array([3.0, 4.0])})
+    last = clients[2].send_update({"w": np.array([3.0, 4.0])}, base_aggregate=start["id"])
     assert last["status"] == COMPLETE  # the round ran in this request, and it says so
-    (aggregate,) = admin.list_aggregates(model["id"])
+    aggregate = max(admin.list_aggregates(model["id"]), key=lambda a: a["id"])
     assert last["applied_aggregate"] == aggregate["id"]
     latest = clients[2].check_for_latest_model()
     assert latest is not None
@@ -108,8 +113,33 @@ def test_requirements_count_valid_updates_only(server: RunningServer, admin: Adm
 def test_an_update_made_invalid_by_its_own_round_says_so(
     server: RunningServer, admin: AdminClient
 ) -> None:
-    model = admin.create_model("own-round")
+    model = admin.create_model("own-round", furthest_base_agg=1)
     client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
-    sent = client.send_update({"w": np.array([np.inf])})
+    assert client.send_update({"w": np.array([1.0])})["status"] == COMPLETE
+    sent = client.send_update({"w": np.array([2.0])}, base_aggregate=None)
     assert sent["status"] == INVALID
-    assert "NaN or infinite" in sent["status_reason"]
+    assert "furthest_base_agg" in sent["status_reason"]
+
+
+def test_updates_holding_nan_or_infinity_are_refused_on_arrival(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    model = admin.create_model("finite")
+    for codec in ("msgpack", "npz-b64"):
+        client = WebClient(model["id"], url=server.url, codec=codec, retries=0)
+        for bad in (np.nan, np.inf, -np.inf):
+            with pytest.raises(APIError) as refused:
+                client.send_update({"w": np.array([1.0, bad], np.float32)})
+            assert refused.value.status_code == 400
+            assert "'w' holds NaN or infinite values" in str(refused.value.detail)
+    assert admin.list_updates(model["id"]) == []
+    npz = default_codec_registry().get("npz-b64")
+    initial = npz.encode([("w", np.array([np.nan]))])
+    response = requests.post(
+        f"{server.url}/api/v1/models/",
+        json={"name": "finite-initial", "developer": 1, "initial_model": initial},
+        headers={"Authorization": f"Token {server.admin_token}"},
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    assert "NaN or infinite" in response.json()["initial_model"][0]
