@@ -428,7 +428,12 @@ class Service:
             raise bad_request("client", "Must be the client named by the CLIENT-UUID header.")
         if "validation_results" not in body:
             raise bad_request("validation_results", "This field is required.")
-        model = self.model_for_client(aggregate["federated_model"], client)
+        model = self.model(aggregate["federated_model"])
+        if not self.store.is_registered(model["id"], client):
+            raise forbidden(
+                f"Aggregate {aggregate_id} belongs to federated model {model['id']}, which "
+                f"client {client} is not registered with."
+            )
         check_against_schema(
             model["client_agg_results_schema"], body["validation_results"], "validation_results"
         )

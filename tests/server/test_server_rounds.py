@@ -73,6 +73,13 @@ def test_fed_avg_rounds_publish_and_scores(
     with pytest.raises(APIError) as duplicate:
         clients[0].send_val_results({"accuracy": 0.8}, second["id"])
     assert duplicate.value.status_code == 400
+    other = WebClient(admin.create_model("other")["id"], url=server.url, retries=0)
+    with pytest.raises(APIError) as elsewhere:
+        other.send_val_results({"accuracy": 0.8}, second["id"])
+    assert elsewhere.value.status_code == 403
+    assert f"Aggregate {second['id']} belongs to federated model {model['id']}" in str(
+        elsewhere.value.detail
+    )
 
     assert clients[2].get_current_artifact() is None
     artifact = admin.publish(second["id"], "1.0.0")
