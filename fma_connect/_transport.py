@@ -30,6 +30,7 @@ from .exceptions import (
 )
 
 __all__ = [
+    "API_PREFIX",
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
     "RETRY_STATUSES",
@@ -51,6 +52,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _BACKOFF_FACTOR = 0.5
 _BACKOFF_MAX = 30.0
 _EXCERPT = 300
+#: Every API path starts with this; the base URL is the service root above it.
+API_PREFIX = "api/v1/"
 Progress = Callable[[int, int | None], None]
 #: Largest slice of an upload handed to the socket at once (see :class:`Chunks`).
 SEND_SLICE = 1 << 20
@@ -130,11 +133,49 @@ def api_error(response: requests.Response, hint: str | None = None) -> APIError:
 
 def _check_url(url: object) -> str:
     parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if (
+        not isinstance(url, str)
+        or parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+    ):
         raise ConfigurationError(
             f"url must look like http://host:port or https://host/prefix, got {url!r}"
         )
-    return url  # type: ignore[return-value]  # a str, checked above
+    api = API_PREFIX.rstrip("/")
+    if parts.path.rstrip("/").endswith("/" + api):
+        # Every request path starts with api/v1/ already: this base would double it.
+        root = url[: url.rindex(api)]
+        raise ConfigurationError(
+            f"url must be the service root, without /{api} (the client adds it to every "
+            f"request path): use {root!r} instead of {url!r}"
+        )
+    return url
+
+
+def _check_options(session: object, headers: object, auth: object) -> None:
+    if session is not None and not isinstance(session, requests.Session):
+        raise ConfigurationError(
+            f"session must be a requests.Session (or None for a new one), got {session!r}"
+        )
+    if headers is not None and not (
+        isinstance(headers, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    ):
+        raise ConfigurationError(
+            f"headers must be a mapping of header names to str values, got {headers!r}"
+        )
+    basic = isinstance(auth, tuple) and len(auth) == 2
+    if auth is not None and not basic and not callable(auth):
+        raise ConfigurationError(
+            "auth must be a requests auth such as fma_connect.TokenAuth(token), a (user, "
+            f"password) tuple, or None; got {type(auth).__name__} {_redacted(auth)}"
+        )
+
+
+def _redacted(value: object) -> str:
+    # A misplaced secret (auth="s3cret") must not end up in logs through the message.
+    return "<hidden>" if isinstance(value, str | bytes) else repr(value)
 
 
 def _check_timeout(timeout: object) -> float | tuple[float, float] | None:
@@ -164,6 +205,33 @@ def _timed_out(exc: BaseException) -> bool:
         else:
             seen = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
     return False
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a failed request, e.g. "connection refused".
+
+    requests wraps urllib3's MaxRetryError, which wraps a NewConnectionError, which is
+    caused by the socket's own error; each layer's message repeats the layers below
+    with pool and host details. The deepest OS error message says it all.
+    """
+    reason: str | None = None
+    innermost = exc
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        innermost = current
+        if isinstance(current, OSError) and isinstance(current.strerror, str):
+            reason = current.strerror
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            first = current.args[0] if current.args else None
+            inner = first if isinstance(first, BaseException) else None
+        current = inner or current.__cause__ or current.__context__
+    text = reason or str(innermost) or type(innermost).__name__
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        text = text[0].lower() + text[1:]  # "Connection refused" reads as a clause
+    return text.rstrip(".")
 
 
 def _sent(exc: BaseException) -> bool:
@@ -202,6 +270,7 @@ class Transport:
         self.timeout = _check_timeout(timeout)
         if type(retries) is not int or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
+        _check_options(session, headers, auth)
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
         # Sent with each request rather than set on the session, so a caller's session
@@ -294,7 +363,9 @@ class Transport:
                 allow_redirects=method == "GET",
             )
         except requests.exceptions.RetryError as exc:
-            raise TransportError(f"{method} {url}: gave up after retries: {exc}") from exc
+            raise TransportError(
+                f"{method} {url}: gave up after retries: {_root_cause(exc)}"
+            ) from exc
         except (requests.Timeout, requests.ConnectionError) as exc:
             if _timed_out(exc):
                 raise RequestTimeout(
@@ -304,11 +375,11 @@ class Transport:
             if body is not None and _sent(exc):
                 raise ConnectError(
                     f"{method} {url}: the connection broke after the request was sent, so "
-                    f"its outcome is unknown ({exc}); WebClient(retry_updates=True) resends "
-                    "updates safely to services that honour Idempotency-Key"
+                    f"its outcome is unknown ({_root_cause(exc)}); WebClient(retry_updates=True) "
+                    "resends updates safely to services that honour Idempotency-Key"
                 ) from exc
             raise ConnectError(
-                f"{method} {url}: cannot reach the service at {self.base_url}: {exc}"
+                f"{method} {url}: cannot reach the service at {self.base_url}: {_root_cause(exc)}"
             ) from exc
         except requests.RequestException as exc:
             raise TransportError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
@@ -346,9 +417,9 @@ class Transport:
                     progress(len(buffer), None)
             return buffer
         except requests.Timeout as exc:
-            raise RequestTimeout(f"download of {response.url} stalled: {exc}") from exc
+            raise RequestTimeout(f"download of {response.url} stalled: {_root_cause(exc)}") from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ConnectError(f"download of {response.url} broke: {exc}") from exc
+            raise ConnectError(f"download of {response.url} broke: {_root_cause(exc)}") from exc
         finally:
             response.close()
 

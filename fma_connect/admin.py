@@ -16,15 +16,15 @@ import orjson
 import requests
 
 from . import settings
-from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Transport, dumps_json
+from ._transport import API_PREFIX, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Transport, dumps_json
 from .auth import TokenAuth
 from .codecs.json_lists import JsonListsCodec
-from .exceptions import APIError, DecodeError
+from .exceptions import APIError, ConfigurationError, DecodeError
 from .spec import flatten
 
 __all__ = ["AdminClient"]
 
-_API = "api/v1/"
+_API = API_PREFIX
 _JSON = "application/json"
 _MAX_PAGE = 20
 
@@ -33,11 +33,15 @@ class AdminClient:
     """REST client for an FMA service's admin routes, authenticated by token.
 
     Args:
-        url: Base URL of the service; default ``fma_connect.settings.default_url``.
+        url: Root URL of the service (as for :class:`~fma_connect.WebClient`); default
+            ``fma_connect.settings.default_url``.
         token: The admin's API token (``Authorization: Token <token>``).
         timeout: Seconds, or ``(connect, read)``.
         retries: Retries of GETs and of connections that failed before sending.
         session: A requests.Session to use.
+
+    Raises:
+        ConfigurationError: an option is malformed (url, token, timeout, retries, session).
     """
 
     def __init__(
@@ -49,6 +53,12 @@ class AdminClient:
         retries: int = DEFAULT_RETRIES,
         session: requests.Session | None = None,
     ) -> None:
+        if not isinstance(token, str) or not token.strip() or not token.isprintable():
+            shown = "<hidden>" if isinstance(token, str) and token.strip() else repr(token)
+            raise ConfigurationError(
+                "token must be the admin's API token, a non-empty printable string (fma-connect "
+                f"admin-token prints a reference server's), got {shown}"
+            )
         self._transport = Transport(
             url if url is not None else settings.default_url,
             timeout=timeout,
@@ -93,7 +103,10 @@ class AdminClient:
             name: Its name.
             aggregator: ``avg_values_if_data``, ``average_layers`` or (reference server)
                 ``fed_avg``.
-            requirement: ``all_clients``, ``require_x_updates`` or None.
+            requirement: When a round runs: ``all_clients`` (an update from every
+                registered client), ``require_x_updates`` (``x`` updates) or None: every
+                single update then makes its own aggregate, so pick one of the others
+                for federated averaging.
             requirement_args: ``[x]`` for ``require_x_updates``.
             allow_aggregation: Whether the service aggregates it.
             developer: The developer's user id (1 is the reference server's admin).
@@ -164,7 +177,8 @@ class AdminClient:
     def aggregate(self, model_id: int) -> dict[str, Any]:
         """Run an aggregation round of the model's pending updates now; return the aggregate.
 
-        Reference server only (``POST /api/v1/models/<id>/aggregate/``).
+        The round runs whether or not the model's requirement is met. Reference server
+        only (``POST /api/v1/models/<id>/aggregate/``).
 
         Raises:
             APIError: 400 when nothing is pending or no update is valid (the reasons

@@ -82,8 +82,7 @@ def _cmd_admin(args: argparse.Namespace) -> int:
             if args.admin_command == "create-model":
                 initial = None
                 if args.initial_model is not None:
-                    with open(args.initial_model, encoding="utf-8") as file:
-                        initial = json.load(file)
+                    initial = _read_initial_model(args.initial_model)
                 result: object = admin.create_model(
                     args.name,
                     aggregator=args.aggregator,
@@ -112,10 +111,55 @@ def _cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_initial_model(path: str) -> list[object]:
+    """The layers in ``--initial-model FILE``: a JSON list, one entry per layer."""
+    import json
+
+    from .exceptions import ConfigurationError
+
+    with open(path, encoding="utf-8") as file:
+        try:
+            layers = json.load(file)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(
+                f"--initial-model {path}: expected a JSON list of layers, but the file is not "
+                f"valid JSON ({exc})"
+            ) from exc
+    if not isinstance(layers, list):
+        kind = {dict: "an object", str: "a string", bool: "a boolean"}.get(
+            type(layers), "a number" if layers is not None else "null"
+        )
+        raise ConfigurationError(
+            f"--initial-model {path}: expected a JSON list of layers such as "
+            f"[[0.1, 0.2], [0.3]], got {kind}"
+        )
+    return layers
+
+
+#: uvicorn's log levels (uvicorn.config.LOG_LEVELS), listed here so --help needs no uvicorn.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0: any free port), got {value}")
+    return value
+
+
 def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = commands.add_parser("serve", help="run the reference FMA server")
+    serve = commands.add_parser(
+        "serve",
+        help="run the reference FMA server",
+        description="Run the reference FMA server in this process until interrupted.",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="port, 0-65535 (default 8000; 0: any free)"
+    )
     serve.add_argument(
         "--data-dir",
         type=Path,
@@ -129,7 +173,13 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="when a model's requirement is met: aggregate in the request (default), "
         "in a background thread, or only on an admin trigger",
     )
-    serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="uvicorn log level (default info)",
+    )
     serve.add_argument(
         "--max-body-bytes",
         type=_at_least(1),
@@ -144,40 +194,60 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     serve.set_defaults(func=_cmd_serve)
 
-    admin = commands.add_parser("admin", help="admin actions on an FMA service")
+    admin = commands.add_parser(
+        "admin",
+        help="admin actions on an FMA service",
+        description="Admin actions on an FMA service (the reference server or the stock one), "
+        "authenticated by the admin token.",
+    )
     admin.add_argument("--url", default=None, help="service URL (default $FMA_CONNECT_URL)")
     admin.add_argument(
         "--token", default=None, help="admin token (default $FMA_CONNECT_ADMIN_TOKEN)"
     )
     admin.set_defaults(func=_cmd_admin)
     actions = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
-    create = actions.add_parser("create-model", help="create a federated model")
+    create = _action(actions, "create-model", "create a federated model and print it")
     create.add_argument("name")
     create.add_argument(
         "--aggregator",
         default="avg_values_if_data",
         help="avg_values_if_data (default), average_layers or fed_avg",
     )
-    create.add_argument("--requirement", choices=("all_clients", "require_x_updates"))
     create.add_argument(
-        "--requirement-args", type=int, nargs="*", default=None, help="e.g. 3 for require_x_updates"
+        "--requirement",
+        choices=("all_clients", "require_x_updates"),
+        help="when a round runs: after an update from every registered client (all_clients) "
+        "or after X updates (require_x_updates X). Default: none, so every single update "
+        "makes its own aggregate; use all_clients or require_x_updates for federated averaging",
+    )
+    create.add_argument(
+        "--requirement-args",
+        type=int,
+        nargs="*",
+        default=None,
+        help="X for require_x_updates, e.g. 3",
     )
     create.add_argument("--developer", type=int, default=1, help="developer user id (default 1)")
     create.add_argument("--initial-model", metavar="FILE", help="JSON file: a list of layers")
-    actions.add_parser("models", help="list the federated models")
-    delete = actions.add_parser(
-        "delete-model", help="delete a model with its updates, aggregates and artifacts"
+    _action(actions, "models", "list the federated models")
+    delete = _action(
+        actions, "delete-model", "delete a model with its updates, aggregates and artifacts"
     )
     delete.add_argument("model_id", type=int)
     for name, text in (
-        ("updates", "list a model's updates"),
-        ("aggregates", "list its aggregates"),
+        ("updates", "list a model's updates (status and reason of each)"),
+        ("aggregates", "list a model's aggregates"),
     ):
-        listing = actions.add_parser(name, help=text)
+        listing = _action(actions, name, text)
         listing.add_argument("model_id", type=int)
-    trigger = actions.add_parser("aggregate", help="aggregate a model's pending updates now")
+    trigger = _action(
+        actions,
+        "aggregate",
+        "run an aggregation round of a model's pending updates now, whether or not the "
+        "model's requirement is met (reference server only)",
+    )
     trigger.add_argument("model_id", type=int)
-    publish = actions.add_parser("publish", help="publish an aggregate as the current artifact")
+    publish = _action(actions, "publish", "publish an aggregate as its model's current artifact")
     publish.add_argument("aggregate_id", type=int)
     publish.add_argument("version")
 
@@ -195,6 +265,13 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="the server's data directory (default $FMA_CONNECT_DATA_DIR or ./fma-connect-data)",
     )
     token.set_defaults(func=_cmd_admin_token)
+
+
+def _action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
+) -> argparse.ArgumentParser:
+    """An ``admin`` action whose one-line help is also its --help description."""
+    return actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
 
 
 def _cmd_admin_token(args: argparse.Namespace) -> int:
@@ -243,7 +320,10 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser(
-        "demo", help="run a federation on this machine (embedded server, digits dataset)"
+        "demo",
+        help="run a federation on this machine (embedded server, digits dataset)",
+        description="Run a federation on this machine: clients train on shares of "
+        "scikit-learn's digits and aggregate through an embedded reference server.",
     )
     demo.add_argument(
         "--clients", type=_at_least(2), default=3, help="federated clients, 2 or more (default 3)"
@@ -286,7 +366,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fma-connect {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    codecs = commands.add_parser("codecs", help="list the installed codecs and their plugins")
+    codecs = commands.add_parser(
+        "codecs",
+        help="list the installed codecs and their plugins",
+        description="List the installed codecs: media type, losslessness, and the plugin "
+        "and distribution that provide each.",
+    )
     codecs.set_defaults(func=_cmd_codecs)
     _add_server_commands(commands)
     _add_demo_command(commands)

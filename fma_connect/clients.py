@@ -16,7 +16,15 @@ import orjson
 import requests
 
 from . import settings
-from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Chunks, Progress, Transport, dumps_json
+from ._transport import (
+    API_PREFIX,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    Chunks,
+    Progress,
+    Transport,
+    dumps_json,
+)
 from .codecs.base import Codec, Tensors, read_tag
 from .codecs.json_lists import check_document_size, fast_layers
 from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError, UnknownCodecError
@@ -28,7 +36,7 @@ __all__ = ["APIException", "WebClient"]
 
 from .exceptions import APIException  # re-exported: the seed's import path
 
-_API = "api/v1/"
+_API = API_PREFIX
 _JSON = "application/json"
 #: Response header holding the JSON fields of a response whose body is a binary payload.
 META_HEADER = "FMA-Meta"
@@ -41,8 +49,14 @@ class WebClient:
 
     Args:
         federated_model_id: Id of the federated model this client sends updates for.
-        uuid: The client's UUID; None registers on first use.
-        url: Base URL of the service; default ``fma_connect.settings.default_url``.
+        uuid: The client's UUID (a UUID string or :class:`uuid.UUID`) from an earlier
+            registration; None registers a new client on first use (reading ``uuid`` or
+            calling ``register()``). Keep it and pass it on later runs: a new client on
+            every run leaves the old ones registered, and a model with the
+            ``all_clients`` requirement then waits for them forever.
+        url: Root URL of the service, e.g. ``http://127.0.0.1:8000`` or
+            ``https://host/prefix``; the client appends ``api/v1/...`` to it, so a URL
+            ending in ``/api/v1`` is refused. Default ``fma_connect.settings.default_url``.
         codec: Codec name or object for updates (default ``"json"``, which the stock
             service aggregates). Responses in any installed codec are decoded.
         timeout: Seconds, or ``(connect, read)``; read bounds silence, not a transfer.
@@ -67,7 +81,7 @@ class WebClient:
     def __init__(
         self,
         federated_model_id: int,
-        uuid: str | None = None,
+        uuid: str | uuid_module.UUID | None = None,
         url: str | None = None,
         *,
         codec: str | Codec = "json",
@@ -80,10 +94,20 @@ class WebClient:
         progress: Progress | None = None,
         retry_updates: bool = False,
     ) -> None:
-        if uuid is not None and (not isinstance(uuid, str) or not uuid.isprintable()):
-            raise ConfigurationError(f"uuid must be a string (or None to register), got {uuid!r}")
+        if registry is not None and not isinstance(registry, CodecRegistry):
+            raise ConfigurationError(
+                f"registry must be a CodecRegistry (or None for every installed codec), "
+                f"got {registry!r}"
+            )
+        if progress is not None and not callable(progress):
+            raise ConfigurationError(
+                "progress must be a callable progress(bytes_done, bytes_total_or_None), or "
+                f"None; got {progress!r}"
+            )
+        if type(retry_updates) is not bool:
+            raise ConfigurationError(f"retry_updates must be True or False, got {retry_updates!r}")
         self._federated_model_id = federated_model_id
-        self._uuid = uuid
+        self._uuid = _check_uuid(uuid)
         self._url = url if url is not None else settings.default_url
         self._registry = registry if registry is not None else default_codec_registry()
         if isinstance(codec, str):
@@ -107,7 +131,10 @@ class WebClient:
 
     @property
     def uuid(self) -> str:
-        """Client UUID; registers with the federated model first if there is none yet."""
+        """Client UUID; without one yet, registers a new client with the federated model first.
+
+        Keep it and pass it as ``uuid=`` on later runs to stay the same client.
+        """
         if self._uuid is None:
             self.register()
         assert self._uuid is not None
@@ -252,8 +279,10 @@ class WebClient:
             weights, or None when there is no newer aggregate.
 
         Raises:
+            ConfigurationError: ``update_after`` is not an integer or None.
             APIException: the service did not answer 200.
         """
+        _check_update_after(update_after)
         response = self._transport.request(
             "GET",
             f"{_API}models/{self._federated_model_id}/get_latest_aggregate/",
@@ -303,8 +332,10 @@ class WebClient:
             ``{"values": <weights>, "aggregate": id or None}``, or None.
 
         Raises:
+            ConfigurationError: ``update_after`` is not an integer or None.
             APIException: the service did not answer 200.
         """
+        _check_update_after(update_after)
         response = self._transport.request(
             "GET",
             f"{_API}models/{self._federated_model_id}/get_latest_model/",
@@ -447,6 +478,34 @@ class WebClient:
         if self._spec is not None:
             return self._spec.restore(tensors)
         return untyped(tensors)
+
+
+def _check_uuid(value: object) -> str | None:
+    """Return the client UUID as a string, or raise ConfigurationError if it is not one."""
+    if value is None:
+        return None
+    if isinstance(value, uuid_module.UUID):
+        return str(value)
+    if isinstance(value, str) and value.isprintable() and value == value.strip():
+        try:
+            uuid_module.UUID(value)
+        except ValueError:
+            pass
+        else:
+            if "_" not in value:  # int() takes digit separators; a UUID has none
+                return value
+    raise ConfigurationError(
+        "uuid must be a UUID string such as '3f2b6c1e-8d4a-4f0b-9c1d-2e5a7b9c0d1f' (or None "
+        f"to register), got {value!r}"
+    )
+
+
+def _check_update_after(value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+        raise ConfigurationError(
+            "update_after must be an aggregate id (an int) or None for the last one this "
+            f"client saw, got {value!r}"
+        )
 
 
 def _refuse_non_finite(value: Any, path: str) -> None:

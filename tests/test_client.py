@@ -105,8 +105,25 @@ def test_default_url_can_come_from_the_environment() -> None:
         ({"url": "127.0.0.1:8000"}, "url must look like http://host:port"),
         ({"url": ""}, "url must look like"),
         ({"url": "ftp://host/"}, "url must look like"),
-        ({"uuid": 12345}, "uuid must be a string"),
-        ({"uuid": "abc\ndef"}, "uuid must be a string"),
+        (
+            {"uuid": 12345},
+            "uuid must be a UUID string such as '.*' \\(or None to register\\), got 12345",
+        ),
+        ({"uuid": "abc\ndef"}, "uuid must be a UUID string"),
+        ({"uuid": "xyz"}, "uuid must be a UUID string such as '[0-9a-f-]{36}' .*, got 'xyz'$"),
+        ({"uuid": f" {UUID}"}, "uuid must be a UUID string"),
+        ({"uuid": UUID.replace("-", "_", 1).replace("-", "")}, "uuid must be a UUID string"),
+        ({"progress": 5}, "progress must be a callable progress\\(bytes_done, .*got 5"),
+        ({"registry": "json"}, "registry must be a CodecRegistry .*got 'json'"),
+        ({"retry_updates": "no"}, "retry_updates must be True or False, got 'no'"),
+        ({"session": "http://proxy"}, "session must be a requests.Session .*got 'http://proxy'"),
+        ({"headers": {"X-Trace": 1}}, "headers must be a mapping of header names to str values"),
+        ({"headers": ["X-Trace"]}, "headers must be a mapping"),
+        ({"auth": 42}, "auth must be a requests auth .*got int 42"),
+        ({"auth": ("user",)}, "auth must be a requests auth"),
+        ({"url": "http://h:8000/api/v1/"}, "url must be the service root.*'http://h:8000/'"),
+        ({"url": "http://h:8000/api/v1"}, "url must be the service root.*'http://h:8000/'"),
+        ({"url": "https://h/fma/api/v1/"}, "url must be the service root.*'https://h/fma/'"),
         ({"codec": 42}, "codec must be a codec name \\(json, msgpack, npz-b64\\)"),
         ({"timeout": -1}, "timeout must be seconds > 0"),
         ({"timeout": (1, 2, 3)}, "timeout must be"),
@@ -118,6 +135,49 @@ def test_malformed_options_are_refused_at_construction(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         WebClient(1, **{"url": BASE, "registry": registry, **options})
+
+
+def test_a_uuid_is_kept_as_given_and_a_uuid_object_as_its_string(
+    registry: CodecRegistry,
+) -> None:
+    import uuid
+
+    upper = UUID.upper()
+    assert WebClient(1, upper, BASE, registry=registry).uuid == upper
+    assert WebClient(1, uuid.UUID(UUID), BASE, registry=registry).uuid == UUID
+
+
+def test_a_secret_given_as_auth_is_not_shown_in_the_error(registry: CodecRegistry) -> None:
+    with pytest.raises(ConfigurationError, match="got str <hidden>") as err:
+        WebClient(1, UUID, BASE, registry=registry, auth="s3cret")
+    assert "s3cret" not in str(err.value)
+
+
+@responses.activate
+def test_a_service_under_a_prefix_is_reached_under_it(registry: CodecRegistry) -> None:
+    responses.post(f"{BASE}/fma/api/v1/models/7/register_client/", json={"uuid": UUID})
+    assert WebClient(7, url=f"{BASE}/fma/", registry=registry, retries=0).register() == UUID
+
+
+@pytest.mark.parametrize("method", ["check_for_latest_model", "check_for_new_model_aggregate"])
+@pytest.mark.parametrize("update_after", ["1", True, 1.0])
+@responses.activate
+def test_update_after_must_be_an_int(
+    registry: CodecRegistry, method: str, update_after: object
+) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        getattr(client(registry), method)(update_after=update_after)
+    assert str(err.value) == (
+        "update_after must be an aggregate id (an int) or None for the last one this client "
+        f"saw, got {update_after!r}"
+    )
+    assert not responses.calls  # refused before asking the service
+
+
+@responses.activate
+def test_update_after_may_be_a_numpy_integer(registry: CodecRegistry) -> None:
+    responses.get(f"{API}/models/7/get_latest_model/", json={"values": [[1.0]], "aggregate": 3})
+    assert client(registry).check_for_latest_model(update_after=np.int64(3)) is None
 
 
 # -- send_update per codec ----------------------------------------------------------
@@ -354,8 +414,33 @@ def test_a_200_that_is_not_json_is_a_decode_error(registry: CodecRegistry) -> No
 
 def test_connection_refused_is_a_connect_error(registry: CodecRegistry) -> None:
     c = WebClient(1, UUID, "http://127.0.0.1:9", registry=registry, retries=0)
-    with pytest.raises(ConnectError, match="cannot reach the service at http://127.0.0.1:9/"):
+    with pytest.raises(ConnectError) as err:
         c.check_for_latest_model()
+    assert str(err.value) == (
+        "GET http://127.0.0.1:9/api/v1/models/1/get_latest_model/: cannot reach the service at "
+        "http://127.0.0.1:9/: connection refused"
+    )
+    assert isinstance(err.value.__cause__, requests.ConnectionError)  # the details, chained
+
+
+@responses.activate
+def test_an_unknown_host_is_a_connect_error_naming_the_root_cause(
+    registry: CodecRegistry,
+) -> None:
+    import urllib3
+
+    # The chain requests raises for a failed DNS lookup, built without a resolver.
+    lookup = socket.gaierror(-2, "Name or service not known")
+    resolution = urllib3.exceptions.NameResolutionError("fma.test", None, lookup)  # type: ignore[arg-type]
+    resolution.__cause__ = lookup
+    wrapped = urllib3.exceptions.MaxRetryError(None, "/api/v1/", resolution)  # type: ignore[arg-type]
+    responses.get(f"{API}/models/7/get_latest_model/", body=requests.ConnectionError(wrapped))
+    with pytest.raises(ConnectError) as err:
+        client(registry).check_for_latest_model()
+    assert str(err.value).endswith(
+        "cannot reach the service at http://fma.test/: name or service not known"
+    )
+    assert "Max retries" not in str(err.value)
 
 
 @responses.activate

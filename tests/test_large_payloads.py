@@ -80,7 +80,7 @@ def test_a_long_upload_is_not_cut_off_by_the_timeouts() -> None:
     calls: list[int] = []
     with WebClient(
         1,
-        "uuid",
+        "00000000-0000-4000-8000-000000000001",
         server.url,
         codec="msgpack",
         timeout=(0.5, 0.5),

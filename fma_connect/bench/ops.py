@@ -28,6 +28,8 @@ from .measure import make_model, timed
 __all__ = ["OPS", "run_op"]
 
 Spec = dict[str, Any]
+#: Client identity sent to the discarding endpoint, which checks none (any valid UUID will do).
+_SINK_UUID = "00000000-0000-4000-8000-00000000b000"
 
 
 def _join(chunks: Any) -> memoryview:
@@ -188,7 +190,7 @@ def op_upload(spec: Spec) -> Spec:
     codec = default_codec_registry().get("msgpack")
     body = bytes(_join(codec.encode(model)))
     wire = len(body)
-    headers = {"Content-Type": codec.media_type, "CLIENT-UUID": "bench"}
+    headers = {"Content-Type": codec.media_type, "CLIENT-UUID": _SINK_UUID}
     with requests.Session() as session:
 
         def plain_post(data: bytes = body) -> None:
@@ -196,7 +198,7 @@ def op_upload(spec: Spec) -> Spec:
 
         plain, _ = timed(plain_post, repeat)
     del body, plain_post
-    with WebClient(1, "bench", spec["url"], codec="msgpack") as client:
+    with WebClient(1, _SINK_UUID, spec["url"], codec="msgpack") as client:
         weights = dict(model)
         ours, _ = timed(lambda: client.send_update(weights), repeat, warmup)
     return {

@@ -84,7 +84,13 @@ def check_requirement_args(requirement: str | None, args: Any) -> str | None:
         if not isinstance(args, list) or len(args) != 1 or type(args[0]) is not int or args[0] < 1:
             return "require_x_updates takes one positive integer: [x]."
     elif args not in (None, []):
-        return f"{requirement or 'no requirement'} takes no arguments."
+        if requirement is None:
+            return (
+                f"requirement_args {args!r} need a requirement: without one, every update "
+                "is aggregated on its own. Use requirement 'require_x_updates' with [x], or "
+                "drop requirement_args."
+            )
+        return f"{requirement} takes no arguments, got {args!r}: drop requirement_args."
     return None
 
 

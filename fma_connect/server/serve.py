@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import socket
 import sqlite3
 import sys
@@ -76,7 +77,11 @@ def serve(
     if service.admin_token_created:
         print(f"admin token (created now, stored in the database): {service.admin_token}")
     else:
-        print("admin token: the stored one (or FMA_CONNECT_ADMIN_TOKEN)")
+        where = shlex.quote(str(data_dir.resolve()))
+        print(
+            "admin token: the stored one (or FMA_CONNECT_ADMIN_TOKEN); "
+            f"run `fma-connect admin-token --data-dir {where}` to print it"
+        )
     print(f"listening on http://{shown}:{bound_port}", flush=True)
     config = uvicorn.Config(app, log_level=log_level, lifespan="on")
     with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn after a clean stop
