@@ -25,7 +25,7 @@ from ._transport import (
     Transport,
     dumps_json,
 )
-from .codecs.base import Codec, Tensors, read_tag
+from .codecs.base import Codec, Tensors, decode_with, read_tag
 from .codecs.json_lists import check_document_size, fast_layers
 from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError, UnknownCodecError
 from .plugins import default_codec_registry
@@ -415,10 +415,10 @@ class WebClient:
             return self._download(value, like)
         tagged = read_tag(value)
         if tagged is not None:
-            return self._restore(self._registry.get(tagged[0]).decode(value), like)
+            return self._restore(decode_with(self._registry.get(tagged[0]), value), like)
         if like is None and self._spec is None:
             return value  # plain JSON and nothing to restore into: what the service sent
-        return self._restore(self._registry.get("json").decode(value), like)
+        return self._restore(decode_with(self._registry.get("json"), value), like)
 
     def _download(self, url: str, like: Any) -> Any:
         response = self._transport.request(
@@ -470,7 +470,7 @@ class WebClient:
                 f"{response.url} answered Content-Type {content_type!r}, which is neither "
                 f"JSON nor the media type of an installed codec ({exc})"
             ) from exc
-        return codec.decode(self._transport.read_body(response, self._progress))
+        return decode_with(codec, self._transport.read_body(response, self._progress))
 
     def _restore(self, tensors: Tensors, like: Any) -> Any:
         if like is not None:

@@ -6,10 +6,12 @@ Every error the library raises on purpose derives from :class:`FMAConnectError`:
     ├── CodecError
     │   ├── UnknownCodecError     no installed codec has that name / media type / tag
     │   ├── EncodeError           the weights cannot be written in the chosen codec
-    │   └── DecodeError           a payload is corrupt, truncated, hostile or of an unknown format
+    │   └── DecodeError           a payload is corrupt, truncated, hostile or of an unknown
+    │                             format, or a codec decoded it to something other than arrays
     ├── FrameworkError            weights do not fit the template / framework they are restored into
-    ├── ConfigurationError        a WebClient option is malformed (URL, uuid, codec, timeout)
-    ├── PluginError               a plugin failed to load or registered a clashing name
+    ├── ConfigurationError        a client option or argument is malformed (URL, uuid, codec...)
+    ├── PluginError               a plugin failed to load, or registered a malformed codec or a
+    │                             clashing name or media type
     └── TransportError
         ├── ConnectError          the service could not be reached
         ├── RequestTimeout        the service stopped answering

@@ -180,12 +180,19 @@ def _register_all(
 
 
 @functools.cache
+def _default_plugin_manager() -> PluginManager:
+    # One manager for both default registries: each installed plugin is loaded (and a
+    # broken one warned about) once per process.
+    return plugin_manager()
+
+
+@functools.cache
 def default_codec_registry() -> CodecRegistry:
     """Return the process-wide registry built from the installed plugins (built once)."""
-    return build_codec_registry(plugin_manager())
+    return build_codec_registry(_default_plugin_manager())
 
 
 @functools.cache
 def default_framework_registry() -> FrameworkRegistry:
     """Return the process-wide framework adapter registry (built once, like the codecs')."""
-    return build_framework_registry(plugin_manager())
+    return build_framework_registry(_default_plugin_manager())

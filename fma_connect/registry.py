@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from .codecs.base import Codec
+from .codecs.base import Codec, codec_problem
 from .exceptions import FrameworkError, PluginError, UnknownCodecError
 from .frameworks.base import Framework
 
@@ -78,9 +78,15 @@ class CodecRegistry(_Registry[CodecInfo]):
         """Register ``codec`` under ``codec.name``.
 
         Raises:
-            PluginError: the object is not a codec, or its name is already registered.
+            PluginError: the object is not a codec; its name, media type or flags are
+                malformed (see :func:`~fma_connect.codecs.base.codec_problem`); its name
+                is taken; or it is a binary codec with the media type of another one
+                (JSON-native codecs share ``application/json`` and go by their tag).
         """
         is_codec = isinstance(codec, Codec)
+        problem = codec_problem(codec) if is_codec else None
+        if problem is not None:
+            raise PluginError(f"{self.source[0]} registered the codec {codec!r}, but {problem}")
         name = codec.name if is_codec else ""
         self._check(
             codec,
@@ -88,6 +94,22 @@ class CodecRegistry(_Registry[CodecInfo]):
             name,
             "codec attributes (name, media_type, lossless, json_native, encode, decode)",
         )
+        if not codec.json_native:
+            rival = next(
+                (
+                    info
+                    for info in self._infos.values()
+                    if not info.codec.json_native and info.codec.media_type == codec.media_type
+                ),
+                None,
+            )
+            if rival is not None:
+                raise PluginError(
+                    f"media type {codec.media_type!r} is registered twice: by {rival.plugin} "
+                    f"(codec {rival.codec.name!r}) and by {self.source[0]} (codec {name!r}); "
+                    "a binary codec needs a media type of its own. Uninstall or block one "
+                    "of them (FMA_CONNECT_BLOCK_PLUGINS)"
+                )
         self._infos[name] = CodecInfo(codec, *self.source)
 
     def get(self, name: str) -> Codec:

@@ -144,3 +144,66 @@ def test_a_trylast_plugin_sees_every_other_codec(monkeypatch: pytest.MonkeyPatch
     eps = [_ep("wrapper", "wrapper_plugin"), _ep("late", "late_plugin")]
     build_codec_registry(plugin_manager(entry_points=eps))
     assert seen == ["json", "msgpack", "npz-b64", "reversed-msgpack"]
+
+
+class _Named(MsgpackCodec):
+    """msgpack under a name and media type given per test."""
+
+    def __init__(self, name: Any, media_type: str) -> None:
+        self.name = name
+        self.media_type = media_type
+
+
+@pytest.mark.parametrize(
+    ("name", "media_type", "message"),
+    [
+        (("tuple-name",), "application/x-t", r"name \('tuple-name',\) is not lowercase kebab"),
+        ("Bad Name_X", "application/x-t", "name 'Bad Name_X' is not lowercase kebab-case"),
+        ("fine", "nonsense", "media_type 'nonsense' is not a lowercase type/subtype"),
+    ],
+)
+def test_a_malformed_codec_name_or_media_type_is_refused_naming_the_plugin(
+    name: Any, media_type: str, message: str
+) -> None:
+    registry = build_codec_registry(plugin_manager(autoload=False))
+    registry.source = ("sloppy", None, None)
+    with pytest.raises(PluginError, match=f"sloppy registered the codec .*{message}"):
+        registry.add(_Named(name, media_type))
+    assert registry.names() == ["json", "msgpack", "npz-b64"]
+
+
+def test_a_binary_codec_cannot_take_another_ones_media_type() -> None:
+    registry = build_codec_registry(plugin_manager(autoload=False))
+    registry.source = ("thief", None, None)
+    with pytest.raises(
+        PluginError,
+        match="media type 'application/vnd.fma-connect.msgpack' is registered twice: by "
+        r"fma_connect.codecs.msgpack_numpy \(codec 'msgpack'\) and by thief \(codec 'thief'\)",
+    ):
+        registry.add(_Named("thief", "application/vnd.fma-connect.msgpack"))
+    assert registry.for_media_type("application/vnd.fma-connect.msgpack").name == "msgpack"
+
+
+def test_json_native_codecs_share_application_json() -> None:
+    registry = build_codec_registry(plugin_manager(autoload=False))
+    json_native = [info.codec for info in registry if info.codec.json_native]
+    assert len(json_native) >= 2
+    assert {codec.media_type for codec in json_native} == {"application/json"}
+
+
+def test_both_default_registries_load_the_plugins_once() -> None:
+    # A broken plugin is warned about once per process, not once per registry.
+    code = (
+        "import warnings, importlib.metadata as md\n"
+        "from fma_connect import plugins\n"
+        "ep = md.EntryPoint(name='missing', value='no_such_module_xyz', group='fma_connect')\n"
+        "md.entry_points = lambda group=None: [ep]\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    plugins.default_codec_registry(); plugins.default_framework_registry()\n"
+        "print(sum('no_such_module_xyz' in str(w.message) for w in caught))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "1", done.stdout + done.stderr

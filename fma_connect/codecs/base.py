@@ -20,6 +20,7 @@ Two kinds exist:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,10 +28,15 @@ import numpy as np
 
 from ..exceptions import DecodeError
 
-__all__ = ["Codec", "Tensors", "read_tag", "tag"]
+__all__ = ["Codec", "Tensors", "codec_problem", "decode_with", "read_tag", "tag"]
 
 #: Ordered ``(name, array)`` pairs: what every codec encodes and decodes.
 Tensors = list[tuple[str, np.ndarray]]
+
+#: A codec name: lowercase ``[a-z0-9]`` words joined by ``-`` or ``+`` (``zstd+msgpack``).
+NAME = re.compile(r"[a-z0-9]+(?:[-+][a-z0-9]+)*")
+#: A media type without parameters: ``type/subtype`` in RFC 6838's characters, lowercase.
+MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 # Keys of a tagged object; "codec" alone is not enough, since user JSON could hold it.
 _TAG_KEYS = frozenset({"codec", "format_version", "payload"})
@@ -104,3 +110,61 @@ def check_version(codec: str, version: int, supported: int) -> None:
             f"{codec} payload has format version {version}, but this fma_connect reads "
             f"version {supported}; upgrade fma_connect (or the codec plugin) on this side"
         )
+
+
+def codec_problem(codec: Codec) -> str | None:
+    """What is wrong with a codec object's name, media type or flags, or None.
+
+    The registry refuses such a codec, and the contract kit fails it, with this text.
+    """
+    if not isinstance(codec.name, str) or not NAME.fullmatch(codec.name):
+        return (
+            f"its name {codec.name!r} is not lowercase kebab-case ([a-z0-9] words joined "
+            "by '-' or '+')"
+        )
+    if not isinstance(codec.media_type, str) or not MEDIA_TYPE.fullmatch(codec.media_type):
+        return f"its media_type {codec.media_type!r} is not a lowercase type/subtype"
+    if not isinstance(codec.lossless, bool) or not isinstance(codec.json_native, bool):
+        return (
+            f"its lossless ({codec.lossless!r}) and json_native ({codec.json_native!r}) "
+            "must be True or False"
+        )
+    return None
+
+
+def decode_with(codec: Codec, payload: Any) -> Tensors:
+    """``codec.decode(payload)``, checked to be a list of ``(str, numpy array)`` pairs.
+
+    Every decode of a received payload goes through here, so a plugin codec that
+    returns something else is reported as a broken codec, not as a crash further on.
+
+    Raises:
+        DecodeError: the payload does not decode, or the codec returned something else.
+    """
+    tensors = codec.decode(payload)
+    if isinstance(tensors, list):
+        wrong = next((pair for pair in tensors if not _is_pair(pair)), None)
+        if wrong is None:
+            return tensors
+        got = f"a list holding {_describe(wrong)}"
+    else:
+        got = type(tensors).__name__
+    raise DecodeError(
+        f"codec {codec.name!r} is broken: its decode returned {got}, not a list of "
+        "(name, numpy array) pairs"
+    )
+
+
+def _is_pair(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], np.ndarray)
+    )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 2:
+        return f"({type(value[0]).__name__}, {type(value[1]).__name__})"
+    return type(value).__name__

@@ -192,11 +192,13 @@ class Accumulator:
             flat = mean.reshape(-1)
             for start in range(0, flat.size, SLICE):
                 part = slice(start, start + SLICE)
+                held = self._held
                 if self._sums is not None:
                     total = self._sums[i][part].copy()
-                else:
-                    total = np.zeros(len(flat[part]), wide)
-                for tensors, weight in self._held:
+                else:  # starts from the first update, not from zeros, to keep -0.0
+                    total = _scaled(_flat(held[0][0][i][1])[part], held[0][1], wide)
+                    held = held[1:]
+                for tensors, weight in held:
                     _add_scaled(total, _flat(tensors[i][1])[part], weight)
                 flat[part] = _mean(total, self._weight, dtype)
             out.append((name, mean))
@@ -230,12 +232,20 @@ class Accumulator:
                     self._sums[i] = self._sums[i].astype(wider)
 
     def _fold(self) -> None:
-        if self._sums is None:
+        held = self._held
+        if self._sums is None:  # from the first update, as in result()
+            first, weight = held[0]
+            held = held[1:]
             self._sums = [
-                np.zeros(math.prod(shape), wide)
+                np.empty(math.prod(shape), wide)
                 for shape, wide in zip(self._shapes, self._wide, strict=True)
             ]
-        for tensors, weight in self._held:
+            for total, (_, array) in zip(self._sums, first, strict=True):
+                source = _flat(array)
+                for start in range(0, total.size, SLICE):
+                    part = slice(start, start + SLICE)
+                    total[part] = _scaled(source[part], weight, total.dtype)
+        for tensors, weight in held:
             for total, (_, array) in zip(self._sums, tensors, strict=True):
                 source = _flat(array)
                 for start in range(0, total.size, SLICE):
@@ -279,11 +289,16 @@ def _flat(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1)
 
 
-def _add_scaled(total: np.ndarray, part: np.ndarray, weight: Weight) -> None:
-    term = part.astype(total.dtype)  # one slice-sized temporary
+def _scaled(part: np.ndarray, weight: Weight, wide: np.dtype[Any]) -> np.ndarray:
+    """``part * weight`` in the sum dtype ``wide``: one slice-sized array."""
+    term = part.astype(wide)
     if weight != 1:
-        term *= weight if total.dtype.kind in "iO" else float(weight)
-    total += term
+        term *= weight if wide.kind in "iO" else float(weight)
+    return term
+
+
+def _add_scaled(total: np.ndarray, part: np.ndarray, weight: Weight) -> None:
+    total += _scaled(part, weight, total.dtype)
 
 
 def _start_wide(dtype: np.dtype[Any]) -> np.dtype[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..codecs.base import Tensors, read_tag
+from ..codecs.base import Tensors, decode_with, read_tag
 from ..exceptions import CodecError
 from ..registry import CodecRegistry
 from .aggregation import all_finite
@@ -239,7 +239,7 @@ class Service:
         """Store an update whose binary body (checked ``fields``) is in ``body``."""
         codec = self.registry.get(codec_name)
         try:
-            tensors = codec.decode(body.contents())
+            tensors = decode_with(codec, body.contents())
             shape = structure_of(tensors)
         except CodecError as exc:
             body.discard()

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from starlette.responses import StreamingResponse
 
-from ..codecs.base import Codec, Tensors, read_tag
+from ..codecs.base import Codec, Tensors, decode_with, read_tag
 from ..exceptions import DecodeError, EncodeError, UnknownCodecError
 from ..registry import CodecRegistry
 from .blobs import CHUNK, BlobStore
@@ -57,9 +57,9 @@ def decode_data(value: Any, registry: CodecRegistry) -> tuple[str, Tensors]:
             raise DecodeError(
                 f"codec {codec.name!r} is binary: send it as a {codec.media_type} body"
             )
-        return codec.name, codec.decode(value)
+        return codec.name, decode_with(codec, value)
     if isinstance(value, list):
-        return "json", registry.get("json").decode(value)
+        return "json", decode_with(registry.get("json"), value)
     raise DecodeError(
         "expected a list of layers (nested lists of numbers) or a tagged codec object "
         f'{{"codec", "format_version", "payload"}}, got {type(value).__name__}'
@@ -80,8 +80,8 @@ def load(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> Tensors:
             value = orjson.loads(memoryview(raw))
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"stored {codec.name} payload is not JSON: {exc}") from exc
-        return codec.decode(value)
-    return codec.decode(raw)
+        return decode_with(codec, value)
+    return decode_with(codec, raw)
 
 
 def store_tensors(blobs: BlobStore, tensors: Tensors, codec: Codec) -> tuple[str, str, int]:

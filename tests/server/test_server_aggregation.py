@@ -125,3 +125,17 @@ def test_integer_sums_stay_exact_when_folded(monkeypatch: pytest.MonkeyPatch) ->
     result = dict(acc.result())
     assert result["n"].tolist() == big.tolist()
     assert result["u"].tolist() == [2**64 - 1]
+
+
+@pytest.mark.parametrize("fold_at", [16, 2])
+def test_negative_zero_survives_a_mean_of_negative_zeros(
+    monkeypatch: pytest.MonkeyPatch, fold_at: int
+) -> None:
+    monkeypatch.setattr(aggregation, "FOLD_AT", fold_at)
+    for count in (1, 3):
+        acc = Accumulator()
+        for _ in range(count):
+            assert acc.add([("w", np.array([-0.0, 0.0, -0.0, 1.5], np.float32))], 2) is None
+        (mean,) = acc.result()
+        assert np.signbit(mean[1]).tolist() == [True, False, True, False], count
+        assert mean[1].tolist() == [0.0, 0.0, 0.0, 1.5]

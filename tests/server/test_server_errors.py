@@ -88,6 +88,39 @@ def test_binary_bodies_are_checked(
     assert json_error(no_model, 400) == {"federated_model": ["This field is required."]}
 
 
+class _ListsNotArrays:
+    """A broken plugin codec: its decode gives lists where numpy arrays belong."""
+
+    name = "lists-not-arrays"
+    media_type = "application/x-lists"
+    lossless = True
+    json_native = False
+
+    def encode(self, tensors: Any) -> list[bytes]:
+        return [b"x"]
+
+    def decode(self, payload: Any) -> Any:
+        return [("w", [1.0, 2.0])]
+
+
+def test_a_codec_that_decodes_to_no_arrays_gets_a_400_naming_it(tmp_path: Path) -> None:
+    from fma_connect import build_codec_registry, plugin_manager
+    from fma_connect.server.testing import running_server
+
+    registry = build_codec_registry(plugin_manager(autoload=False))
+    registry.add(_ListsNotArrays())
+    with running_server(tmp_path / "data", registry=registry) as server:
+        with AdminClient(server.url, server.admin_token, retries=0) as admin:
+            model = admin.create_model("broken-codec")
+        client = WebClient(model["id"], url=server.url, retries=0)
+        headers = {"CLIENT-UUID": client.uuid, "Content-Type": "application/x-lists"}
+        path = f"{API}/model_updates/?federated_model={model['id']}"
+        answer = request(server, "POST", path, data=b"x", headers=headers)
+        (reason,) = json_error(answer, 400)["data"]
+        assert "codec 'lists-not-arrays' is broken" in reason
+        assert "(str, list)" in reason
+
+
 def test_update_schema_is_enforced(server: RunningServer, admin: AdminClient) -> None:
     schema = {"type": "array", "minItems": 2, "items": {"type": "array"}}
     model = admin.create_model("schema", update_schema=schema)
