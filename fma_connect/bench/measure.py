@@ -21,7 +21,7 @@ import numpy as np
 
 from ..codecs.base import Tensors
 
-__all__ = ["Figures", "make_model", "peak_reset", "read_status", "timed"]
+__all__ = ["Figures", "make_model", "peak_reset", "read_status", "timed", "timed_pair"]
 
 #: Shares of the model's bytes per tensor: a dense layer, a conv stack, a head, a bias.
 _LAYOUT = (("dense.weight", 0.62, 2), ("conv.weight", 0.3, 4), ("head.weight", 0.08, 2))
@@ -114,6 +114,31 @@ def timed(run: Callable[[], Any], repeat: int = 1, warmup: bool = True) -> tuple
             high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         peak = max(peak, high - base)
     return Figures(best, peak, exact), result
+
+
+def timed_pair(
+    first: Callable[[], Any], second: Callable[[], Any], repeat: int, warmup: bool = True
+) -> tuple[Figures, Figures]:
+    """Time two ways of doing the same thing, their runs alternating; best of ``repeat``.
+
+    Alternating keeps a drift of this VM (page cache, memory, the server's state) from
+    favouring whichever path would otherwise run second: a ratio of the two is then
+    fair even when the absolute figures move between runs.
+    """
+    figures: list[list[Figures]] = [[], []]
+    for run_index in range(max(repeat, 1)):
+        for i, run in enumerate((first, second)):
+            result, _ = timed(run, 1, warmup and run_index == 0)
+            figures[i].append(result)
+    best = [
+        Figures(
+            min(f.seconds for f in runs),
+            max(f.peak_extra for f in runs),
+            all(f.exact for f in runs),
+        )
+        for runs in figures
+    ]
+    return best[0], best[1]
 
 
 def cpu_name() -> str:

@@ -23,7 +23,7 @@ from ..codecs.base import Codec, Tensors
 from ..codecs.json_lists import JsonListsCodec
 from ..exceptions import EncodeError
 from ..plugins import default_codec_registry
-from .measure import make_model, timed
+from .measure import make_model, timed, timed_pair
 
 __all__ = ["OPS", "run_op"]
 
@@ -191,16 +191,16 @@ def op_upload(spec: Spec) -> Spec:
     body = bytes(_join(codec.encode(model)))
     wire = len(body)
     headers = {"Content-Type": codec.media_type, "CLIENT-UUID": _SINK_UUID}
-    with requests.Session() as session:
+    weights = dict(model)
+    with (
+        requests.Session() as session,
+        WebClient(1, _SINK_UUID, spec["url"], codec="msgpack") as client,
+    ):
 
         def plain_post(data: bytes = body) -> None:
             session.post(url, data=data, headers=headers).close()
 
-        plain, _ = timed(plain_post, repeat)
-    del body, plain_post
-    with WebClient(1, _SINK_UUID, spec["url"], codec="msgpack") as client:
-        weights = dict(model)
-        ours, _ = timed(lambda: client.send_update(weights), repeat, warmup)
+        plain, ours = timed_pair(plain_post, lambda: client.send_update(weights), repeat, warmup)
     return {
         "plain_s": plain.seconds,
         "ours_s": ours.seconds,
@@ -237,9 +237,12 @@ def op_download(spec: Spec) -> Spec:
             response.close()
             return target
 
-        plain, _ = timed(plain_get, repeat)
-    with WebClient(spec["model"], spec["uuid"], spec["url"], codec="msgpack") as client:
-        ours, _ = timed(lambda: client.check_for_latest_model(update_after=-1), repeat, warmup)
+        with WebClient(spec["model"], spec["uuid"], spec["url"], codec="msgpack") as client:
+
+            def ours_get() -> Any:
+                return client.check_for_latest_model(update_after=-1)
+
+            plain, ours = timed_pair(plain_get, ours_get, repeat, warmup)
     return {
         "plain_s": plain.seconds,
         "ours_s": ours.seconds,

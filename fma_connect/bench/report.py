@@ -376,7 +376,9 @@ def machine_notes(command: str, seconds: float) -> str:
             f"Libraries: {versions}.",
             "",
             "MB/s are 10^6 bytes of raw tensor data per second, best of the timed runs after "
-            "one warm-up run; peaks are the extra resident memory of the measuring process "
+            "one warm-up run (in each transfer comparison the runs of the two paths "
+            "alternate, so a drift of the machine favours neither); peaks are the extra "
+            "resident memory of the measuring process "
             "(VmHWM after a reset through /proc/self/clear_refs, minus VmRSS before) as a "
             "multiple of the payload, each measurement in a fresh process. The reference "
             "server runs in its own process; its peak is sampled anonymous memory (RssAnon; "
