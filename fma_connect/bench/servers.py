@@ -76,9 +76,9 @@ def discard_app() -> Any:
 
 
 def _listen() -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    from ..server.serve import bind  # its socket keeps Nagle off, as served ones must
+
+    sock = bind("127.0.0.1", 0)
     sock.listen(16)
     return sock
 

@@ -112,3 +112,36 @@ def test_a_data_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     token = _cli("admin-token", "--data-dir", str(file))
     assert token.returncode != 0
     assert "Traceback" not in token.stderr
+
+
+def test_connections_to_the_served_socket_have_nagle_off() -> None:
+    # Without TCP_NODELAY each request on a kept-alive connection waits ~40 ms for a
+    # delayed ACK; asyncio sets it only on connections accepted from an IPPROTO_TCP socket.
+    import asyncio
+
+    from fma_connect.server.serve import bind
+
+    async def accept_one(listener: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[asyncio.BaseTransport] = loop.create_future()
+
+        class Capture(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.set_result(transport)
+
+        server = await loop.create_server(Capture, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        transport = await asyncio.wait_for(accepted, _TIMEOUT)
+        nodelay: int = transport.get_extra_info("socket").getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY
+        )
+        writer.close()
+        transport.close()
+        server.close()
+        await server.wait_closed()
+        return nodelay
+
+    listener = bind("127.0.0.1", 0)
+    listener.listen()
+    assert listener.proto == socket.IPPROTO_TCP
+    assert asyncio.run(accept_one(listener)) != 0
