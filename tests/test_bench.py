@@ -15,7 +15,13 @@ import pytest
 pytest.importorskip("starlette")
 
 from fma_connect.bench import add_arguments, parse_size, run_bench
-from fma_connect.bench.report import CODEC_COLUMNS, TARGET_COLUMNS, TRANSFER_COLUMNS
+from fma_connect.bench.report import (
+    CODEC_COLUMNS,
+    TARGET_COLUMNS,
+    TRANSFER_COLUMNS,
+    Results,
+    targets,
+)
 
 
 def _header(columns: list[str]) -> str:
@@ -47,6 +53,8 @@ def test_quick_run_prints_every_table_with_its_rows(
     codec_row = next(line for line in rows if line.split("|")[2].strip() == "msgpack")
     assert len(codec_row.strip("|").split("|")) == len(CODEC_COLUMNS)
     assert "round trip msgpack vs original client, 256 KB" in out
+    exactness = next(line for line in out.splitlines() if line.startswith("| values back as sent"))
+    assert exactness.endswith("| all | yes |"), exactness
     report = markdown.read_text(encoding="utf-8")
     assert report.startswith("# Benchmark results")
     assert "Command: `fma-connect bench --quick`" in report
@@ -80,3 +88,12 @@ def test_json_encode_floor_script_prints_its_paths_and_tensors() -> None:
         assert float(seconds) > 0 and float(ratio.rstrip("x")) > 0
     assert cells["stdlib json over tolist()"][1] == "1.00x"
     assert {"dense.weight", "conv.weight", "head.weight", "dense.bias"} <= set(cells)
+
+
+def test_a_payload_that_came_back_different_fails_the_exactness_target() -> None:
+    results = Results(sizes=[10**6])
+    results.codec[(10**6, "msgpack")] = {"exact": True}
+    results.roundtrip[(10**6, "msgpack")] = {"exact": False}
+    results.roundtrip[(10**6, "json")] = {"exact": None}  # lossy: nothing promised
+    row = next(r for r in targets(results) if r[0].startswith("values back as sent"))
+    assert row[1:] == ["1 of 2 (not: round trip msgpack 1 MB)", "all", "**no**"]

@@ -264,7 +264,28 @@ def targets(results: Results) -> list[list[str]]:
             _le(peak, 1.1),
         )
     rows += _versus_baselines(results)
+    rows.append(_exactness(results))
     return rows
+
+
+def _exactness(results: Results) -> list[str]:
+    """Whether every lossless decode and round trip of the run gave back every bit."""
+    checked = [
+        (f"{kind} {name} {_label(size)}", figures["exact"])
+        for kind, table in (("codec", results.codec), ("round trip", results.roundtrip))
+        for (size, name), figures in table.items()
+        if isinstance(figures, dict) and figures.get("exact") is not None
+    ]
+    wrong = [what for what, exact in checked if not exact]
+    shown = f"{len(checked) - len(wrong)} of {len(checked)}"
+    if wrong:
+        shown += f" (not: {', '.join(wrong)})"
+    return [
+        "values back as sent (lossless codecs and json: decode, round trip)",
+        shown,
+        "all",
+        _yes(not wrong),
+    ]
 
 
 def _versus_baselines(results: Results) -> list[list[str]]:
