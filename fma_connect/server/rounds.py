@@ -76,12 +76,18 @@ class Rounds:
         """Block until the background worker has run every queued round."""
         self._queue.join()
 
-    def after_update(self, model_id: int) -> None:
-        """A new update of the model was stored: run a round now, queue one, or neither."""
+    def after_update(self, model_id: int) -> bool:
+        """A new update of the model was stored: run a round now, queue one, or neither.
+
+        Returns:
+            Whether a round ran now (so the update's status may have changed).
+        """
         if self.auto_aggregate == "sync":
             self._auto_round(model_id)
-        elif self.auto_aggregate == "background":
+            return True
+        if self.auto_aggregate == "background":
             self._queue.put(model_id)
+        return False
 
     def aggregate(self, model_id: int) -> Row:
         """Run a round now (admin trigger); return the new aggregate.

@@ -313,9 +313,8 @@ class Service:
             self.blobs.delete([blob[1]])
             if not same:
                 raise _key_reused(row)
-        else:
-            self.rounds.after_update(model_id)
-            row = self.store.get_update(row["id"]) or row  # its status after a sync round
+        elif self.rounds.after_update(model_id):
+            row = self.store.get_update(row["id"]) or row  # its status after that round
         return row, created
 
     def _store_json_weights(
