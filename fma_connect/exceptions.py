@@ -7,7 +7,8 @@ Every error the library raises on purpose derives from :class:`FMAConnectError`:
     │   ├── UnknownCodecError     no installed codec has that name / media type / tag
     │   ├── EncodeError           the weights cannot be written in the chosen codec
     │   └── DecodeError           a payload is corrupt, truncated, hostile or of an unknown
-    │                             format, or a codec decoded it to something other than arrays
+    │       │                     format, or a codec decoded it to something other than arrays
+    │       └── TooManyTensorsError  it holds more tensors than the receiver's max_tensors
     ├── FrameworkError            weights do not fit the template / framework they are restored into
     ├── ConfigurationError        a client option or argument is malformed (URL, uuid, codec...)
     ├── PluginError               a plugin failed to load, or registered a malformed codec or a
@@ -36,6 +37,7 @@ __all__ = [
     "FrameworkError",
     "PluginError",
     "RequestTimeout",
+    "TooManyTensorsError",
     "TransportError",
     "UnknownCodecError",
 ]
@@ -59,6 +61,24 @@ class EncodeError(CodecError, ValueError):
 
 class DecodeError(CodecError, ValueError):
     """A payload is corrupt, truncated, hostile, or in an unknown format version."""
+
+
+class TooManyTensorsError(DecodeError):
+    """A payload holds more tensors than the receiver accepts (its ``max_tensors``).
+
+    Attributes:
+        count: The tensors the payload holds (as its header says, when raised early).
+        limit: The most the receiver accepts.
+    """
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count = count
+        self.limit = limit
+        super().__init__(f"the payload holds {count} tensors; at most {limit} are accepted")
+
+    def __reduce__(self) -> tuple[type[TooManyTensorsError], tuple[int, int]]:
+        # Rebuild from the constructor's arguments, as APIError does, so it pickles.
+        return (type(self), (self.count, self.limit))
 
 
 class FrameworkError(FMAConnectError, TypeError):

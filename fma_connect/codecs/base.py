@@ -16,19 +16,38 @@ Two kinds exist:
   ``encode`` returns a sequence of bytes-like chunks whose concatenation is the body
   (so tensors' own buffers can be sent without joining them); ``decode`` receives one
   bytes-like object (bytes, bytearray, memoryview or mmap).
+
+A receiver that bounds how many tensors it takes (the reference server's
+``max_tensors``) decodes through :func:`decode_with` with ``max_tensors=``. A codec may
+take that bound as an optional keyword of its own ``decode``
+(``decode(payload, *, max_tensors=None)``) and refuse a payload whose header or
+directory already lists more, before building any tensor (:func:`check_max_tensors`
+raises the error to use); the built-in codecs do. For a codec without the keyword
+(every plugin written against ``decode(payload)`` keeps working unchanged),
+:func:`decode_with` counts the tensors after decoding.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..exceptions import DecodeError
+from ..exceptions import DecodeError, TooManyTensorsError
 
-__all__ = ["Codec", "Tensors", "codec_problem", "decode_with", "read_tag", "tag"]
+__all__ = [
+    "Codec",
+    "Tensors",
+    "check_max_tensors",
+    "check_version",
+    "codec_problem",
+    "decode_with",
+    "read_tag",
+    "tag",
+]
 
 #: Ordered ``(name, array)`` pairs: what every codec encodes and decodes.
 Tensors = list[tuple[str, np.ndarray]]
@@ -71,6 +90,8 @@ class Codec(Protocol):
     def decode(self, payload: Any) -> Tensors:
         """Decode a payload produced by :meth:`encode` (possibly on another machine).
 
+        A codec may also take an optional keyword ``max_tensors`` (see the module notes).
+
         Raises:
             DecodeError: the payload is corrupt, truncated or of an unknown format version.
         """
@@ -86,30 +107,67 @@ def read_tag(value: Any) -> tuple[str, int, Any] | None:
     """Return ``(codec, format_version, payload)`` if ``value`` is a tagged object, else None.
 
     Raises:
-        DecodeError: ``value`` has the tag keys but malformed values.
+        DecodeError: ``value`` has the tag keys but malformed values (a codec that is
+            not a string, a format version that is not an integer; ``true`` is none).
     """
-    if not isinstance(value, dict) or set(value) != _TAG_KEYS:
+    if not isinstance(value, dict) or len(value) != len(_TAG_KEYS) or value.keys() != _TAG_KEYS:
         return None
     codec, version = value["codec"], value["format_version"]
     if not isinstance(codec, str) or type(version) is not int:
         raise DecodeError(
-            f"malformed codec tag: expected a string codec and an integer format_version, "
-            f"got codec={codec!r}, format_version={version!r}"
+            'malformed codec tag: expected "codec" to be a string and "format_version" an '
+            f"integer, got codec={_brief(codec)}, format_version={_brief(version)}"
         )
     return codec, version, value["payload"]
 
 
-def check_version(codec: str, version: int, supported: int) -> None:
+def _brief(value: Any) -> str:
+    """A value of a malformed tag, for its error: short whatever arrived (it may be huge)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "an integer beyond 64 bits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def check_version(codec: str, version: int, supported: int | Sequence[int]) -> None:
     """Refuse a payload whose format version this codec does not read.
 
+    Args:
+        codec: The codec's name, for the message.
+        version: The payload's format version.
+        supported: The version this codec reads, or the versions (oldest first).
+
     Raises:
-        DecodeError: ``version`` is not ``supported``.
+        DecodeError: ``version`` is not one of ``supported``.
     """
-    if version != supported:
+    versions = [supported] if isinstance(supported, int) else list(supported)
+    if version not in versions:
+        reads = (
+            f"version {versions[0]}"
+            if len(versions) == 1
+            else "versions " + ", ".join(map(str, versions[:-1])) + f" and {versions[-1]}"
+        )
         raise DecodeError(
             f"{codec} payload has format version {version}, but this fma_connect reads "
-            f"version {supported}; upgrade fma_connect (or the codec plugin) on this side"
+            f"{reads}; upgrade fma_connect (or the codec plugin) on this side"
         )
+
+
+def check_max_tensors(count: int, max_tensors: int | None) -> None:
+    """Refuse a payload of ``count`` tensors when that is more than ``max_tensors``.
+
+    A codec whose ``decode`` takes ``max_tensors`` calls this with the count its header
+    (or directory) states, before building any tensor.
+
+    Raises:
+        TooManyTensorsError: ``max_tensors`` is not None and ``count`` exceeds it.
+    """
+    if max_tensors is not None and count > max_tensors:
+        raise TooManyTensorsError(count, max_tensors)
 
 
 def codec_problem(codec: Codec) -> str | None:
@@ -132,19 +190,32 @@ def codec_problem(codec: Codec) -> str | None:
     return None
 
 
-def decode_with(codec: Codec, payload: Any) -> Tensors:
+def decode_with(codec: Codec, payload: Any, *, max_tensors: int | None = None) -> Tensors:
     """``codec.decode(payload)``, checked to be a list of ``(str, numpy array)`` pairs.
 
     Every decode of a received payload goes through here, so a plugin codec that
     returns something else is reported as a broken codec, not as a crash further on.
 
+    Args:
+        codec: The codec the payload is in.
+        payload: What :meth:`Codec.decode` takes.
+        max_tensors: Refuse a payload of more tensors than this (None: no bound). A
+            codec whose ``decode`` takes a ``max_tensors`` keyword gets it, and refuses
+            before building the tensors; any other codec's result is counted.
+
     Raises:
+        TooManyTensorsError: the payload holds more than ``max_tensors`` tensors.
         DecodeError: the payload does not decode, or the codec returned something else.
     """
-    tensors = codec.decode(payload)
+    if max_tensors is not None and _takes_max_tensors(codec):
+        tensors = codec.decode(payload, max_tensors=max_tensors)  # type: ignore[call-arg]
+    else:
+        tensors = codec.decode(payload)
     if isinstance(tensors, list):
         wrong = next((pair for pair in tensors if not _is_pair(pair)), None)
         if wrong is None:
+            # Also when the codec took the bound: a plugin could take it and ignore it.
+            check_max_tensors(len(tensors), max_tensors)
             return tensors
         got = f"a list holding {_describe(wrong)}"
     else:
@@ -152,6 +223,19 @@ def decode_with(codec: Codec, payload: Any) -> Tensors:
     raise DecodeError(
         f"codec {codec.name!r} is broken: its decode returned {got}, not a list of "
         "(name, numpy array) pairs"
+    )
+
+
+def _takes_max_tensors(codec: Codec) -> bool:
+    """Whether ``codec.decode`` has a ``max_tensors`` parameter (the optional capability)."""
+    try:
+        parameters = inspect.signature(codec.decode).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins, C extensions)
+        return False
+    parameter = parameters.get("max_tensors")
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
     )
 
 

@@ -33,7 +33,7 @@ import orjson
 from ..dtypes import tag_of
 from ..exceptions import DecodeError, EncodeError
 from ..hookspecs import hookimpl
-from .base import Tensors
+from .base import Tensors, check_max_tensors
 
 __all__ = ["MAX_DOCUMENT_BYTES", "JsonListsCodec", "check_document_size", "release_parser"]
 
@@ -116,12 +116,19 @@ class JsonListsCodec:
             raise DecodeError(f"json payload is not valid JSON: {exc}") from exc
         return self.decode(value)
 
-    def decode(self, payload: Any) -> Tensors:
-        """Turn a list of layers (nested lists of numbers) into arrays named by position."""
+    def decode(self, payload: Any, *, max_tensors: int | None = None) -> Tensors:
+        """Turn a list of layers (nested lists of numbers) into arrays named by position.
+
+        Raises:
+            TooManyTensorsError: there are more than ``max_tensors`` layers (checked
+                before any array is made).
+            DecodeError: ``payload`` is not a list of rectangular numeric layers.
+        """
         if not isinstance(payload, list):
             raise DecodeError(
                 f"json payload must be a list of layers, got {type(payload).__name__}"
             )
+        check_max_tensors(len(payload), max_tensors)
         return [(str(i), _layer_array(i, layer)) for i, layer in enumerate(payload)]
 
 

@@ -1,11 +1,15 @@
 """The ``msgpack`` codec: a small msgpack header followed by the tensors' raw bytes.
 
-Layout of a body (format version 1)::
+Layout of a body (format version 2)::
 
-    msgpack map  {"codec": "msgpack", "format_version": 1,
-                  "tensors": [{"name", "dtype", "shape", "offset", "nbytes", "crc32"}, ...]}
-    zero padding to a multiple of 64 bytes      <- the data region starts here
-    tensor bytes, each starting at a 64-byte aligned ``offset`` in the data region
+    header     msgpack map {"codec": "msgpack", "format_version": 2,
+                            "tensors": [{"name", "dtype", "shape", "offset", "nbytes",
+                                         "crc32"}, ...]}
+    checksum   crc32 (zlib) of the header's bytes, 4 bytes big-endian
+    padding    zeros up to a multiple of 64 bytes      <- the data region starts here
+    tensors    each one's raw bytes at its 64-byte aligned ``offset`` in the data region
+
+Format version 1, still decoded, is the same without the checksum.
 
 The tensor bytes stay outside msgpack, so encoding hands the arrays' own buffers to
 the transport (no join, no copy for C-contiguous little-endian input) and decoding
@@ -16,6 +20,26 @@ apply). ``crc32`` (zlib) of each tensor's bytes is checked on decode, so truncat
 and corruption in transit are reported as such. The checksum is computed with ISA-L
 (the ``isal`` package, ~30 GB/s) when it is installed, else with zlib (~4 GB/s):
 ``pip install 'fma-connect[fast]'``.
+
+The header's checksum makes every single flipped bit before the data region a
+``DecodeError`` (the names, dtypes and shapes are the header's):
+
+* in the header, when it still reads with the same length: crc32 catches every
+  single-bit error (and every burst of up to 32 bits);
+* in the header, when it then reads differently (a length or a count changed): it is
+  malformed, or it ends elsewhere, and then the 4 bytes read as its checksum and the
+  bytes that must be zero padding are not those written (they match by chance once
+  in 2^32);
+* in ``format_version``: a flipped 2 (0b10) reads 0, 3, 6, 10, 18, 34 or 66, refused
+  as unknown versions (the error names it), or 0x82, a map: malformed. It never reads
+  1, so a damaged version-2 body is never taken for a version-1 one, which has no
+  header checksum;
+* in the checksum: it no longer matches; in the padding: it must be zero.
+
+``decode(payload, max_tensors=n)`` refuses a header listing more than ``n`` tensors
+(:class:`~fma_connect.exceptions.TooManyTensorsError`) as soon as the list's length is
+read, before any descriptor or array is built, hence before the checksum (which needs
+the whole header) is verified: a damaged count is refused either way.
 """
 
 from __future__ import annotations
@@ -29,13 +53,16 @@ import msgpack
 import numpy as np
 
 from ..dtypes import dtype_from_tag, tag_of, to_wire_array
-from ..exceptions import DecodeError
+from ..exceptions import DecodeError, TooManyTensorsError
 from ..hookspecs import hookimpl
-from .base import Tensors, check_version
+from .base import Tensors, check_max_tensors, check_version
 
 __all__ = ["MsgpackCodec"]
 
-FORMAT_VERSION = 1
+#: The format version written; :data:`READ_VERSIONS` are those decoded.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+_CHECKSUM_BYTES = 4
 _ALIGN = 64
 _MAX_HEADER = 64 << 20  # 64 MiB of descriptors is ~500k tensors; more is hostile
 _MAX_NDIM = 64
@@ -65,7 +92,7 @@ class MsgpackCodec:
     json_native = False
 
     def encode(self, tensors: Sequence[tuple[str, np.ndarray]]) -> list[Any]:
-        """Return ``[header, padding, tensor bytes, padding, ...]`` without joining them."""
+        """Return ``[header, checksum + padding, tensor bytes, padding, ...]``, not joined."""
         descriptors = []
         buffers: list[memoryview] = []
         offset = 0
@@ -87,7 +114,9 @@ class MsgpackCodec:
         header = msgpack.packb(
             {"codec": self.name, "format_version": FORMAT_VERSION, "tensors": descriptors}
         )
-        chunks: list[Any] = [header, bytes(_align(len(header)) - len(header))]
+        end = len(header) + _CHECKSUM_BYTES
+        checksum = crc32(header).to_bytes(_CHECKSUM_BYTES, "big")
+        chunks: list[Any] = [header, checksum + bytes(_align(end) - end)]
         for descriptor, raw in zip(descriptors, buffers, strict=True):
             chunks.append(raw)
             pad = _align(raw.nbytes) - raw.nbytes
@@ -95,20 +124,37 @@ class MsgpackCodec:
                 chunks.append(bytes(pad))
         return chunks
 
-    def decode(self, payload: Any) -> Tensors:
-        """Decode a body into arrays that view ``payload`` (see the module notes)."""
+    def decode(self, payload: Any, *, max_tensors: int | None = None) -> Tensors:
+        """Decode a body into arrays that view ``payload`` (see the module notes).
+
+        Args:
+            payload: The body, bytes-like.
+            max_tensors: Refuse a header that lists more tensors than this, before
+                building any (None: no bound).
+
+        Raises:
+            TooManyTensorsError: the header lists more than ``max_tensors`` tensors.
+            DecodeError: the body is corrupt, truncated or of an unknown format version.
+        """
         try:
             view = memoryview(payload).cast("B")
         except TypeError as exc:
             raise DecodeError(
                 f"msgpack payload must be bytes-like, got {type(payload).__name__}"
             ) from exc
-        header, header_len = _read_header(view)
-        start = _align(header_len)
+        header, header_len = _read_header(view, max_tensors)
+        version = _format_version(header)
+        header_end = header_len if version == 1 else _check_checksum(view, header_len)
+        start = _align(header_end)
+        if start > view.nbytes:  # the encoder always writes the padding
+            raise DecodeError(
+                f"msgpack payload is truncated: its data region starts at byte {start}, "
+                f"the body has {view.nbytes}"
+            )
         data_len = view.nbytes - start
-        # The header is not checksummed: damage that shortens it (a tensor count flipped
-        # lower) leaves its tail where the zero padding must be.
-        _check_zeros(view[header_len:start], "the padding after the header")
+        # Version 1 has no header checksum: damage that shortens its header (a tensor
+        # count flipped lower) leaves the header's tail where the zero padding must be.
+        _check_zeros(view[header_end:start], "the padding after the header")
         out: Tensors = []
         end = 0
         for i, d in enumerate(_tensor_descriptors(header, self.name)):
@@ -152,13 +198,28 @@ def _check_zeros(padding: memoryview, what: str) -> None:
         raise DecodeError(f"msgpack payload is corrupt: {what} is not zero")
 
 
-def _read_header(view: memoryview) -> tuple[Any, int]:
+def _check_checksum(view: memoryview, header_len: int) -> int:
+    """Check the crc32 that follows a version-2 header; return where it ends."""
+    end = header_len + _CHECKSUM_BYTES
+    if end > view.nbytes:
+        raise DecodeError(
+            f"msgpack payload is truncated: it ends inside its header's checksum "
+            f"(body of {view.nbytes} bytes)"
+        )
+    if int.from_bytes(view[header_len:end], "big") != crc32(view[:header_len]):
+        raise DecodeError("msgpack payload header is corrupt: its crc32 does not match")
+    return end
+
+
+def _read_header(view: memoryview, max_tensors: int | None) -> tuple[Any, int]:
     # A prefix of the body, 4x longer after each OutOfData: a huge body is never copied
     # whole into the unpacker, and the rereads cost at most a third of the last read.
     fed = min(1 << 20, view.nbytes, _MAX_HEADER)
     while True:
         try:
-            return _HeaderReader(view, fed).header()
+            return _HeaderReader(view, fed, max_tensors).header()
+        except TooManyTensorsError:
+            raise  # a DecodeError, hence a ValueError: not "malformed"
         except msgpack.OutOfData:
             if fed == min(view.nbytes, _MAX_HEADER):
                 limit = "is truncated" if fed < _MAX_HEADER else f"exceeds {_MAX_HEADER} bytes"
@@ -194,9 +255,10 @@ class _HeaderReader:
     their sizes checked against the body, and only scalars are unpacked.
     """
 
-    def __init__(self, view: memoryview, fed: int) -> None:
+    def __init__(self, view: memoryview, fed: int, max_tensors: int | None) -> None:
         self._view = view
         self._fed = fed
+        self._max_tensors = max_tensors
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=_MAX_HEADER)
         self._unpacker.feed(view[:fed])
 
@@ -205,7 +267,10 @@ class _HeaderReader:
         for _ in range(self._open(_MAPS, "the header", len(_HEADER_KEYS))):
             key = self._scalar()
             if key == "tensors" and self._peek() in _ARRAYS:
-                header[key] = [self._descriptor() for _ in range(self._open(_ARRAYS, key))]
+                count = self._open(_ARRAYS, key)
+                # Before the descriptors: decoding 10^5 tensors costs ~150 MB and seconds.
+                check_max_tensors(count, self._max_tensors)
+                header[key] = [self._descriptor() for _ in range(count)]
             else:
                 header[key] = self._scalar()
         return header, self._unpacker.tell()
@@ -250,19 +315,24 @@ class _HeaderReader:
         return self._unpacker.unpack()
 
 
-def _tensor_descriptors(header: Any, name: str) -> list[dict[str, Any]]:
+def _format_version(header: Any) -> int:
+    """The version of a header with the right keys (before its checksum is checked)."""
     if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
         raise DecodeError(
             "not an fma_connect msgpack payload: expected a header map with keys "
             f"{sorted(_HEADER_KEYS)}, got {type(header).__name__}"
             + (f" with keys {sorted(map(str, header))}" if isinstance(header, dict) else "")
         )
-    if header["codec"] != name:
-        raise DecodeError(f"payload is tagged {header['codec']!r}, not {name!r}")
     version = header["format_version"]
     if type(version) is not int:
         raise DecodeError(f"msgpack format_version must be an integer, got {version!r}")
-    check_version(name, version, FORMAT_VERSION)
+    check_version("msgpack", version, READ_VERSIONS)
+    return version
+
+
+def _tensor_descriptors(header: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    if header["codec"] != name:
+        raise DecodeError(f"payload is tagged {header['codec']!r}, not {name!r}")
     tensors = header["tensors"]
     if not isinstance(tensors, list):
         raise DecodeError("msgpack header 'tensors' must be a list")

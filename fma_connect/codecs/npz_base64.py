@@ -17,7 +17,9 @@ read, so a payload cannot expand beyond its own size; each entry's header is che
 bytes the entry holds *before* any array is allocated, so a header claiming 10^12
 elements is refused without allocating; object, void and structured dtypes are refused
 (nothing is ever unpickled); and every entry is read to its end, so zip's CRC-32 of
-the entry is verified and corruption is reported as such.
+the entry is verified and corruption is reported as such. ``decode(payload,
+max_tensors=n)`` counts the archive directory's tensor entries before reading any, and
+refuses more than ``n`` (:class:`~fma_connect.exceptions.TooManyTensorsError`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import orjson
 from ..dtypes import dtype_from_tag, tag_of, to_wire_array
 from ..exceptions import DecodeError
 from ..hookspecs import hookimpl
-from .base import Tensors, check_version, read_tag, tag
+from .base import Tensors, check_max_tensors, check_version, read_tag, tag
 
 __all__ = ["NpzBase64Codec"]
 
@@ -75,8 +77,18 @@ class NpzBase64Codec:
         np.savez(buffer, allow_pickle=False, **arrays)
         return tag(self.name, FORMAT_VERSION, base64.b64encode(buffer.getbuffer()).decode("ascii"))
 
-    def decode(self, payload: Any) -> Tensors:
-        """Decode a tagged object (as parsed from JSON) into named arrays."""
+    def decode(self, payload: Any, *, max_tensors: int | None = None) -> Tensors:
+        """Decode a tagged object (as parsed from JSON) into named arrays.
+
+        Args:
+            payload: The tagged object.
+            max_tensors: Refuse an archive whose directory lists more tensors than this,
+                before reading any (None: no bound).
+
+        Raises:
+            TooManyTensorsError: the archive holds more than ``max_tensors`` tensors.
+            DecodeError: the payload is corrupt, truncated or of an unknown format version.
+        """
         tagged = read_tag(payload)
         if tagged is None or tagged[0] != self.name:
             raise DecodeError(
@@ -89,6 +101,9 @@ class NpzBase64Codec:
         try:
             raw = base64.b64decode(tagged[2], validate=True)
             with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+                # From the directory, parsed already: reading the entries costs ~10x more.
+                manifest = _MANIFEST + _SUFFIX
+                check_max_tensors(sum(n != manifest for n in archive.namelist()), max_tensors)
                 entries = _entries(archive, len(raw))
                 if _MANIFEST not in entries:
                     raise DecodeError("npz-b64 archive has no manifest entry")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import zipfile
+import zlib
 
 import msgpack
 import numpy as np
@@ -72,9 +73,15 @@ def test_msgpack_body_is_a_header_then_aligned_raw_tensors(registry: CodecRegist
     )
     header = msgpack.Unpacker(raw=False)
     header.feed(bytes(chunks[0]))
-    descriptors = header.unpack()["tensors"]
+    unpacked = header.unpack()
+    assert unpacked["format_version"] == 2
+    descriptors = unpacked["tensors"]
     assert [d["offset"] for d in descriptors] == [0, 64]
     assert descriptors[0]["dtype"] == "float32" and descriptors[0]["shape"] == [5]
+    # The header's crc32 follows it (4 bytes, big-endian), then zeros to 64 bytes.
+    checksum, padding = bytes(chunks[1][:4]), bytes(chunks[1][4:])
+    assert checksum == zlib.crc32(chunks[0]).to_bytes(4, "big")
+    assert padding == bytes(len(padding)) and (len(chunks[0]) + 4 + len(padding)) % 64 == 0
 
 
 def test_msgpack_decodes_into_writable_views_of_a_writable_buffer(registry: CodecRegistry) -> None:
@@ -94,9 +101,73 @@ def test_msgpack_reports_truncation_and_corruption(registry: CodecRegistry) -> N
         registry.get("msgpack").decode(body)
 
 
-def _msgpack_body(header: dict[str, object], data: bytes = b"") -> bytes:
+def _msgpack_body(header: dict[str, object], data: bytes = b"", *, checksum: bool = True) -> bytes:
+    # Format 2 (checksum=True): the header, its crc32, zero padding; format 1: no crc32.
     packed = msgpack.packb(header)
+    if checksum:
+        packed += zlib.crc32(packed).to_bytes(4, "big")
     return packed + bytes(-len(packed) % 64) + data
+
+
+def _descriptor(name: str, array: np.ndarray, offset: int) -> dict[str, object]:
+    return {
+        "name": name,
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "offset": offset,
+        "nbytes": array.nbytes,
+        "crc32": zlib.crc32(array.tobytes()),
+    }
+
+
+def test_msgpack_writes_format_2_and_still_reads_format_1(registry: CodecRegistry) -> None:
+    a, b = np.arange(5, dtype="<f4"), np.array([[1, -2]], "<i2")
+    written = _body(registry, "msgpack", [("a", a), ("b", b)])
+    header = msgpack.Unpacker(raw=False)
+    header.feed(bytes(written))
+    assert header.unpack()["format_version"] == 2
+    # A version-1 body as fma_connect wrote it: header, zero padding, 64-byte aligned data.
+    v1 = {
+        "codec": "msgpack",
+        "format_version": 1,
+        "tensors": [_descriptor("a", a, 0), _descriptor("b", b, 64)],
+    }
+    data = a.tobytes() + bytes(64 - a.nbytes) + b.tobytes()
+    for body in (bytes(written), _msgpack_body(v1, data, checksum=False)):
+        decoded = registry.get("msgpack").decode(body)
+        assert [name for name, _ in decoded] == ["a", "b"]
+        for (_, got), want in zip(decoded, (a, b), strict=True):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+    # A version-1 header followed by a checksum: its bytes are where zeros must be.
+    with pytest.raises(DecodeError, match="padding after the header is not zero"):
+        registry.get("msgpack").decode(_msgpack_body(v1, data, checksum=True))
+
+
+def test_every_single_bit_flip_before_the_data_is_refused(registry: CodecRegistry) -> None:
+    # The header (names, dtypes, shapes, offsets, version), its checksum and the padding:
+    # every flipped bit is a DecodeError, never a different result.
+    tensors: list[tuple[str, np.ndarray]] = [
+        ("encoder.weight", np.arange(12, dtype=np.float32).reshape(3, 4)),
+        ("encoder.bias", np.array([1, -2, 3], np.int16)),
+        ("scale", np.array(0.5, np.float64)),
+    ]
+    body = bytes(_body(registry, "msgpack", tensors))
+    codec = registry.get("msgpack")
+    assert [name for name, _ in codec.decode(body)] == [name for name, _ in tensors]
+    header = msgpack.Unpacker(raw=False)
+    header.feed(body)
+    header.skip()
+    data_start = -(-(header.tell() + 4) // 64) * 64
+    messages = set()
+    for position in range(data_start):
+        for bit in range(8):
+            flipped = bytearray(body)
+            flipped[position] ^= 1 << bit
+            with pytest.raises(DecodeError) as refused:
+                codec.decode(flipped)
+            messages.add(str(refused.value).split(":")[0])
+    assert "msgpack payload header is corrupt" in messages
 
 
 def test_msgpack_refuses_a_huge_claim_before_allocating(registry: CodecRegistry) -> None:
@@ -108,7 +179,7 @@ def test_msgpack_refuses_a_huge_claim_before_allocating(registry: CodecRegistry)
         "nbytes": 8 * 10**12,
         "crc32": 0,
     }
-    body = _msgpack_body({"codec": "msgpack", "format_version": 1, "tensors": [tensor]})
+    body = _msgpack_body({"codec": "msgpack", "format_version": 2, "tensors": [tensor]})
     with pytest.raises(DecodeError, match="truncated"):
         registry.get("msgpack").decode(body)
 
@@ -116,22 +187,26 @@ def test_msgpack_refuses_a_huge_claim_before_allocating(registry: CodecRegistry)
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 2}, "format version 2.*reads version 1"),
+        ({"format_version": 3}, "format version 3, but .* reads versions 1 and 2; upgrade"),
+        ({"format_version": 0}, "format version 0, but .* reads versions 1 and 2"),
+        ({"format_version": 2**40}, f"format version {2**40}, but"),
         ({"codec": "other"}, "tagged 'other'"),
     ],
 )
+@pytest.mark.parametrize("checksum", [True, False])
 def test_msgpack_refuses_unknown_versions_and_tags(
-    registry: CodecRegistry, change: dict[str, object], message: str
+    registry: CodecRegistry, change: dict[str, object], message: str, checksum: bool
 ) -> None:
-    header: dict[str, object] = {"codec": "msgpack", "format_version": 1, "tensors": []}
+    version = 2 if checksum else 1
+    header: dict[str, object] = {"codec": "msgpack", "format_version": version, "tensors": []}
     with pytest.raises(DecodeError, match=message):
-        registry.get("msgpack").decode(_msgpack_body({**header, **change}))
+        registry.get("msgpack").decode(_msgpack_body({**header, **change}, checksum=checksum))
 
 
 @pytest.mark.parametrize("dtype", ["object", "|V8", "<U3", "datetime64[s]"])
 def test_msgpack_refuses_dtypes_off_the_allowlist(registry: CodecRegistry, dtype: str) -> None:
     tensor = {"name": "a", "dtype": dtype, "shape": [1], "offset": 0, "nbytes": 8, "crc32": 0}
-    body = _msgpack_body({"codec": "msgpack", "format_version": 1, "tensors": [tensor]}, bytes(8))
+    body = _msgpack_body({"codec": "msgpack", "format_version": 2, "tensors": [tensor]}, bytes(8))
     with pytest.raises(DecodeError, match="unsupported dtype"):
         registry.get("msgpack").decode(body)
     with pytest.raises(EncodeError, match="numeric dtypes only"):

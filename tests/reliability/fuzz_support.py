@@ -216,9 +216,23 @@ def mutate(body: bytes, mutations: Iterable[Mutation]) -> bytes:
 # -- msgpack -----------------------------------------------------------------------------
 
 
-def msgpack_body(header: Any, data: bytes = b"", *, align: int = 64) -> bytes:
-    """A body made of an arbitrary msgpack ``header``, padding, then ``data``."""
+def msgpack_body(
+    header: Any, data: bytes = b"", *, align: int = 64, checksum: bool | None = None
+) -> bytes:
+    """A body made of an arbitrary msgpack ``header``, its checksum, padding, then ``data``.
+
+    Args:
+        header: Any msgpack value.
+        data: The data region.
+        align: Pad header and checksum to a multiple of this.
+        checksum: Write the header's crc32 after it, as format version 2 does (None:
+            when ``header`` is a map whose ``format_version`` is not 1).
+    """
     packed = msgpack.packb(header, use_bin_type=True)
+    if checksum is None:
+        checksum = isinstance(header, dict) and header.get("format_version") != 1
+    if checksum:
+        packed += zlib.crc32(packed).to_bytes(4, "big")
     return packed + bytes(-len(packed) % align) + data
 
 
@@ -236,9 +250,9 @@ def msgpack_descriptor(
     }
 
 
-def msgpack_header(descriptors: list[Any]) -> dict[str, Any]:
-    """A well-formed msgpack header around ``descriptors``."""
-    return {"codec": "msgpack", "format_version": 1, "tensors": descriptors}
+def msgpack_header(descriptors: list[Any], version: int = 2) -> dict[str, Any]:
+    """A well-formed msgpack header (of format ``version``) around ``descriptors``."""
+    return {"codec": "msgpack", "format_version": version, "tensors": descriptors}
 
 
 def deep_msgpack(depth: int) -> bytes:

@@ -2,7 +2,8 @@
 
 A proxy between the client and the real server damages bodies: the msgpack codec's
 per-tensor crc32 and npz-b64's zip CRC-32s catch a flipped bit in the tensor bytes,
-in either direction, and a body cut short is reported as truncated. Plain ``json``
+msgpack's header crc32 one in a tensor's name, in either direction, and a body cut
+short is reported as truncated. Plain ``json``
 has no checksum: damage that still parses as numbers goes unnoticed (HTTP/TLS is its
 only protection), which the documentation says.
 """
@@ -43,6 +44,12 @@ def _flip_last_byte(body: bytes) -> bytes:
     return body[:-1] + bytes([body[-1] ^ 0x10])
 
 
+def _flip_in_a_name(body: bytes) -> bytes:
+    # Tensor "w" becomes "v" in the msgpack header: only the header's crc32 can tell.
+    at = body.index(b"\xa4name\xa1w") + 6
+    return body[:at] + bytes([body[at] ^ 0x01]) + body[at + 1 :]
+
+
 def _flip_inside_npz(body: bytes) -> bytes:
     # Flip one bit of the archive's tensor bytes, keeping the base64 text valid.
     found = re.search(rb'"payload":\s*"([A-Za-z0-9+/=]+)"', body)
@@ -66,6 +73,7 @@ def _on(path_part: str, fault: Fault, method: str = "GET") -> object:
     ("codec", "damage", "message"),
     [
         ("msgpack", _flip_last_byte, "corrupt: its crc32 does not match"),
+        ("msgpack", _flip_in_a_name, "header is corrupt: its crc32 does not match"),
         ("npz-b64", _flip_inside_npz, "corrupt or truncated: Bad CRC-32"),
     ],
 )
@@ -118,6 +126,7 @@ def test_a_download_reset_midway_is_reported_broken(
     ("codec", "damage", "message"),
     [
         ("msgpack", _flip_last_byte, "corrupt: its crc32 does not match"),
+        ("msgpack", _flip_in_a_name, "header is corrupt: its crc32 does not match"),
         ("npz-b64", _flip_inside_npz, "Bad CRC-32"),
     ],
 )
