@@ -1,8 +1,11 @@
 """The Starlette application of the reference server: routes, JSON errors, lifecycle.
 
-Every error is answered as JSON, including unknown routes (404), wrong methods (405)
-and unexpected failures (500). A GET to a known route without its trailing slash is
-redirected (301) as the stock service does; other methods get a 404 that says so.
+Every error is answered as JSON, including unknown routes (404), wrong methods (405),
+unexpected failures (500), a request body that stalls (408, see :mod:`.bounds`) and,
+served by :func:`~fma_connect.server.protocol.server_config`, malformed HTTP. A GET to
+a known route without its trailing slash is redirected (301) as the stock service does;
+other methods get a 404 that says so. A client that disconnects in the middle of its
+request is an ordinary event: one INFO line, and nothing of the request is kept.
 """
 
 from __future__ import annotations
@@ -14,13 +17,25 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Match
 
 from ..plugins import default_codec_registry
 from ..registry import CodecRegistry
 from . import routes_models, routes_records
+from .bounds import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_MAX_HEADER_BYTES,
+    BodyGuard,
+    BodyProgress,
+    BodyStalled,
+    Bounds,
+    default_max_connections,
+)
 from .errors import NOT_FOUND, HTTPError
 from .httputil import JSONResponse
 from .limits import DEFAULT_MAX_TENSORS
@@ -42,6 +57,11 @@ def create_app(
     auto_aggregate: AutoAggregate = "sync",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_tensors: int = DEFAULT_MAX_TENSORS,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_connections: int | None = None,
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> Starlette:
     """Build the server's ASGI app over a data directory (opened now, closed at shutdown).
 
@@ -52,10 +72,36 @@ def create_app(
             stored one, else a new one (``app.state.service.admin_token`` holds it).
         auto_aggregate: ``sync`` (a round runs in the request that meets the model's
             requirement), ``background`` (in a worker thread) or ``off``.
-        max_body_bytes: Largest request body; larger ones get 413 (from Content-Length
-            before reading, or as soon as a chunked body grows past it).
+        max_body_bytes: Largest update (and initial model: the smaller of this and
+            :data:`~fma_connect.server.limits.MODEL_BODY_BYTES`); other bodies take at
+            most :data:`~fma_connect.server.limits.JSON_BODY_BYTES`. Larger ones get
+            413 (from Content-Length before reading, or as soon as a chunked body grows
+            past it).
         max_tensors: Most tensors an update or initial model may hold; more get 400.
+        header_timeout: Seconds a request head may take to arrive whole (408).
+        idle_timeout: Seconds of silence allowed while a body moves, either way: a
+            request body gets 408, a response the client stops reading is aborted.
+        max_connections: Most connections at once; more are answered 503 with
+            ``Retry-After``. None: :func:`~fma_connect.server.bounds.default_max_connections`.
+        max_connections_per_client: The same per client address (0: no cap).
+        max_header_bytes: Largest request head (431).
+
+    The connection-level bounds (all but ``idle_timeout`` on request bodies) are
+    enforced by the server that runs the app: build its config with
+    :func:`~fma_connect.server.protocol.server_config`.
+
+    Raises:
+        ValueError: a bound out of range (see :class:`~fma_connect.server.bounds.Bounds`).
     """
+    if max_connections is None:
+        max_connections = default_max_connections()
+    bounds = Bounds(
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
+        max_connections_per_client=max_connections_per_client,
+        max_header_bytes=max_header_bytes,
+    )
     service = Service(
         Path(data_dir),
         registry if registry is not None else default_codec_registry(),
@@ -73,9 +119,12 @@ def create_app(
 
     app = Starlette(
         routes=[*routes_models.ROUTES, *routes_records.ROUTES],
+        middleware=[Middleware(BodyGuard, idle_timeout=bounds.idle_timeout)],
         exception_handlers={
             HTTPError: _http_error,
             HTTPException: _starlette_error,
+            BodyStalled: _body_stalled,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected_error,
         },
         lifespan=lifespan,
@@ -83,11 +132,14 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
+    app.state.bounds = bounds
     return app
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPError)
+    if exc.status >= 500:  # the server's fault (e.g. a stored blob that does not decode)
+        log.error("%s %s answered %s: %s", request.method, request.url.path, exc.status, exc.body)
     return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
 
@@ -99,6 +151,36 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
         message = f'Method "{request.method}" not allowed.'
         return JSONResponse({"detail": message}, status_code=405, headers=exc.headers)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _body_stalled(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BodyStalled)
+    log.info(
+        "%s %s from %s: %s Answered 408.", request.method, request.url.path, _who(request), exc
+    )
+    # The rest of the body may still come: close rather than read it as the next request.
+    headers = {"Connection": "close"}
+    return JSONResponse({"detail": str(exc)}, status_code=408, headers=headers)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    progress = BodyProgress.of(request.scope)
+    received = "" if progress is None else f" after {progress.received} bytes of its body"
+    log.info(
+        "%s %s: client %s disconnected%s; nothing kept",
+        request.method,
+        request.url.path,
+        _who(request),
+        received,
+    )
+    return Response(status_code=499)  # nobody reads it: the server drops it
+
+
+def _who(request: Request) -> str:
+    client = request.client
+    who = f"{client.host}:{client.port}" if client is not None else "unknown"
+    uuid = request.headers.get("client-uuid")
+    return f"{who} (CLIENT-UUID {uuid[:64]!r})" if uuid else who
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from .blobs import BlobWriter
 from .errors import HTTPError, bad_request, detail, not_found
+from .limits import JSON_BODY_BYTES
 from .service import Service
 from .store import Row
 
@@ -44,7 +45,7 @@ def service(request: Request) -> Service:
 
 
 def body_limit(request: Request) -> int:
-    """The largest request body the app accepts, in bytes."""
+    """The largest request body the app accepts (an update), in bytes."""
     limit: int = request.app.state.max_body_bytes
     return limit
 
@@ -54,19 +55,27 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_json(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    """Read a JSON object body (an empty body is ``{}`` when ``empty_ok``).
+async def read_json(
+    request: Request, *, empty_ok: bool = False, limit: int = JSON_BODY_BYTES
+) -> dict[str, Any]:
+    """Read a JSON object body into memory (an empty body is ``{}`` when ``empty_ok``).
+
+    Args:
+        request: The request.
+        empty_ok: Whether an empty body is ``{}`` (else 400).
+        limit: The route's cap on the body, lowered to the app's ``max_body_bytes``;
+            the default suits bodies of a few fields.
 
     Raises:
         HTTPError: 415 not JSON, 413 too large, 400 malformed or not an object.
     """
-    limit = body_limit(request)
+    limit = min(limit, body_limit(request))
     _check_length(request, limit)
     chunks = bytearray()
     async for chunk in request.stream():
         chunks += chunk
         if len(chunks) > limit:
-            raise _too_large(limit)
+            raise _too_large(request, limit, len(chunks))
     if not chunks.strip():
         if empty_ok:
             return {}
@@ -97,7 +106,7 @@ async def spool(request: Request, writer: BlobWriter) -> None:
     async for chunk in request.stream():
         writer.write(chunk)
         if writer.nbytes > limit:
-            raise _too_large(limit)
+            raise _too_large(request, limit, writer.nbytes)
 
 
 async def drain(request: Request) -> None:
@@ -161,8 +170,19 @@ def query_int(request: Request, name: str) -> int | None:
 def _check_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise _too_large(request, limit, int(declared), declared=True)
 
 
-def _too_large(limit: int) -> HTTPError:
-    return detail(413, f"Request body is larger than this server accepts ({limit} bytes).")
+def _too_large(request: Request, limit: int, arrived: int, *, declared: bool = False) -> HTTPError:
+    """413 naming the cap and what arrived (its Content-Length, or the bytes read so far)."""
+    what = (
+        f"its Content-Length is {arrived} bytes"
+        if declared
+        else f"{arrived} bytes arrived before the server stopped reading"
+    )
+    option = " (fma-connect serve --max-body-bytes)" if limit == body_limit(request) else ""
+    return detail(
+        413,
+        f"Request body is larger than this server accepts ({limit} bytes) for "
+        f"{request.method} {request.url.path}{option}: {what}.",
+    )

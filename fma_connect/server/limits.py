@@ -3,9 +3,16 @@
 Limits (each configurable: :func:`~fma_connect.server.create_app` arguments and
 ``fma-connect serve`` options):
 
-* the request body: at most ``max_body_bytes`` (413 with a JSON error), checked from
-  ``Content-Length`` before anything is read, and while streaming a chunked body;
-* the tensors in one update (or initial model): at most ``max_tensors`` (400);
+* the request body (413 with a JSON error naming the cap and what arrived), checked
+  from ``Content-Length`` before anything is read, and while streaming a chunked body:
+  an update at most ``max_body_bytes`` (it is spooled to disk); a model's creation, which
+  carries the initial model, the smaller of that and :data:`MODEL_BODY_BYTES`; every
+  other body (scores, publish, patch...) :data:`JSON_BODY_BYTES`, since it is read into
+  memory and holds a few fields;
+* the tensors in one update (or initial model): at most ``max_tensors`` (400), counted
+  before any tensor is built (from the msgpack header, the npz-b64 archive directory,
+  the length of the plain-lists ``data``; codecs that cannot tell are counted after
+  decoding, see :func:`~fma_connect.codecs.base.decode_with`);
 * a model's ``update_schema`` (JSON Schema, as in the stock service) is checked on the
   ``data`` of a plain-lists JSON update as sent, and on the plain-lists form of any
   other update (binary, or a tagged object such as npz-b64: what the same weights would
@@ -29,38 +36,46 @@ from typing import Any
 import orjson
 
 from ..codecs.base import Tensors
-from ..codecs.json_lists import JsonListsCodec
+from ..codecs.json_lists import MAX_DOCUMENT_BYTES, JsonListsCodec
 from ..exceptions import EncodeError
-from .errors import bad_request
+from .errors import HTTPError, bad_request
 from .validation import check_against_schema
 
 __all__ = [
     "DEFAULT_MAX_TENSORS",
+    "JSON_BODY_BYTES",
+    "MODEL_BODY_BYTES",
     "PAUSE_ENV",
     "PAUSE_POINTS",
     "PausePoint",
-    "check_tensor_count",
     "check_tensors_schema",
+    "too_many_tensors",
 ]
 
-#: Most tensors one update may hold (models with more are rare; each costs memory).
-DEFAULT_MAX_TENSORS = 100_000
+#: Most tensors one update may hold. The largest common models have a few thousand;
+#: each tensor costs the server ~1.5 KB and ~20 µs (msgpack; npz-b64 ~45 µs) to decode
+#: and check, so this bounds one request's tensors to ~30 MB (docs/RELIABILITY.md, 6).
+DEFAULT_MAX_TENSORS = 20_000
+#: Largest body of the routes that take a few JSON fields (scores, publish, patch...).
+JSON_BODY_BYTES = 1 << 20
+#: Largest body creating a model: the initial model travels in it as JSON, which orjson
+#: cannot parse from 2 GiB on (``max_body_bytes`` lowers it).
+MODEL_BODY_BYTES = MAX_DOCUMENT_BYTES - 1
 PAUSE_ENV = "FMA_CONNECT_TEST_PAUSE"
 PAUSE_POINTS = ("update-stored", "round-running", "round-stored")
 
 
-def check_tensor_count(count: int, limit: int, field: str = "data") -> None:
-    """Refuse an update of more than ``limit`` tensors.
+def too_many_tensors(count: int, limit: int, field: str = "data") -> HTTPError:
+    """The 400 ``{field: [why]}`` refusing an update of ``count`` tensors, over ``limit``.
 
-    Raises:
-        HTTPError: 400 ``{field: [why]}``.
+    Decoding with ``decode_with(..., max_tensors=limit)`` raises
+    :class:`~fma_connect.exceptions.TooManyTensorsError`, which carries both numbers.
     """
-    if count > limit:
-        raise bad_request(
-            field,
-            f"The weights hold {count} tensors; this server accepts at most {limit} "
-            "(fma-connect serve --max-tensors).",
-        )
+    return bad_request(
+        field,
+        f"The weights hold {count} tensors; this server accepts at most {limit} "
+        "(fma-connect serve --max-tensors).",
+    )
 
 
 def check_tensors_schema(schema: Any, tensors: Tensors) -> None:

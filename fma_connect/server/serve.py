@@ -13,7 +13,14 @@ from pathlib import Path
 import uvicorn
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TENSORS, create_app
+from .bounds import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_MAX_HEADER_BYTES,
+)
 from .datadir import DataDirError
+from .protocol import server_config
 from .rounds import AutoAggregate
 
 __all__ = ["DEFAULT_DATA_DIR", "bind", "serve"]
@@ -57,12 +64,18 @@ def serve(
     log_level: str = "info",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_tensors: int = DEFAULT_MAX_TENSORS,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_connections: int | None = None,
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> int:
     """Serve until interrupted; return the exit code.
 
     Prints ``listening on http://HOST:PORT`` once the port is bound (with ``port`` 0,
     the port the system chose), and the admin token when this start created it.
-    ``max_body_bytes`` and ``max_tensors`` are :func:`~fma_connect.server.create_app`'s.
+    The limits and bounds (``max_body_bytes`` ... ``max_header_bytes``) are
+    :func:`~fma_connect.server.create_app`'s.
 
     The port is bound before the data directory is opened, so a start that fails
     (port taken, directory in use by another server, not a directory) creates no
@@ -80,8 +93,13 @@ def serve(
             auto_aggregate=auto_aggregate,
             max_body_bytes=max_body_bytes,
             max_tensors=max_tensors,
+            header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+            max_connections_per_client=max_connections_per_client,
+            max_header_bytes=max_header_bytes,
         )
-    except (DataDirError, OSError, sqlite3.Error) as exc:
+    except (DataDirError, OSError, sqlite3.Error, ValueError) as exc:
         where = f" (database in {data_dir})" if isinstance(exc, sqlite3.Error) else ""
         print(f"error: {exc}{where}", file=sys.stderr)
         sock.close()
@@ -100,7 +118,7 @@ def serve(
             f"run `fma-connect admin-token --data-dir {where}` to print it"
         )
     print(f"listening on http://{shown}:{bound_port}", flush=True)
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on")
+    config = server_config(app, log_level=log_level, lifespan="on")
     with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn after a clean stop
         uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -19,13 +19,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import uvicorn
 
 from .app import create_app
+from .protocol import server_config
 
 __all__ = ["RunningServer", "ServerProcess", "running_server", "running_server_process"]
 
@@ -56,7 +57,7 @@ def running_server(data_dir: str | Path, **options: Any) -> Iterator[RunningServ
         RuntimeError: the server did not start within 30 s.
     """
     app = create_app(data_dir, **options)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = server_config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fma-test-server", daemon=True)
     thread.start()
@@ -83,11 +84,13 @@ class ServerProcess:
         url: Where it listens.
         admin_token: Its admin token.
         process: The child process.
+        output: The lines it has printed so far (stdout and stderr, the log included).
     """
 
     url: str
     admin_token: str
     process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
 
     def kill(self) -> None:
         """Kill the process at once (SIGKILL), as a crash would."""
@@ -134,8 +137,9 @@ def running_server_process(
         [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     handle = None
+    output: list[str] = []
     try:
-        handle = ServerProcess(_wait_for_url(process), token, process)
+        handle = ServerProcess(_wait_for_url(process, output), token, process, output)
         yield handle
     finally:
         if handle is not None:
@@ -147,9 +151,8 @@ def running_server_process(
             process.stdout.close()
 
 
-def _wait_for_url(process: subprocess.Popen[str]) -> str:
+def _wait_for_url(process: subprocess.Popen[str], seen: list[str]) -> str:
     assert process.stdout is not None
-    seen: list[str] = []
     result: list[str] = []
 
     def read() -> None:

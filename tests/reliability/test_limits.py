@@ -7,15 +7,20 @@ body ends). Nothing refused is stored, and no temporary file is left behind.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import select
 import socket
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgpack
 import numpy as np
+import orjson
 import pytest
 import requests
 from reliability_figures import Figures
@@ -152,12 +157,99 @@ def test_more_tensors_than_the_limit_are_refused(
     with pytest.raises(APIError) as refused:
         client.send_update([np.ones(2)] * (MAX_TENSORS + 1))
     assert refused.value.status_code == 400
-    assert f"at most {MAX_TENSORS}" in refused.value.detail["data"][0]
+    assert refused.value.detail["data"] == [TOO_MANY]
     assert client.send_update([np.ones(2)] * MAX_TENSORS)["status"] == 0
     with pytest.raises(APIError) as initial:
         admin.create_model("too-many", initial_model=[np.ones(2)] * (MAX_TENSORS + 1))
     assert "initial_model" in initial.value.detail
     figures.add("limits", f"updates over max_tensors refused ({codec})", 1)
+
+
+TOO_MANY = (
+    f"The weights hold {MAX_TENSORS + 1} tensors; this server accepts at most {MAX_TENSORS} "
+    "(fma-connect serve --max-tensors)."
+)
+
+
+def _msgpack_header_only(count: int) -> bytes:
+    """A msgpack body whose header lists ``count`` tensors, without any tensor's bytes."""
+    codec = MsgpackCodec()
+    body = b"".join(
+        bytes(memoryview(c).cast("B"))
+        for c in codec.encode([(str(i), np.ones(2)) for i in range(count)])
+    )
+    header = msgpack.Unpacker()
+    header.feed(body)
+    header.skip()
+    return body[: -(-(header.tell() + 4) // 64) * 64]  # header, checksum, padding
+
+
+def _npz_of_junk(count: int) -> dict[str, Any]:
+    """An npz-b64 object whose manifest lists ``count`` tensors, stored as junk entries."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        manifest = orjson.dumps(
+            {"names": [str(i) for i in range(count)], "dtypes": ["int8"] * count}
+        )
+        with archive.open("manifest.npy", "w") as file:
+            np.lib.format.write_array(file, np.frombuffer(manifest, np.uint8))
+        for i in range(count):
+            archive.writestr(f"t{i}.npy", b"not an array")
+    return {
+        "codec": "npz-b64",
+        "format_version": 1,
+        "payload": base64.b64encode(buffer.getvalue()).decode(),
+    }
+
+
+def test_the_tensor_count_is_refused_before_any_tensor_is_read(
+    limited: RunningServer, setup: tuple[AdminClient, int, str], data_dir: Path, figures: Figures
+) -> None:
+    # Bodies whose tensors are missing or unreadable: answered with the count, not with
+    # a decode error, so the count came first (from the header, the archive directory,
+    # the list of layers), before any tensor was built.
+    admin, model_id, uuid = setup
+    client_headers = {"CLIENT-UUID": uuid}
+    binary = requests.post(
+        f"{limited.url}{UPDATES}?federated_model={model_id}",
+        data=_msgpack_header_only(MAX_TENSORS + 1),
+        headers={**client_headers, "Content-Type": MsgpackCodec.media_type},
+        timeout=30,
+    )
+    assert (binary.status_code, binary.json()) == (400, {"data": [TOO_MANY]})
+    for data in (_npz_of_junk(MAX_TENSORS + 1), [["x"]] * (MAX_TENSORS + 1)):
+        answer = requests.post(
+            limited.url + UPDATES,
+            json={"federated_model": model_id, "data": data},
+            headers=client_headers,
+            timeout=30,
+        )
+        assert (answer.status_code, answer.json()) == (400, {"data": [TOO_MANY]})
+    initial = requests.post(
+        limited.url + "/api/v1/models/",
+        json={"name": "junk", "developer": 1, "initial_model": _npz_of_junk(MAX_TENSORS + 1)},
+        headers={"Authorization": f"Token {limited.admin_token}"},
+        timeout=30,
+    )
+    assert (initial.status_code, initial.json()) == (400, {"initial_model": [TOO_MANY]})
+    # One tensor fewer: the same bodies are decoded, and refused as what they are.
+    binary = requests.post(
+        f"{limited.url}{UPDATES}?federated_model={model_id}",
+        data=_msgpack_header_only(MAX_TENSORS),
+        headers={**client_headers, "Content-Type": MsgpackCodec.media_type},
+        timeout=30,
+    )
+    assert binary.status_code == 400 and "truncated" in binary.json()["data"][0]
+    answer = requests.post(
+        limited.url + UPDATES,
+        json={"federated_model": model_id, "data": _npz_of_junk(MAX_TENSORS)},
+        headers=client_headers,
+        timeout=30,
+    )
+    assert answer.status_code == 400 and "corrupt" in answer.json()["data"][0]
+    assert admin.list_updates(model_id) == []
+    check_data_dir(data_dir)
+    figures.add("limits", "tensor counts refused before decoding (msgpack, npz-b64, json)", 4)
 
 
 SCHEMA = {
