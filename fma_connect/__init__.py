@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .admin import AdminClient
+from .admin import AdminClient, UpdateStatus
 from .auth import TokenAuth
 from .clients import WebClient
 from .codecs.base import Codec, Tensors
@@ -23,6 +23,7 @@ from .exceptions import (
     FrameworkError,
     PluginError,
     RequestTimeout,
+    TooManyTensorsError,
     TransportError,
     UnknownCodecError,
 )
@@ -56,8 +57,10 @@ __all__ = [
     "Spec",
     "Tensors",
     "TokenAuth",
+    "TooManyTensorsError",
     "TransportError",
     "UnknownCodecError",
+    "UpdateStatus",
     "WebClient",
     "__version__",
     "build_codec_registry",

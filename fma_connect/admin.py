@@ -9,6 +9,7 @@ extensions noted per method, with the stock FMA service::
 
 from __future__ import annotations
 
+from enum import IntEnum
 from types import TracebackType
 from typing import Any
 
@@ -22,11 +23,28 @@ from .codecs.json_lists import JsonListsCodec
 from .exceptions import APIError, ConfigurationError, DecodeError
 from .spec import flatten
 
-__all__ = ["AdminClient"]
+__all__ = ["AdminClient", "UpdateStatus"]
 
 _API = API_PREFIX
 _JSON = "application/json"
 _MAX_PAGE = 20
+
+
+class UpdateStatus(IntEnum):
+    """A model update's ``status``, as the FMA service numbers it (0-4).
+
+    An int enum, so it equals its number (``UpdateStatus.COMPLETE == 2``) and code
+    written against the numbers keeps working, while ``.name`` reads as a word.
+    """
+
+    PENDING = 0
+    RUNNING = 1
+    COMPLETE = 2
+    FAILED = 3
+    INVALID = 4
+
+
+_STATUSES = frozenset(UpdateStatus)
 
 
 class AdminClient:
@@ -59,13 +77,23 @@ class AdminClient:
                 "token must be the admin's API token, a non-empty printable string (fma-connect "
                 f"admin-token prints a reference server's), got {shown}"
             )
+        self._url = url if url is not None else settings.default_url
         self._transport = Transport(
-            url if url is not None else settings.default_url,
+            self._url,
             timeout=timeout,
             retries=retries,
             session=session,
             auth=TokenAuth(token),
         )
+
+    def __repr__(self) -> str:
+        # The token is a credential: a repr lands in logs and tracebacks, so never show it.
+        return f"AdminClient(url={self._url!r}, token=<hidden>)"
+
+    @property
+    def url(self) -> str:
+        """Root URL of the service."""
+        return self._url
 
     def close(self) -> None:
         """Release the client's connections."""
@@ -111,7 +139,8 @@ class AdminClient:
             allow_aggregation: Whether the service aggregates it.
             developer: The developer's user id (1 is the reference server's admin).
             initial_model: Initial weights (any tree ``send_update`` takes), sent as
-                plain JSON lists; they become the current artifact.
+                plain JSON lists in the layer order ``send_update`` uses, with their
+                names; they become the current artifact.
             update_schema: JSON Schema that each update's ``data`` must match.
             client_agg_results_schema: JSON Schema for clients' validation results.
             furthest_base_agg: How many recent aggregates an update may be based on.
@@ -134,8 +163,10 @@ class AdminClient:
         if clients is not None:
             body["clients"] = clients
         if initial_model is not None:
-            tensors, _ = flatten(initial_model)
+            tensors, spec = flatten(initial_model)
             body["initial_model"] = JsonListsCodec().encode(tensors)
+            if not spec.positional:  # as WebClient.send_update sends tensor_names
+                body["initial_model_tensor_names"] = spec.names
         return self._object(self._post(f"{_API}models/", body))
 
     def get_model(self, model_id: int) -> dict[str, Any]:
@@ -151,15 +182,22 @@ class AdminClient:
         self._transport.request("DELETE", f"{_API}models/{model_id}/")
 
     def list_updates(self, model_id: int) -> list[dict[str, Any]]:
-        """Return the model's updates, newest first (``status`` 0-4 on the reference server).
+        """Return the model's updates, newest first.
 
+        Each update's ``status`` (a reference-server field) is an :class:`UpdateStatus`,
+        which equals the number the service sent; a number outside 0-4 is kept as it came.
         The ``?federated_model=`` filter is a reference-server extension; the rows are
         filtered here too, so a service that ignores it still gives only this model's.
 
         Raises:
             APIError: 404 when the model does not exist.
         """
-        return self._of_model(f"{_API}model_updates/", model_id)
+        rows = self._of_model(f"{_API}model_updates/", model_id)
+        for row in rows:
+            status = row.get("status")
+            if type(status) is int and status in _STATUSES:
+                row["status"] = UpdateStatus(status)
+        return rows
 
     def list_aggregates(self, model_id: int) -> list[dict[str, Any]]:
         """Return the model's aggregates, newest first (``result`` is a URL).

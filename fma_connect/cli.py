@@ -53,7 +53,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     limits = {
         name: getattr(args, name)
-        for name in ("max_body_bytes", "max_tensors")
+        for name in (
+            "max_body_bytes",
+            "max_tensors",
+            "header_timeout",
+            "idle_timeout",
+            "max_connections",
+            "max_connections_per_client",
+            "max_header_bytes",
+        )
         if getattr(args, name) is not None
     }
     return serve(
@@ -97,7 +105,7 @@ def _cmd_admin(args: argparse.Namespace) -> int:
                 admin.delete_model(args.model_id)
                 result = {"deleted": args.model_id}
             elif args.admin_command == "updates":
-                result = admin.list_updates(args.model_id)
+                result = [_with_status_name(row) for row in admin.list_updates(args.model_id)]
             elif args.admin_command == "aggregates":
                 result = admin.list_aggregates(args.model_id)
             elif args.admin_command == "aggregate":
@@ -109,6 +117,18 @@ def _cmd_admin(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _with_status_name(update: dict[str, object]) -> dict[str, object]:
+    """The update with ``status_name`` (e.g. ``"COMPLETE"``) right after its ``status`` number."""
+    from .admin import UpdateStatus
+
+    shown: dict[str, object] = {}
+    for key, value in update.items():
+        shown[key] = value
+        if key == "status" and isinstance(value, UpdateStatus):
+            shown["status_name"] = value.name
+    return shown
 
 
 def _read_initial_model(path: str) -> list[object]:
@@ -190,7 +210,40 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--max-tensors",
         type=_at_least(1),
         default=None,
-        help="most tensors in one update; more get 400 (default 100000)",
+        help="most tensors in one update; more get 400 (default 20000)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=None,
+        help="seconds a request head may take to arrive whole; then 408 (default 30)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=None,
+        help="seconds of silence allowed while a request or response body moves: a "
+        "stalled upload gets 408, a download the client stops reading is cut (default 60)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_at_least(1),
+        default=None,
+        help="most connections at once; more get 503 with Retry-After (default: half "
+        "the open-file limit less 64, at most 1024)",
+    )
+    serve.add_argument(
+        "--max-connections-per-client",
+        type=_at_least(0),
+        default=None,
+        help="the same per client address, 0 for none (default 64; behind a reverse "
+        "proxy every connection comes from the proxy)",
+    )
+    serve.add_argument(
+        "--max-header-bytes",
+        type=_at_least(1024),
+        default=None,
+        help="largest request head; larger ones get 431 (default 16384)",
     )
     serve.set_defaults(func=_cmd_serve)
 
@@ -303,6 +356,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
     print("fma-connect demo: the federation did not beat the best single client", file=sys.stderr)
     return 1
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:

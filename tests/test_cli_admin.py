@@ -1,4 +1,4 @@
-"""``fma-connect admin create-model --initial-model FILE``: the file must hold a JSON list."""
+"""``fma-connect admin``: an --initial-model FILE must hold a JSON list; statuses are named."""
 
 from __future__ import annotations
 
@@ -56,3 +56,34 @@ def test_an_initial_model_list_is_sent_as_its_layers(
     assert create(path) == 0
     assert orjson.loads(responses.calls[0].request.body)["initial_model"] == [[1.5, 2.5], [3.5]]
     assert orjson.loads(capsys.readouterr().out) == {"id": 1, "name": "x"}
+
+
+@responses.activate
+def test_updates_show_each_status_as_its_number_and_its_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    responses.get(f"{BASE}/api/v1/models/1/", json={"id": 1})
+    rows = [
+        {"id": 2, "federated_model": 1, "status": 4, "status_reason": "NaN in dense"},
+        {"id": 1, "federated_model": 1, "status": 2, "status_reason": None},
+    ]
+    responses.get(f"{BASE}/api/v1/model_updates/", json=rows)
+    assert main(["admin", "--url", BASE, "--token", "t", "updates", "1"]) == 0
+    out = capsys.readouterr().out
+    assert orjson.loads(out) == [
+        {
+            "id": 2,
+            "federated_model": 1,
+            "status": 4,
+            "status_name": "INVALID",
+            "status_reason": "NaN in dense",
+        },
+        {
+            "id": 1,
+            "federated_model": 1,
+            "status": 2,
+            "status_name": "COMPLETE",
+            "status_reason": None,
+        },
+    ]
+    assert '"status": 4,\n    "status_name": "INVALID",' in out  # the name reads next to the number

@@ -7,7 +7,10 @@ protocol 5) and the ceilings (memcpy of the same bytes, bare-socket loopback POS
 GET), all in the same run, and prints markdown tables plus the issue's targets as
 ratios. Each measurement runs in a fresh process and the servers run in their own
 processes, so client and server memory are measured apart; ``--quick`` runs
-everything in-process on a tiny payload as a smoke test.
+everything in-process on a tiny payload as a smoke test, whose report says so and
+judges only the targets that hold at any size. Without the ``bench`` extra, a missing
+baseline library or chart is skipped with a note naming the extra; a missing server
+stops the run before it starts.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .extras import SERVER_MODULES, missing
 from .measure import peak_reset, read_status
 from .report import Results, machine_notes, render, write_chart
+from .results import label
 
 __all__ = ["main", "parse_size"]
 
@@ -46,15 +51,6 @@ def parse_size(text: str) -> int:
         if upper.endswith(unit):
             return int(float(upper[: -len(unit)]) * _UNITS[unit])
     return int(upper)
-
-
-def label(size: int) -> str:
-    """A short label for a size in bytes."""
-    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if size >= factor:
-            value = size / factor
-            return f"{value:g} {unit}" if value == int(value) else f"{value:.3g} {unit}"
-    return f"{size} B"
 
 
 class Runner:
@@ -207,7 +203,7 @@ def collect(sizes: Sequence[int], args: argparse.Namespace, say: Any) -> Results
     run = Runner(in_process=args.quick)
     repeat = 1 if args.quick else args.repeat
     warmup = not args.quick
-    results = Results(sizes=list(sizes))
+    results = Results(sizes=list(sizes), smoke=args.quick)
     codecs = _codec_names(args.codecs)
     with (
         tempfile.TemporaryDirectory(prefix="fma-bench-") as data_dir,
@@ -278,7 +274,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--add-sizes", nargs="+", default=(), metavar="SIZE", help="sizes to add to the default"
     )
-    parser.add_argument("--quick", action="store_true", help="tiny in-process smoke run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny in-process smoke run: checks every path, judges no speed or memory target",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="timed runs below 1 GB (best)")
     parser.add_argument("--codecs", nargs="+", default=None, help="only these codecs")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report here")
@@ -291,7 +291,22 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
     Args:
         args: Options from :func:`add_arguments`.
         command: The command line, for the markdown report.
+
+    Returns:
+        The exit status: 0, or 2 when the reference server's extra is not installed
+        (nothing can round-trip without it; the message names the extra).
     """
+    for module in SERVER_MODULES:
+        why = missing(module)
+        if why is not None:
+            print(f"error: the benchmark runs the reference server, but {why}", file=sys.stderr)
+            return 2
+    chart = args.chart
+    no_chart = missing("matplotlib") if chart is not None else None
+    if no_chart is not None:
+        # Said before the run, which can take an hour, and again after its report.
+        print(f"chart skipped: {no_chart}", file=sys.stderr)
+        chart = None
     if args.quick:
         sizes = [parse_size(s) for s in (args.sizes or [QUICK_SIZE])]
     else:
@@ -306,10 +321,12 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
     report = render(results)
     print(report)
     if args.markdown is not None:
-        notes = machine_notes(command, time.perf_counter() - started)
+        notes = machine_notes(command, time.perf_counter() - started, smoke=args.quick)
         args.markdown.write_text(notes + "\n" + report, encoding="utf-8")
-    if args.chart is not None:
-        write_chart(results, args.chart)
+    if chart is not None:
+        write_chart(results, chart)
+    elif no_chart is not None:
+        print(f"chart skipped: {no_chart}", file=sys.stderr)
     return 0
 
 

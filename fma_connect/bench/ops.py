@@ -23,6 +23,7 @@ from ..codecs.base import Codec, Tensors
 from ..codecs.json_lists import JsonListsCodec
 from ..exceptions import EncodeError
 from ..plugins import default_codec_registry
+from .extras import missing
 from .measure import make_model, timed, timed_pair
 
 __all__ = ["OPS", "run_op"]
@@ -155,6 +156,8 @@ def _pickle_decode(body: bytes) -> Tensors:
     return loaded
 
 
+#: Baselines that need a library outside the client's dependencies: kind -> its module.
+_BASELINE_MODULES = {"safetensors": "safetensors"}
 _BASELINES: dict[str, tuple[Callable[[Tensors], Any], Callable[[Any], Tensors]]] = {
     "original": (_original_encode, _original_decode),
     "np.save": (_npsave_encode, _npsave_decode),
@@ -164,7 +167,15 @@ _BASELINES: dict[str, tuple[Callable[[Tensors], Any], Callable[[Any], Tensors]]]
 
 
 def op_baseline(spec: Spec) -> Spec:
-    """Encode and decode the model with a baseline format, or memcpy it (the ceiling)."""
+    """Encode and decode the model with a baseline format, or memcpy it (the ceiling).
+
+    A baseline whose library is not installed is skipped (``{"skipped": why}``), so the
+    report names the extra that installs it instead of showing an import error.
+    """
+    module = _BASELINE_MODULES.get(spec["kind"])
+    why = missing(module) if module is not None else None
+    if why is not None:
+        return {"skipped": why}
     model = make_model(spec["size"])
     repeat, warmup = spec["repeat"], spec["warmup"]
     if spec["kind"] == "memcpy":
