@@ -113,7 +113,8 @@ def _client(request: Request, store: Store, status: int) -> str | None:
     try:
         client = str(uuid_module.UUID(raw.strip()))
     except ValueError:
-        raise _client_error(status, f'"{raw}" is not a valid UUID.') from None
+        shown = raw if len(raw) <= 64 else f"{raw[:61]}..."  # a header may be kilobytes
+        raise _client_error(status, f'"{shown}" is not a valid UUID.') from None
     if not store.client_exists(client):
         raise _client_error(status, "Invalid UUID")
     return client

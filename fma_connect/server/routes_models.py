@@ -13,8 +13,10 @@ from starlette.routing import Route
 
 from .auth import authenticate
 from .httputil import JSONResponse, paginate, read_json, service
+from .limits import MODEL_BODY_BYTES
 from .shapes import aggregate_json, artifact_json, model_json
 from .store import Row
+from .validation import register_path_ids
 from .weights import weights_response
 
 __all__ = ["ROUTES"]
@@ -36,7 +38,7 @@ async def create_model(request: Request) -> Response:
     svc = service(request)
     identity = await run_in_threadpool(authenticate, request, svc.store)
     user = identity.require_admin()
-    body = await read_json(request)
+    body = await read_json(request, limit=MODEL_BODY_BYTES)  # it carries the initial model
 
     def run() -> JSONResponse:
         model = svc.model(svc.create_model(body, user))
@@ -151,15 +153,16 @@ def trigger_aggregation(request: Request) -> Response:
     return JSONResponse(aggregate_json(aggregate), status_code=201)
 
 
+register_path_ids()  # {model_id:id}: 1 to 19 digits, else no route matches (404)
 ROUTES = [
     Route("/api/v1/models/", create_model, methods=["POST"]),
     Route("/api/v1/models/", list_models, methods=["GET"]),
-    Route("/api/v1/models/{model_id:int}/", get_model, methods=["GET"]),
-    Route("/api/v1/models/{model_id:int}/", patch_model, methods=["PATCH"]),
-    Route("/api/v1/models/{model_id:int}/", delete_model, methods=["DELETE"]),
-    Route("/api/v1/models/{model_id:int}/register_client/", register_client, methods=["POST"]),
-    Route("/api/v1/models/{model_id:int}/get_latest_aggregate/", latest_aggregate, methods=["GET"]),
-    Route("/api/v1/models/{model_id:int}/get_latest_model/", latest_model, methods=["GET"]),
-    Route("/api/v1/models/{model_id:int}/get_current_artifact/", current_artifact, methods=["GET"]),
-    Route("/api/v1/models/{model_id:int}/aggregate/", trigger_aggregation, methods=["POST"]),
+    Route("/api/v1/models/{model_id:id}/", get_model, methods=["GET"]),
+    Route("/api/v1/models/{model_id:id}/", patch_model, methods=["PATCH"]),
+    Route("/api/v1/models/{model_id:id}/", delete_model, methods=["DELETE"]),
+    Route("/api/v1/models/{model_id:id}/register_client/", register_client, methods=["POST"]),
+    Route("/api/v1/models/{model_id:id}/get_latest_aggregate/", latest_aggregate, methods=["GET"]),
+    Route("/api/v1/models/{model_id:id}/get_latest_model/", latest_model, methods=["GET"]),
+    Route("/api/v1/models/{model_id:id}/get_current_artifact/", current_artifact, methods=["GET"]),
+    Route("/api/v1/models/{model_id:id}/aggregate/", trigger_aggregation, methods=["POST"]),
 ]

@@ -29,7 +29,7 @@ from .httputil import (
 )
 from .shapes import aggregate_json, artifact_json, score_json, update_json
 from .store import Row
-from .validation import optional_int
+from .validation import query_fields, register_path_ids
 from .weights import weights_response
 
 __all__ = ["ROUTES"]
@@ -54,47 +54,52 @@ def _identity(request: Request) -> Identity:
 
 
 async def post_update(request: Request) -> Response:
-    """POST /model_updates/ (client): a JSON body, or a binary codec body with query fields."""
+    """POST /model_updates/ (client): a JSON body, or a binary codec body with query fields.
+
+    A request whose Idempotency-Key stored an update already is a replay: it passes the
+    same checks of its form (media type, fields) as a fresh one, then gets the original
+    update if it carries the same one, else 422.
+    """
     svc = service(request)
     client = (await run_in_threadpool(authenticate, request, svc.store)).require_client()
-    key = request.headers.get("idempotency-key")
+    key = _idempotency_key(request)
+    kind = media_type(request)
+    codec = None
+    query: dict[str, int | None] = {}
+    if kind != JSON and not kind.endswith("+json"):
+        try:
+            codec = svc.registry.for_media_type(kind)
+            query = query_fields(request.query_params)
+        except UnknownCodecError:
+            accepted = [JSON] + [
+                i.codec.media_type for i in svc.registry if not i.codec.json_native
+            ]
+            await drain(request)
+            raise detail(
+                415, f'Unsupported media type "{kind}" in request.', accepted=accepted
+            ) from None
+        except HTTPError:
+            await drain(request)
+            raise
     if key is not None:
-        key = key.strip()
-        if not key or len(key) > _MAX_KEY:
-            raise bad_request("Idempotency-Key", f"Expected 1 to {_MAX_KEY} characters.")
         existing = await run_in_threadpool(svc.store.update_by_key, client, key)
         if existing is not None:  # a retry gets the original update; another body a 422
             with svc.blobs.writer() as replayed:
                 await spool(request, replayed)
                 row = await run_in_threadpool(
-                    svc.replay, existing, media_type(request), request.query_params, replayed
+                    svc.replay, existing, None if codec is None else codec.name, query, replayed
                 )
             return JSONResponse(update_json(row), status_code=200)
-    kind = media_type(request)
     writer = svc.blobs.writer()
     try:
-        if kind == JSON or kind.endswith("+json"):
+        if codec is None:
             await spool(request, writer)
             row, created = await run_in_threadpool(svc.add_json_update, client, writer, key)
         else:
             try:
-                codec = svc.registry.for_media_type(kind)
-            except UnknownCodecError:
-                accepted = [JSON] + [
-                    i.codec.media_type for i in svc.registry if not i.codec.json_native
-                ]
-                await drain(request)
-                raise detail(
-                    415, f'Unsupported media type "{kind}" in request.', accepted=accepted
-                ) from None
-            query = request.query_params
-            fields = {
-                name: optional_int(query.get(name), name)
-                for name in ("federated_model", "base_aggregate", "num_examples")
-                if name in query
-            }
-            try:
-                checked = await run_in_threadpool(svc.check_update, client, fields)
+                checked = await run_in_threadpool(
+                    lambda: svc.check_update(client, query, json_body=False)
+                )
             except HTTPError:
                 await drain(request)
                 raise
@@ -105,6 +110,18 @@ async def post_update(request: Request) -> Response:
     finally:
         writer.discard()
     return JSONResponse(update_json(row), status_code=201 if created else 200)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > _MAX_KEY:
+        raise bad_request(
+            "Idempotency-Key", f"Expected 1 to {_MAX_KEY} characters, got {len(key)}."
+        )
+    return key
 
 
 def list_updates(request: Request) -> Response:
@@ -245,21 +262,22 @@ def get_score(request: Request) -> Response:
     return JSONResponse(score_json(row))
 
 
+register_path_ids()  # {id:id}: 1 to 19 digits, else no route matches (404)
 ROUTES = [
     Route("/api/v1/model_updates/", post_update, methods=["POST"]),
     Route("/api/v1/model_updates/", list_updates, methods=["GET"]),
-    Route("/api/v1/model_updates/{id:int}/", get_update, methods=["GET"]),
-    Route("/api/v1/model_updates/{id:int}/data/", update_data, methods=["GET"]),
+    Route("/api/v1/model_updates/{id:id}/", get_update, methods=["GET"]),
+    Route("/api/v1/model_updates/{id:id}/data/", update_data, methods=["GET"]),
     Route("/api/v1/model_aggregates/", list_aggregates, methods=["GET"]),
-    Route("/api/v1/model_aggregates/{id:int}/", get_aggregate, methods=["GET"]),
-    Route("/api/v1/model_aggregates/{id:int}/result/", aggregate_result, methods=["GET"]),
+    Route("/api/v1/model_aggregates/{id:id}/", get_aggregate, methods=["GET"]),
+    Route("/api/v1/model_aggregates/{id:id}/result/", aggregate_result, methods=["GET"]),
     Route(
-        "/api/v1/model_aggregates/{id:int}/publish_aggregate/", publish_aggregate, methods=["POST"]
+        "/api/v1/model_aggregates/{id:id}/publish_aggregate/", publish_aggregate, methods=["POST"]
     ),
     Route("/api/v1/model_artifacts/", list_artifacts, methods=["GET"]),
-    Route("/api/v1/model_artifacts/{id:int}/", get_artifact, methods=["GET"]),
-    Route("/api/v1/model_artifacts/{id:int}/values/", artifact_values, methods=["GET"]),
+    Route("/api/v1/model_artifacts/{id:id}/", get_artifact, methods=["GET"]),
+    Route("/api/v1/model_artifacts/{id:id}/values/", artifact_values, methods=["GET"]),
     Route("/api/v1/client_aggregate_scores/", post_score, methods=["POST"]),
     Route("/api/v1/client_aggregate_scores/", list_scores, methods=["GET"]),
-    Route("/api/v1/client_aggregate_scores/{id:int}/", get_score, methods=["GET"]),
+    Route("/api/v1/client_aggregate_scores/{id:id}/", get_score, methods=["GET"]),
 ]

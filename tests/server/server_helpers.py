@@ -111,3 +111,19 @@ def json_error(response: requests.Response, status: int) -> Any:
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     return response.json()
+
+
+def reason(response: requests.Response, status: int, field: str) -> str:
+    """Assert a JSON error answer with ``status`` about ``field``; return its messages joined."""
+    body = json_error(response, status)
+    assert field in body, body
+    messages = body[field] if isinstance(body[field], list) else [body[field]]
+    assert messages and all(isinstance(m, str) and m for m in messages), body
+    return " ".join(messages)
+
+
+def nested(depth: int, leaf: bytes = b"1", *, objects: bool = False) -> bytes:
+    """JSON text nesting ``leaf`` in ``depth`` arrays (objects ``{"a": ...}`` if ``objects``)."""
+    if objects:
+        return b'{"a": ' * depth + leaf + b"}" * depth
+    return b"[" * depth + leaf + b"]" * depth
