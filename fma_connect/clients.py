@@ -30,7 +30,7 @@ from .codecs.json_lists import check_document_size, fast_layers
 from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError, UnknownCodecError
 from .plugins import default_codec_registry
 from .registry import CodecRegistry
-from .spec import Spec, flatten, restore_like, untyped
+from .spec import Spec, flatten, spec_like, untyped
 
 __all__ = ["APIException", "WebClient"]
 
@@ -40,6 +40,8 @@ _API = API_PREFIX
 _JSON = "application/json"
 #: Response header holding the JSON fields of a response whose body is a binary payload.
 META_HEADER = "FMA-Meta"
+#: The JSON-native codec a ``json`` client asks for to receive tensors with their names.
+_NAMED = "npz-b64"
 #: JSON bodies larger than this are sent in slices with progress, like binary ones.
 _STREAM_JSON = 8 << 20
 
@@ -188,7 +190,7 @@ class WebClient:
         Raises:
             APIException: the service answered something other than 200 or 201.
         """
-        response = self._transport.request(
+        response = self._call(
             "POST",
             f"{_API}models/{self._federated_model_id}/register_client/",
             headers=self._client_headers(register=True),
@@ -228,9 +230,13 @@ class WebClient:
             fields["num_examples"] = num_examples
         try:
             if self._codec.json_native:
+                if self._codec.name == "json" and not spec.positional:
+                    # Plain lists carry no names: a service that reads these (the
+                    # reference server) pairs tensors by name; others ignore the field.
+                    fields["tensor_names"] = spec.names
                 body = dumps_json({**fields, "data": payload})
                 check_document_size(len(body), encoding=True)
-                response = self._transport.request(
+                response = self._call(
                     "POST",
                     path,
                     body=Chunks([body], self._progress) if len(body) > _STREAM_JSON else body,
@@ -240,7 +246,7 @@ class WebClient:
                 )
             else:
                 params = {k: v for k, v in fields.items() if v is not None}
-                response = self._transport.request(
+                response = self._call(
                     "POST",
                     path,
                     body=Chunks(payload, self._progress),
@@ -251,14 +257,7 @@ class WebClient:
                 )
         except APIError as exc:
             if exc.status_code == 415 and not self._codec.json_native:
-                json_codecs = [i.codec.name for i in self._registry if i.codec.json_native]
-                raise APIError(
-                    415,
-                    exc.detail,
-                    f"This service does not accept {self._codec.name!r} bodies "
-                    f"({self._codec.media_type}); a JSON-only service (such as the stock FMA "
-                    f"service) takes the JSON-native codecs: {', '.join(json_codecs)}",
-                ) from exc
+                raise APIError(415, exc.detail, self._unsupported_codec_hint(exc)) from exc
             raise
         self._spec = spec
         return _json(response)
@@ -283,7 +282,8 @@ class WebClient:
             APIException: the service did not answer 200.
         """
         _check_update_after(update_after)
-        response = self._transport.request(
+        target = self._target(like)
+        response = self._call(
             "GET",
             f"{_API}models/{self._federated_model_id}/get_latest_aggregate/",
             headers=self._client_headers(),
@@ -291,7 +291,7 @@ class WebClient:
         aggregate = _json(response)
         if not aggregate or not self._is_new(aggregate.get("id"), update_after):
             return None
-        aggregate["result"] = self._weights(aggregate.get("result"), like)
+        aggregate["result"] = self._weights(aggregate.get("result"), target)
         self._saw(aggregate["id"])
         return aggregate
 
@@ -305,7 +305,8 @@ class WebClient:
         Raises:
             APIException: the service did not answer 200.
         """
-        response = self._transport.request(
+        target = self._target(like)
+        response = self._call(
             "GET",
             f"{_API}models/{self._federated_model_id}/get_current_artifact/",
             headers=self._client_headers(),
@@ -313,7 +314,7 @@ class WebClient:
         artifact = _json(response)
         if not artifact:
             return None
-        artifact["values"] = self._weights(artifact.get("values"), like)
+        artifact["values"] = self._weights(artifact.get("values"), target)
         return artifact
 
     def check_for_latest_model(
@@ -336,24 +337,25 @@ class WebClient:
             APIException: the service did not answer 200.
         """
         _check_update_after(update_after)
-        response = self._transport.request(
+        target = self._target(like)
+        response = self._call(
             "GET",
             f"{_API}models/{self._federated_model_id}/get_latest_model/",
-            headers={**self._client_headers(), "Accept": self._accept()},
+            headers={**self._client_headers(), "Accept": self._accept(target)},
             stream=True,
         )
         if _is_json(response):
-            latest, restored = self._json_with_weights(response, "values", like)
+            latest, restored = self._json_with_weights(response, "values", target)
             if not latest or not self._is_new(latest.get("aggregate"), update_after):
                 return None
             if not restored:
-                latest["values"] = self._weights(latest.get("values"), like)
+                latest["values"] = self._weights(latest.get("values"), target)
         else:
             latest = _meta(response)
             if not self._is_new(latest.get("aggregate"), update_after):
                 response.close()
                 return None
-            latest["values"] = self._restore(self._decode_binary(response), like)
+            latest["values"] = self._restore(self._decode_binary(response), target)
         self._saw(latest.get("aggregate"))
         return latest
 
@@ -367,7 +369,7 @@ class WebClient:
         """
         _refuse_non_finite(results, "validation_results")
         body = {"validation_results": results, "aggregate": aggregate_id, "client": self.uuid}
-        response = self._transport.request(
+        response = self._call(
             "POST",
             f"{_API}client_aggregate_scores/",
             body=dumps_json(body),
@@ -376,17 +378,80 @@ class WebClient:
         )
         return _json(response)
 
+    def __repr__(self) -> str:
+        # Never self.uuid, which registers a client; and the UUID is the client's only
+        # credential on the stock service, so a repr (which ends up in logs) shows a prefix.
+        uuid = "unregistered" if self._uuid is None else repr(f"{self._uuid[:8]}...")
+        return (
+            f"WebClient(federated_model_id={self._federated_model_id!r}, url={self._url!r}, "
+            f"codec={self._codec.name!r}, uuid={uuid})"
+        )
+
     # -- internals ------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **options: Any) -> requests.Response:
+        """Send a request as this client; an unknown or unregistered client is told what to do."""
+        try:
+            return self._transport.request(method, path, **options)
+        except APIError as exc:
+            if exc.status_code in (401, 403) and exc.hint is None:
+                hint = self._identity_hint(exc)
+                if hint is not None:
+                    raise APIError(exc.status_code, exc.detail, hint) from exc
+            raise
+
+    def _identity_hint(self, exc: APIError) -> str | None:
+        """What to do when the service does not know this client, or not for this model."""
+        text = str(exc.detail).lower()
+        model = self._federated_model_id
+        if "invalid uuid" in text:
+            return (
+                f"The service does not know client {self._uuid} (registered on another "
+                "service, or its registration was lost): create the WebClient without uuid= "
+                "to register a new client, and keep its new client.uuid"
+            )
+        if "not registered" in text or "permission" in text:  # ours, and the stock one's
+            return (
+                f"Client {self._uuid} may not use federated model {model}: if it is not "
+                "registered with that model, call register() first (it keeps this uuid)"
+            )
+        return None
+
+    def _unsupported_codec_hint(self, exc: APIError) -> str:
+        """Why a service refused a binary body (415), and what to do about it."""
+        detail = exc.detail if isinstance(exc.detail, dict) else {}
+        accepted = detail.get("accepted")
+        json_codecs = ", ".join(i.codec.name for i in self._registry if i.codec.json_native)
+        if isinstance(accepted, list) and len(accepted) > 1:
+            # A server that speaks other binary codecs (the reference server) lacks this
+            # codec's plugin; installing it there is the fix, not falling back to JSON.
+            return (
+                f"This server does not have the {self._codec.name!r} codec "
+                f"({self._codec.media_type}); it accepts {', '.join(map(str, accepted))}. "
+                f"Install the plugin that provides {self._codec.name!r} where the server "
+                "runs and restart it (`fma-connect codecs` there lists its codecs), or use "
+                "one of the codecs it accepts"
+            )
+        return (
+            f"This service does not accept {self._codec.name!r} bodies "
+            f"({self._codec.media_type}); a JSON-only service (such as the stock FMA "
+            f"service) takes the JSON-native codecs: {json_codecs}"
+        )
 
     def _client_headers(self, register: bool = False) -> dict[str, str]:
         if register:
             return {"CLIENT-UUID": self._uuid} if self._uuid else {}
         return {"CLIENT-UUID": self.uuid}
 
-    def _accept(self) -> str:
+    def _accept(self, target: Spec | None) -> str:
         # Plain application/json asks for plain lists (what the original client gets);
         # a tagged JSON codec is asked for by name, a binary one by its media type.
         if self._codec.name == "json":
+            if target is not None and not target.positional and _NAMED in self._registry:
+                # Named weights are restored by name where the service can send names
+                # (the reference server: a tagged npz-b64 object); the stock service
+                # ignores Accept and sends plain lists, restored by position.
+                return f"{_JSON}; codec={_NAMED}, {_JSON};q=0.9"
             return _JSON
         if self._codec.json_native:
             return f"{_JSON}; codec={self._codec.name}"
@@ -407,30 +472,33 @@ class WebClient:
         if self._last_aggregate is None or current > self._last_aggregate:
             self._last_aggregate = current
 
-    def _weights(self, value: Any, like: Any) -> Any:
+    def _weights(self, value: Any, target: Spec | None) -> Any:
         """Turn a weight field of a JSON answer (inline weights or a URL) into weights."""
         if value is None:
             return None
         if isinstance(value, str):
-            return self._download(value, like)
+            return self._download(value, target)
         tagged = read_tag(value)
         if tagged is not None:
-            return self._restore(decode_with(self._registry.get(tagged[0]), value), like)
-        if like is None and self._spec is None:
+            return self._restore(decode_with(self._registry.get(tagged[0]), value), target)
+        if target is None:
             return value  # plain JSON and nothing to restore into: what the service sent
-        return self._restore(decode_with(self._registry.get("json"), value), like)
+        return self._restore(decode_with(self._registry.get("json"), value), target)
 
-    def _download(self, url: str, like: Any) -> Any:
-        response = self._transport.request(
-            "GET", url, headers={**self._client_headers(), "Accept": self._accept()}, stream=True
+    def _download(self, url: str, target: Spec | None) -> Any:
+        response = self._call(
+            "GET",
+            url,
+            headers={**self._client_headers(), "Accept": self._accept(target)},
+            stream=True,
         )
         if _is_json(response) or not _is_known_binary(response, self._registry):
             _check_json_length(response)
             body = self._transport.read_body(response, self._progress)
-            if like is not None or self._spec is not None:
+            if target is not None:
                 fast = fast_layers(memoryview(body).cast("B"))
                 if fast is not None:
-                    return self._restore(fast[1], like)
+                    return self._restore(fast[1], target)
             try:
                 value = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
@@ -438,11 +506,11 @@ class WebClient:
                     f"weights at {url} are neither JSON nor an installed binary codec "
                     f"(Content-Type {response.headers.get('Content-Type')!r}): {exc}"
                 ) from exc
-            return self._weights(value, like)
-        return self._restore(self._decode_binary(response), like)
+            return self._weights(value, target)
+        return self._restore(self._decode_binary(response), target)
 
     def _json_with_weights(
-        self, response: requests.Response, field: str, like: Any
+        self, response: requests.Response, field: str, target: Spec | None
     ) -> tuple[dict[str, Any], bool]:
         """Read a JSON object answer whose ``field`` may hold weights as plain lists.
 
@@ -452,11 +520,11 @@ class WebClient:
         """
         _check_json_length(response)
         body = self._transport.read_body(response, self._progress)
-        if like is not None or self._spec is not None:
+        if target is not None:
             fast = fast_layers(memoryview(body).cast("B"), field)
             if fast is not None:
                 fields, tensors = fast
-                fields[field] = self._restore(tensors, like)
+                fields[field] = self._restore(tensors, target)
                 return fields, True
         return _json(response, body), False
 
@@ -472,12 +540,12 @@ class WebClient:
             ) from exc
         return decode_with(codec, self._transport.read_body(response, self._progress))
 
-    def _restore(self, tensors: Tensors, like: Any) -> Any:
-        if like is not None:
-            return restore_like(like, tensors)
-        if self._spec is not None:
-            return self._spec.restore(tensors)
-        return untyped(tensors)
+    def _target(self, like: Any) -> Spec | None:
+        """What received weights are restored into: ``like``, else the last update's Spec."""
+        return spec_like(like) if like is not None else self._spec
+
+    def _restore(self, tensors: Tensors, target: Spec | None) -> Any:
+        return target.restore(tensors) if target is not None else untyped(tensors)
 
 
 def _check_uuid(value: object) -> str | None:

@@ -17,13 +17,16 @@ numbers and *numeric lists*: below the root, a rectangular list of numbers
 client sent it. The root itself is always the list of layers.
 Names join dict keys, list positions and the keys adapters give (torch's state_dict
 names...) with dots: ``{"fc": {"weight": w}}`` gives ``"fc.weight"``, ``[a, b]`` gives
-``"0"`` and ``"1"``.
+``"0"`` and ``"1"``. A dict's tensors are sent in sorted key order, as JAX flattens
+dicts, so equal trees give the same layer order (see :func:`wire_order`); an
+``OrderedDict`` keeps its own order.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +39,7 @@ from .frameworks.base import Branch, Framework, Leaf
 if TYPE_CHECKING:
     from .registry import FrameworkRegistry
 
-__all__ = ["LeafSpec", "Spec", "flatten", "restore_like", "untyped"]
+__all__ = ["LeafSpec", "Spec", "flatten", "restore_like", "spec_like", "untyped", "wire_order"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Spec:
     def names(self) -> list[str]:
         """The tensor names, in wire order."""
         return [leaf.name for leaf in self.leaves]
+
+    @property
+    def positional(self) -> bool:
+        """Whether the tensors are named by position only (a list of layers)."""
+        return _positional(self.names)
 
     @property
     def frameworks(self) -> list[str]:
@@ -141,7 +149,7 @@ class Spec:
                     f"tensor {leaf.name!r}: expected shape {leaf.shape}, "
                     f"received {array.shape} ({array.size} values)"
                 )
-            arrays.append(_cast(array.reshape(leaf.shape), leaf.dtype))
+            arrays.append(_cast(array.reshape(leaf.shape), leaf.dtype, leaf.name))
         return _build(self.treedef, self.leaves, arrays)
 
 
@@ -177,11 +185,20 @@ def restore_like(
         FrameworkError: the template cannot be read, or the tensors do not fit it (the
             message names the first difference).
     """
+    return spec_like(template, registry=registry).restore(tensors)
+
+
+def spec_like(template: Any, *, registry: FrameworkRegistry | None = None) -> Spec:
+    """The Spec that restores received tensors into ``template`` (see :func:`restore_like`).
+
+    Raises:
+        FrameworkError: the template cannot be read.
+    """
     try:
         _, spec = _flatten(template, registry, bind=True)
     except EncodeError as exc:
         raise FrameworkError(f"cannot restore into this template: {exc}") from exc
-    return spec.restore(tensors)
+    return spec
 
 
 def untyped(tensors: Tensors) -> list[np.ndarray] | dict[str, np.ndarray]:
@@ -227,23 +244,60 @@ def _flatten(tree: Any, registry: FrameworkRegistry | None, bind: bool) -> tuple
             return ("branch", adapter, part.meta, keys, children, node if bind else None)
         if isinstance(node, Mapping):
             keys = list(node)
-            children = [visit(node[k], (*path, str(k)), False) for k in keys]
-            return ("dict", type(node), keys, children)
+            # Tensors go on the wire in canonical order, the tree keeps the caller's order.
+            visited = {k: visit(node[k], (*path, str(k)), False) for k in wire_order(node)}
+            return ("dict", type(node), keys, [visited[k] for k in keys])
         if isinstance(node, list | tuple):
             children = [visit(v, (*path, str(i)), False) for i, v in enumerate(node)]
             if isinstance(node, tuple) and hasattr(node, "_fields"):
                 return ("namedtuple", type(node), children)
             return ("tuple" if isinstance(node, tuple) else "list", children)
+        where = f"at {name!r}" if path else "given as the weights"
         raise EncodeError(
-            f"cannot send the {type(node).__module__}.{type(node).__qualname__} at {name!r}: "
+            f"cannot send the {type(node).__module__}.{type(node).__qualname__} {where}: "
             "expected numpy arrays, numbers, dicts/lists/tuples of them, or objects of an "
-            f"installed framework ({', '.join(registry.names())})"
+            f"installed framework ({', '.join(registry.names())}){_hint(node)}"
         )
 
     treedef = visit(tree, (), True)
     if treedef[0] == "leaf":  # a bare array or number is sent as a list of one layer
         treedef = ("bare", treedef)
     return tensors, Spec(tuple(leaves), treedef)
+
+
+def wire_order(mapping: Mapping[Any, Any]) -> list[Any]:
+    """The order a mapping's entries are sent in: sorted keys, unless it is an OrderedDict.
+
+    Two dicts with the same keys are the same tree whatever their insertion order (JAX
+    flattens them sorted, and ``jax.jit``, ``tree_map`` and optax hand them back sorted),
+    so they must give the same layer order: a codec that sends layers by position (plain
+    ``json``, which the stock service averages position by position) would otherwise
+    pair one client's tensor with another's. An ``OrderedDict`` (a torch ``state_dict``)
+    keeps its order, which is part of its value.
+    """
+    keys = list(mapping)
+    if isinstance(mapping, OrderedDict):
+        return keys
+    try:
+        return sorted(keys)
+    except TypeError:  # keys of mixed types: by type, then by their text
+        return sorted(keys, key=lambda key: (type(key).__qualname__, str(key)))
+
+
+def _hint(node: Any) -> str:
+    """What to send instead of a common mistake (an iterator, an optimizer, None...)."""
+    if node is None:
+        return "; got None (did a function that should return the weights return nothing?)"
+    if isinstance(node, str | bytes):
+        return "; got text, not weights (load a file's weights first, e.g. with np.load)"
+    if isinstance(node, Iterator):
+        return (
+            "; an iterator such as model.parameters() is read once and has no names: send "
+            "model.state_dict(), or list(...) of it"
+        )
+    if type(node).__module__.startswith("torch.optim"):
+        return "; an optimizer holds no model weights: send the model's state_dict()"
+    return ""
 
 
 def _adapt(adapter: Framework, node: Any, name: str) -> Leaf | Branch:
@@ -259,12 +313,39 @@ def _adapt(adapter: Framework, node: Any, name: str) -> Leaf | Branch:
         ) from exc
 
 
-def _cast(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+def _cast(array: np.ndarray, dtype: np.dtype[Any], name: str) -> np.ndarray:
+    """Cast received values to the sent dtype; values it cannot hold are an error.
+
+    Raises:
+        FrameworkError: a value is beyond the range of ``dtype`` (numpy would make it
+            infinite, or wrap it around, without a word).
+    """
     if array.dtype == dtype:
         return array
-    if dtype.kind in "iu" and array.dtype.kind == "f":
-        array = np.rint(array)  # an average of integer weights rounds, not truncates
-    return array.astype(dtype)
+    if dtype.kind in "iu" and array.dtype.kind in "fiu":
+        if array.dtype.kind == "f":
+            array = np.rint(array)  # an average of integer weights rounds, not truncates
+        info = np.iinfo(dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            _out_of_range(name, dtype, array, f"[{info.min}, {info.max}]")
+    with np.errstate(over="ignore"):  # checked below, with a message that says where
+        cast = array.astype(dtype)
+    if dtype.kind in "fcV" and array.dtype.kind in "fc" and array.size:
+        # Finite values beyond the dtype's range (a float64 aggregate of 1e39 into float32)
+        # become infinite: compare the finiteness before and after.
+        finite = np.isfinite(cast)
+        if not finite.all() and not np.array_equal(np.isfinite(array), finite):
+            _out_of_range(name, dtype, array, "its finite range")
+    return cast
+
+
+def _out_of_range(name: str, dtype: np.dtype[Any], array: np.ndarray, limits: str) -> None:
+    low, high = np.min(array.real), np.max(array.real)
+    raise FrameworkError(
+        f"tensor {name!r}: the received values (from {low} to {high}) do not fit the sent "
+        f"dtype {dtype} ({limits}); restore into a wider dtype with like=, or send that "
+        "tensor in a wider dtype"
+    )
 
 
 def _build(node: Any, leaves: tuple[LeafSpec, ...], arrays: list[np.ndarray]) -> Any:

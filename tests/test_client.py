@@ -75,7 +75,9 @@ def test_register_failure_keeps_the_seed_message_format(registry: CodecRegistry)
     responses.post(f"{API}/models/7/register_client/", status=403, json={"detail": "Invalid UUID"})
     with pytest.raises(APIException) as err:
         client(registry).register()
-    assert str(err.value) == "An API error occurred (status_code=403): {'detail': 'Invalid UUID'}"
+    message = str(err.value)
+    assert message.startswith("An API error occurred (status_code=403): {'detail': 'Invalid UUID'}")
+    assert "does not know client" in message and "without uuid=" in message
     assert err.value.status_code == 403
 
 
@@ -196,7 +198,9 @@ def test_json_update_is_plain_lists_with_the_seed_fields(registry: CodecRegistry
         "federated_model": 7,
         "base_aggregate": 3,
         "num_examples": 50,
-        "data": [[[0.0, 0.1, 0.2], [0.3, 0.4, 0.5]], [1, 2]],
+        # A dict's tensors go in sorted key order, with their names beside them.
+        "data": [[1, 2], [[0.0, 0.1, 0.2], [0.3, 0.4, 0.5]]],
+        "tensor_names": ["bias", "dense"],
     }
 
 
@@ -251,6 +255,57 @@ def test_a_415_tells_which_codecs_a_json_only_service_accepts(registry: CodecReg
         client(registry, "msgpack").send_update(WEIGHTS)
 
 
+@responses.activate
+def test_a_415_from_a_server_lacking_the_codec_plugin_says_to_install_it_there(
+    registry: CodecRegistry,
+) -> None:
+    accepted = ["application/json", "application/vnd.fma-connect.msgpack"]
+    responses.post(
+        f"{API}/model_updates/",
+        status=415,
+        json={
+            "detail": 'Unsupported media type "application/x-zstd" in request.',
+            "accepted": accepted,
+        },
+    )
+    with pytest.raises(APIException) as refused:
+        client(registry, "msgpack").send_update(WEIGHTS)
+    message = str(refused.value)
+    assert "does not have the 'msgpack' codec" in message
+    assert "Install the plugin" in message and "application/vnd.fma-connect.msgpack" in message
+    assert "JSON-only" not in message
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("status", "detail", "hint"),
+    [
+        (401, "Invalid UUID", "create the WebClient without uuid="),
+        (403, f"Client {UUID} is not registered with federated model 7.", "call register() first"),
+    ],
+)
+def test_an_unknown_or_unregistered_client_is_told_what_to_do(
+    registry: CodecRegistry, status: int, detail: str, hint: str
+) -> None:
+    responses.get(f"{API}/models/7/get_latest_model/", status=status, json={"detail": detail})
+    with pytest.raises(APIException) as refused:
+        client(registry).check_for_latest_model()
+    assert refused.value.status_code == status
+    assert hint in str(refused.value) and detail in str(refused.value)
+
+
+@responses.activate
+def test_repr_names_the_client_without_registering_or_showing_the_whole_uuid(
+    registry: CodecRegistry,
+) -> None:
+    fresh = WebClient(7, url=BASE, registry=registry, codec="msgpack")
+    assert repr(fresh) == (
+        "WebClient(federated_model_id=7, url='http://fma.test', codec='msgpack', uuid=unregistered)"
+    )
+    assert repr(client(registry)).endswith("uuid='7f2a3c1e...')")
+    assert not responses.calls
+
+
 # -- reading weights back -----------------------------------------------------------
 
 
@@ -259,11 +314,14 @@ def test_latest_model_restores_json_values_to_the_sent_dtypes_and_names(
     registry: CodecRegistry,
 ) -> None:
     responses.post(f"{API}/model_updates/", status=201, json={"id": 1})
-    averaged = [[[0.0, 0.1, 0.2], [0.3, 0.4, 0.5]], [1.0, 2.0]]
+    averaged = [[1.0, 2.0], [[0.0, 0.1, 0.2], [0.3, 0.4, 0.5]]]  # in the sent (sorted) order
     responses.get(f"{API}/models/7/get_latest_model/", json={"values": averaged, "aggregate": 5})
     c = client(registry)
     c.send_update(WEIGHTS)
     latest = c.check_for_latest_model()
+    # Named weights are asked for with their names where the service can send them.
+    accept = responses.calls[1].request.headers["Accept"]
+    assert accept == "application/json; codec=npz-b64, application/json;q=0.9"
     assert latest is not None and latest["aggregate"] == 5
     assert latest["values"]["dense"].dtype == np.float32
     assert latest["values"]["dense"].tobytes() == WEIGHTS["dense"].tobytes()

@@ -16,7 +16,7 @@ Pair = namedtuple("Pair", ["left", "right"])
 
 def test_names_follow_the_tree_and_the_root_list_is_the_layer_list() -> None:
     tensors, spec = flatten({"fc": {"weight": np.zeros(2), "bias": 1.0}, "out": [np.ones(1)]})
-    assert spec.names == ["fc.weight", "fc.bias", "out.0"]
+    assert spec.names == ["fc.bias", "fc.weight", "out.0"]  # dicts in sorted key order
     assert [name for name, _ in tensors] == spec.names
 
 
@@ -54,8 +54,9 @@ def test_restore_casts_received_float64_to_the_sent_dtypes_and_rounds_ints() -> 
     _, spec = flatten(
         {"w": np.zeros((2, 2), np.float32), "n": np.zeros(2, np.int32), "e": np.zeros((0, 3))}
     )
+    assert spec.names == ["e", "n", "w"]  # the wire order: sorted keys
     back = spec.restore(
-        [("0", np.full((2, 2), 0.1)), ("1", np.array([1.6, -2.5])), ("2", np.array([]))]
+        [("0", np.array([])), ("1", np.array([1.6, -2.5])), ("2", np.full((2, 2), 0.1))]
     )
     assert back["w"].dtype == np.float32 and back["w"].shape == (2, 2)
     assert back["w"][0, 0] == np.float32(0.1)
@@ -113,5 +114,73 @@ def test_named_tensors_in_another_order_are_matched_by_name() -> None:
     tensors, spec = flatten({"b": np.zeros(2, np.float32), "a": np.ones(3, np.int8)})
     back = spec.restore(list(reversed(tensors)))
     assert list(back) == ["b", "a"] and back["a"].dtype == np.int8 and back["a"].shape == (3,)
-    with pytest.raises(FrameworkError, match="expected 'b', received 'a'"):
+    with pytest.raises(FrameworkError, match="expected 'b', received 'c'"):
         spec.restore([("a", np.ones(3)), ("c", np.zeros(2))])
+
+
+def test_equal_dicts_give_the_same_layer_order_and_keep_their_own_order() -> None:
+    """A positional wire (plain JSON) must pair equal trees tensor by tensor."""
+    a, b = np.zeros(2), np.ones(2)
+    init = {"scale": a, "bias": b, "inner": {"w": a, "k": b}}
+    transformed = {"bias": b, "inner": {"k": b, "w": a}, "scale": a}  # as jax.jit gives it
+    wire = [[n for n, _ in flatten(tree)[0]] for tree in (init, transformed)]
+    assert wire[0] == wire[1] == ["bias", "inner.k", "inner.w", "scale"]
+    tensors, spec = flatten(init)
+    restored = spec.restore(tensors)
+    assert list(restored) == ["scale", "bias", "inner"] and list(restored["inner"]) == ["w", "k"]
+    # A template in another key order restores each tensor into its own key.
+    positional = [(str(i), array) for i, (_, array) in enumerate(tensors)]
+    back = flatten(transformed)[1].restore(positional)
+    assert back["bias"] is not None and back["bias"].tolist() == [1, 1]
+    assert back["scale"].tolist() == [0, 0]
+
+
+def test_an_ordered_dict_keeps_its_order_on_the_wire() -> None:
+    state = OrderedDict([("fc.weight", np.zeros(2)), ("fc.bias", np.ones(1))])
+    assert flatten(state)[1].names == ["fc.weight", "fc.bias"]
+
+
+def test_dicts_with_keys_of_mixed_types_have_one_order() -> None:
+    first = flatten({1: np.zeros(1), "a": np.ones(1)})[1].names
+    assert first == flatten({"a": np.ones(1), 1: np.zeros(1)})[1].names
+
+
+@pytest.mark.parametrize(
+    ("weights", "hint"),
+    [
+        (None, "return nothing"),
+        ("weights.npz", "got text"),
+        (iter([np.zeros(1)]), "state_dict()"),
+        ((x for x in [np.zeros(1)]), "list(...)"),
+    ],
+)
+def test_a_top_level_object_that_is_not_weights_is_named_without_a_path(
+    weights: Any, hint: str
+) -> None:
+    with pytest.raises(EncodeError) as refused:
+        flatten(weights)
+    message = str(refused.value)
+    assert "given as the weights" in message and "at '0'" not in message
+    assert hint in message
+
+
+@pytest.mark.parametrize(
+    ("dtype", "received", "limits"),
+    [
+        (np.float32, [1e39, 0.0], "finite range"),
+        (np.float16, [7e4, 0.0], "finite range"),
+        (np.int8, [300.0, 0.0], "[-128, 127]"),
+        (np.uint8, [-1.0, 0.0], "[0, 255]"),
+    ],
+)
+def test_received_values_beyond_the_sent_dtype_are_an_error_not_inf_or_wrapped(
+    dtype: Any, received: list[float], limits: str
+) -> None:
+    _, spec = flatten({"w": np.zeros(2, dtype)})
+    with pytest.raises(FrameworkError, match=r"'w'.*do not fit the sent dtype") as refused:
+        spec.restore([("0", np.array(received))])
+    assert limits in str(refused.value)
+    # NaN and infinities that were sent as such are kept, as before.
+    if np.dtype(dtype).kind == "f":
+        back = spec.restore([("0", np.array([np.inf, np.nan]))])["w"]
+        assert np.isinf(back[0]) and np.isnan(back[1])

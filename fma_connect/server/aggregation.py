@@ -132,6 +132,11 @@ class Accumulator:
         self._weight: Weight = 0
         #: Per integer tensor, a bound on the magnitude of its weighted sum.
         self._bounds: list[Weight] = []
+        #: Per tensor, a bound on the magnitude of its weighted sum (any dtype), and the
+        #: power of two ``e`` its float sums are kept divided by (2**-e), so that they
+        #: cannot overflow (see :meth:`_rescale`).
+        self._magnitudes: list[Fraction] = []
+        self._exps: list[int] = []
         self.count = 0
 
     def add(self, tensors: Tensors, weight: float = 1.0, *, typed: bool = True) -> str | None:
@@ -150,6 +155,12 @@ class Accumulator:
         reason = self._mismatch(tensors)
         if reason is not None:
             return reason
+        magnitudes: list[Fraction] = []
+        for name, array in tensors:  # one pass: the largest value, and whether all are finite
+            magnitude = _max_abs(array)
+            if magnitude is None:
+                return f"tensor {name!r} holds NaN or infinite values"
+            magnitudes.append(magnitude)
         if not self._names:
             self._names = [name for name, _ in tensors]
             self._shapes = [array.shape for _, array in tensors]
@@ -158,6 +169,8 @@ class Accumulator:
             self._plain = [None] * len(tensors)
             self._span = [None] * len(tensors)
             self._bounds = [0] * len(tensors)
+            self._magnitudes = [Fraction(0)] * len(tensors)
+            self._exps = [0] * len(tensors)
         elif _positional(self._names):  # the mean takes the names of any named update
             self._names = [name for name, _ in tensors]
         seen = self._typed if typed else self._plain
@@ -172,6 +185,7 @@ class Accumulator:
                 )
         scale = _exact(weight)
         self._widen(tensors, scale)
+        self._rescale(magnitudes, scale)
         self._held.append((tensors, scale))
         self._weight += scale
         self.count += 1
@@ -184,25 +198,62 @@ class Accumulator:
         if not self.count:
             raise ValueError("no update was added")
         out: Tensors = []
-        for i, (name, shape, wide) in enumerate(
-            zip(self._names, self._shapes, self._wide, strict=True)
-        ):
+        for i, (name, wide) in enumerate(zip(self._names, self._wide, strict=True)):
             dtype = _result_dtype(self._typed[i], self._plain[i], self._span[i])
-            mean = np.empty(shape, dtype)
-            flat = mean.reshape(-1)
-            for start in range(0, flat.size, SLICE):
-                part = slice(start, start + SLICE)
-                held = self._held
-                if self._sums is not None:
-                    total = self._sums[i][part].copy()
-                else:  # starts from the first update, not from zeros, to keep -0.0
-                    total = _scaled(_flat(held[0][0][i][1])[part], held[0][1], wide)
-                    held = held[1:]
-                for tensors, weight in held:
-                    _add_scaled(total, _flat(tensors[i][1])[part], weight)
-                flat[part] = _mean(total, self._weight, dtype)
+            mean = self._mean_of(i, wide, dtype)
+            if mean is None:  # beyond the range of dtype: float64 holds any finite mean
+                mean = self._mean_of(i, wide, _widest_float(dtype))
+                assert mean is not None
             out.append((name, mean))
         return out
+
+    def _mean_of(self, i: int, wide: np.dtype[Any], dtype: np.dtype[Any]) -> np.ndarray | None:
+        """Tensor ``i``'s mean in ``dtype``; None if a value is beyond what it can hold."""
+        e = self._exps[i]
+        mean = np.empty(self._shapes[i], dtype)
+        flat = mean.reshape(-1)
+        for start in range(0, flat.size, SLICE):
+            part = slice(start, start + SLICE)
+            held = self._held
+            if self._sums is not None:
+                total = self._sums[i][part].copy()
+            else:  # starts from the first update, not from zeros, to keep -0.0
+                total = _scaled(_flat(held[0][0][i][1])[part], held[0][1], wide, e)
+                held = held[1:]
+            for tensors, weight in held:
+                _add_scaled(total, _flat(tensors[i][1])[part], weight, e)
+            values = _mean(total, self._weight, dtype, e)
+            if values is None:
+                return None
+            flat[part] = values
+        return mean
+
+    def _rescale(self, magnitudes: list[Fraction], scale: Weight) -> None:
+        """Keep every float sum below overflow, whatever the values and weights.
+
+        Each tensor's float sum is kept divided by a power of two, 2**e, chosen from a
+        bound on its magnitude (the sum of each update's largest absolute value times
+        its weight), so that no partial sum can reach infinity. Powers of two scale
+        exactly: e stays 0, and results are bit for bit those of a plain sum, unless
+        values near the float64 limit or large weights (``num_examples`` up to 2**62)
+        would overflow; only then do values below ~1e-300 lose low bits.
+        """
+        # Each weighting and each addition rounds by at most half an ulp (2**970 at the
+        # top of the range), and a sum rounds to infinity from 2**1024 - 2**970: so n
+        # terms stay finite while the exact bound is at most this.
+        terms = self.count + 1
+        threshold = 2**1024 - terms * 2**971
+        for i, magnitude in enumerate(magnitudes):
+            self._magnitudes[i] += magnitude * scale
+            bound = self._magnitudes[i]
+            needed = self._exps[i]
+            if bound.numerator.bit_length() - bound.denominator.bit_length() >= 1022:
+                while bound > threshold * Fraction(2) ** needed:  # near the limit: exactly
+                    needed += 1
+            if needed > self._exps[i]:
+                if self._sums is not None and self._wide[i].kind in "fc":
+                    _pow2(self._sums[i], self._exps[i] - needed)
+                self._exps[i] = needed
 
     def _widen(self, tensors: Tensors, scale: Weight) -> None:
         """Choose each tensor's sum dtype so that adding ``tensors`` stays exact.
@@ -230,6 +281,8 @@ class Accumulator:
                 self._wide[i] = wider
                 if self._sums is not None:
                     self._sums[i] = self._sums[i].astype(wider)
+                    if wider.kind in "fc" and wide.kind not in "fc":  # now scaled as floats
+                        _pow2(self._sums[i], -self._exps[i])
 
     def _fold(self) -> None:
         held = self._held
@@ -240,17 +293,17 @@ class Accumulator:
                 np.empty(math.prod(shape), wide)
                 for shape, wide in zip(self._shapes, self._wide, strict=True)
             ]
-            for total, (_, array) in zip(self._sums, first, strict=True):
+            for total, (_, array), e in zip(self._sums, first, self._exps, strict=True):
                 source = _flat(array)
                 for start in range(0, total.size, SLICE):
                     part = slice(start, start + SLICE)
-                    total[part] = _scaled(source[part], weight, total.dtype)
+                    total[part] = _scaled(source[part], weight, total.dtype, e)
         for tensors, weight in held:
-            for total, (_, array) in zip(self._sums, tensors, strict=True):
+            for total, (_, array), e in zip(self._sums, tensors, self._exps, strict=True):
                 source = _flat(array)
                 for start in range(0, total.size, SLICE):
                     part = slice(start, start + SLICE)
-                    _add_scaled(total[part], source[part], weight)
+                    _add_scaled(total[part], source[part], weight, e)
         self._held = []
 
     def _mismatch(self, tensors: Tensors) -> str | None:
@@ -259,13 +312,11 @@ class Accumulator:
         for name, array in tensors:
             if array.dtype.kind not in "biufcV":
                 return f"tensor {name!r} has the non-numeric dtype {array.dtype}"
-            if not all_finite(array):
-                return f"tensor {name!r} holds NaN or infinite values"
         if not self._names:
             return None
         if len(tensors) != len(self._names):
             return (
-                f"expected {len(self._names)} tensors like the round's first update, "
+                f"expected {len(self._names)} tensors like the round's accepted updates, "
                 f"got {len(tensors)}"
             )
         by_position = _positional(self._names) or _positional([n for n, _ in tensors])
@@ -274,12 +325,13 @@ class Accumulator:
         ):
             if not by_position and name != expected:
                 return (
-                    f"tensor {i} is named {name!r}; the round's first update has {expected!r} there"
+                    f"tensor {i} is named {name!r}; the round's accepted updates have "
+                    f"{expected!r} there"
                 )
             if array.shape != shape:
                 return (
-                    f"tensor {expected!r} has shape {list(array.shape)}; the round's first "
-                    f"update has {list(shape)}"
+                    f"tensor {expected!r} has shape {list(array.shape)}; the round's "
+                    f"accepted updates have {list(shape)}"
                 )
         return None
 
@@ -289,16 +341,52 @@ def _flat(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1)
 
 
-def _scaled(part: np.ndarray, weight: Weight, wide: np.dtype[Any]) -> np.ndarray:
-    """``part * weight`` in the sum dtype ``wide``: one slice-sized array."""
+def _scaled(part: np.ndarray, weight: Weight, wide: np.dtype[Any], e: int = 0) -> np.ndarray:
+    """``part * weight`` in the sum dtype ``wide`` (divided by 2**e if it is a float sum)."""
     term = part.astype(wide)
+    if wide.kind in "iO":
+        if weight != 1:
+            term *= weight
+        return term
+    if e:  # before the weight: the product must not overflow either
+        _pow2(term, -e)
     if weight != 1:
-        term *= weight if wide.kind in "iO" else float(weight)
+        term *= float(weight)
     return term
 
 
-def _add_scaled(total: np.ndarray, part: np.ndarray, weight: Weight) -> None:
-    total += _scaled(part, weight, total.dtype)
+def _add_scaled(total: np.ndarray, part: np.ndarray, weight: Weight, e: int = 0) -> None:
+    total += _scaled(part, weight, total.dtype, e)
+
+
+def _pow2(array: np.ndarray, n: int) -> None:
+    """Multiply a float or complex array by 2**n in place (exact, barring underflow)."""
+    if array.dtype.kind == "c":
+        for part in (array.real, array.imag):
+            np.ldexp(part, n, out=part)
+    else:
+        np.ldexp(array, n, out=array)
+
+
+def _max_abs(array: np.ndarray) -> Fraction | None:
+    """The largest absolute value in a tensor, exactly; None if it holds NaN or infinity."""
+    if array.size == 0:
+        return Fraction(0)
+    if array.dtype.kind in "biu":
+        return Fraction(_magnitude(array))
+    flat = _flat(array)
+    largest = 0.0
+    for start in range(0, flat.size, SLICE):
+        part = flat[start : start + SLICE]
+        if part.dtype.kind == "V":  # ml_dtypes floats: numpy's reductions need a real dtype
+            part = part.astype(np.float64)
+        pieces = (part.real, part.imag) if part.dtype.kind == "c" else (part,)
+        for piece in pieces:
+            high, low = float(piece.max()), float(piece.min())
+            if not (math.isfinite(high) and math.isfinite(low)):
+                return None
+            largest = max(largest, abs(high), abs(low))
+    return Fraction(largest)
 
 
 def _start_wide(dtype: np.dtype[Any]) -> np.dtype[Any]:
@@ -324,10 +412,31 @@ def _magnitude(array: np.ndarray) -> int:
     return max(abs(int(array.max())), abs(int(array.min())))
 
 
-def _mean(total: np.ndarray, weight: Weight, dtype: np.dtype[Any]) -> np.ndarray:
-    """Divide a slice of sums by the total weight and cast it to ``dtype``."""
+def _mean(total: np.ndarray, weight: Weight, dtype: np.dtype[Any], e: int = 0) -> np.ndarray | None:
+    """Divide a slice of sums by the total weight and cast it to ``dtype``.
+
+    Args:
+        total: The slice of sums (float sums divided by 2**e).
+        weight: The total weight.
+        dtype: The mean's dtype.
+        e: See :meth:`Accumulator._rescale`.
+
+    Returns:
+        The mean, or None when a value is beyond the range of the float ``dtype``.
+    """
     if total.dtype.kind not in "iO":
         total /= float(weight)
+        parts = (total.real, total.imag) if total.dtype.kind == "c" else (total,)
+        if e:
+            _pow2(total, e)
+            # A mean lies between the values averaged, all finite: only rounding at the
+            # very top of float64's range can reach infinity, so it is clamped back.
+            for part in parts:
+                np.clip(part, -_FLOAT64_MAX, _FLOAT64_MAX, out=part)
+        if dtype.kind in "fcV" and dtype.itemsize < total.dtype.itemsize and total.size:
+            limit = _float_max(dtype)
+            if any(max(-float(p.min()), float(p.max())) > limit for p in parts):
+                return None
         return _cast(total, dtype)
     # Exact integer sums (int64, or Python ints / fractions): round the exact quotient.
     if dtype.kind in "iu":
@@ -344,6 +453,23 @@ def _mean(total: np.ndarray, weight: Weight, dtype: np.dtype[Any]) -> np.ndarray
         flags: np.ndarray = 2 * total >= weight
         return flags.astype(bool)
     return _cast((total / weight).astype(np.float64), dtype)
+
+
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+
+
+def _float_max(dtype: np.dtype[Any]) -> float:
+    """The largest finite value of a float (or complex, or ml_dtypes float) dtype."""
+    if dtype.kind == "V":
+        import ml_dtypes  # the only source of such dtypes
+
+        return float(ml_dtypes.finfo(dtype).max)  # type: ignore[no-untyped-call]
+    return float(np.finfo(dtype).max)
+
+
+def _widest_float(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """float64, or complex128 for a complex dtype: holds any finite mean."""
+    return np.dtype(np.complex128 if dtype.kind == "c" else np.float64)
 
 
 def _promote(first: np.dtype[Any], second: np.dtype[Any]) -> np.dtype[Any]:

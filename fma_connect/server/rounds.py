@@ -22,7 +22,8 @@ from .blobs import BlobStore
 from .errors import HTTPError, bad_request, not_found
 from .limits import PausePoint
 from .locks import KeyedLocks
-from .store import Row, Store
+from .store import NewBlob, Row, Store
+from .structure import Structure, difference, structure_of
 from .weights import load, result_codec, store_tensors
 
 __all__ = ["AutoAggregate", "Rounds"]
@@ -183,6 +184,8 @@ class Rounds:
         used: list[int] = []
         codecs: list[str] = []
         invalid: dict[int, str] = {}
+        if self.store.latest_aggregate(model["id"]) is None and model["current_artifact"] is None:
+            pending = self._by_first_round_majority(pending, clients)
         for update in pending:
             reason = None
             if update["client"] not in clients:
@@ -229,7 +232,49 @@ class Rounds:
             raise
         return aggregate_id, invalid
 
-    def _store_result(self, accumulator: Accumulator, codecs: list[str]) -> tuple[str, str, int]:
+    def _by_first_round_majority(self, pending: list[Row], clients: set[str]) -> list[Row]:
+        """Order a model's first round so that the structure most clients sent comes first.
+
+        A model created without an initial model has no structure until its first
+        aggregate. Its first round takes the structure (tensor count, names, shapes) sent
+        by the most registered clients; the Accumulator then refuses the other
+        structures. So one client's bogus first update cannot define the model and lock
+        every honest client out. On a tie the round does not run (its updates stay
+        PENDING for more to arrive).
+
+        Raises:
+            HTTPError: 400, two structures were sent by as many clients.
+        """
+        groups: list[tuple[Structure, set[str], list[Row]]] = []
+        unread: list[Row] = []
+        for update in pending:
+            try:
+                tensors = load(self.blobs, self.store.get_blob(update["blob"]), self.registry)
+            except (CodecError, OSError):
+                unread.append(update)  # the main pass says why
+                continue
+            shape = structure_of(tensors)
+            del tensors
+            group = next((g for g in groups if difference(g[0], shape, "") is None), None)
+            if group is None:
+                group = (shape, set(), [])
+                groups.append(group)
+            _, senders, members = group
+            members.append(update)
+            if update["client"] in clients:
+                senders.add(update["client"])
+        ordered = sorted(groups, key=lambda group: -len(group[1]))
+        if len(ordered) > 1 and len(ordered[0][1]) == len(ordered[1][1]) > 0:
+            counts = ", ".join(f"{len(g[1])} with {_describe(g[0])}" for g in ordered)
+            raise bad_request(
+                "non_field_errors",
+                "The model's first round has no majority structure: its clients sent "
+                f"{counts}. The round waits for more updates; give the model an "
+                "initial_model to define its structure.",
+            )
+        return [update for _, _, members in ordered for update in members] + unread
+
+    def _store_result(self, accumulator: Accumulator, codecs: list[str]) -> NewBlob:
         result = accumulator.result()
         errors = []
         for codec in result_codec(codecs, self.registry):
@@ -238,3 +283,10 @@ class Rounds:
             except EncodeError as exc:
                 errors.append(f"{codec.name}: {exc}")
         raise EncodeError(f"no installed codec can store the aggregate: {'; '.join(errors)}")
+
+
+def _describe(structure: Structure) -> str:
+    """A short description of a structure, for messages."""
+    shown = ", ".join(f"{name} {list(shape)}" for name, shape in structure[:3])
+    more = f", ... ({len(structure)} tensors)" if len(structure) > 3 else ""
+    return f"[{shown}{more}]"

@@ -1,8 +1,8 @@
 """What the reference server does, behind its HTTP routes: models, updates, rounds, scores.
 
 Everything here is synchronous and thread-safe; the routes run it in a worker thread.
-An update is checked against its model's structure and stored in one step, so two
-first updates of different structures cannot both get in. Rounds are run by
+An update is checked against its model's structure (its initial model or latest
+aggregate) and stored in one step. Rounds are run by
 :class:`~.rounds.Rounds`; updates a crash left RUNNING are PENDING again at start-up.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid as uuid_module
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,28 +19,34 @@ from typing import Any
 import orjson
 
 from ..codecs.base import Tensors, decode_with, read_tag
-from ..exceptions import CodecError
+from ..exceptions import CodecError, TooManyTensorsError
 from ..registry import CodecRegistry
 from .aggregation import all_finite
 from .blobs import BlobStore, BlobWriter
 from .datadir import DataDirLock, prepare
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
-from .limits import DEFAULT_MAX_TENSORS, PausePoint, check_tensor_count, check_tensors_schema
+from .jsonvalues import shown
+from .limits import DEFAULT_MAX_TENSORS, PausePoint, check_tensors_schema, too_many_tensors
 from .locks import KeyedLocks
 from .rounds import AutoAggregate, Rounds
-from .store import Row, Store
+from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
-from .validation import check_against_schema, model_fields, optional_int, reference
+from .validation import (
+    UPDATE_FIELDS,
+    check_against_schema,
+    check_depth,
+    json_object,
+    model_fields,
+    reference,
+    tensor_names,
+    update_fields,
+)
 from .weights import decode_data, load
 
 __all__ = ["Service"]
 
 TOKEN_ENV = "FMA_CONNECT_ADMIN_TOKEN"
-_JSON = "application/json"
-#: The fields of an update besides its weights (an idempotent replay has the same).
-_UPDATE_FIELDS = ("federated_model", "base_aggregate", "num_examples")
 _NO_TENSORS = "The update holds no tensors; send at least one."
-_INT64_MAX = 2**63 - 1
 #: A JSON integer literal of 19 digits or more (fraction and exponent digits excluded).
 _LONG_INTEGER = re.compile(rb"(?<![\w.+-])-?[0-9]{19,}(?![0-9.eE])")
 log = logging.getLogger("fma_connect.server")
@@ -93,8 +100,8 @@ class Service:
         self._pause = PausePoint()  # crash tests only (FMA_CONNECT_TEST_PAUSE)
         #: model id -> (blob id, structure) of the blob that established its structure.
         self._structures: dict[int, tuple[int, Structure]] = {}
-        # Checking an update against the model's structure and storing it is one step,
-        # so two first updates of different structures cannot both get in.
+        # Checking an update against the model's structure and storing it is one step per
+        # model, so an update is never stored against a structure that just changed.
         self._intake = KeyedLocks()
         self.rounds = Rounds(
             self.store,
@@ -139,7 +146,10 @@ class Service:
         fields, clients = model_fields({"developer": user, **body}, self.store)
         initial = None
         if body.get("initial_model") is not None:
-            initial, _ = self._store_json_weights(body["initial_model"], "initial_model")
+            names = tensor_names(body, "initial_model_tensor_names", body["initial_model"])
+            initial, _ = self._store_json_weights(
+                body["initial_model"], "initial_model", names=names
+            )
         try:
             return self.store.insert_model(fields, clients or [], initial)
         except BaseException:
@@ -165,20 +175,29 @@ class Service:
 
     # -- updates ---------------------------------------------------------------------
 
-    def check_update(self, client: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate an update's fields (not its data); return them normalised.
+    def check_update(
+        self, client: str, fields: Mapping[str, Any], *, json_body: bool = True
+    ) -> dict[str, Any]:
+        """Validate an update's fields and what they name; return them normalised.
+
+        Args:
+            client: The sender.
+            fields: The JSON body, or the query fields of a binary body.
+            json_body: Whether ``fields`` is a JSON body (see
+                :func:`~.validation.update_fields`: its data's form is checked too, not
+                its tensors).
 
         Raises:
             HTTPError: 400 for bad fields, 403 when the client is not registered.
         """
-        model_id = reference(fields, "federated_model", required=True)
-        assert model_id is not None
+        checked = update_fields(fields, json_body=json_body)
+        model_id = checked["federated_model"]
         if self.store.get_model(model_id) is None:
             raise bad_request(
                 "federated_model", f'Invalid pk "{model_id}" - object does not exist.'
             )
         self.model_for_client(model_id, client)
-        base = reference(fields, "base_aggregate", required=False)
+        base = checked["base_aggregate"]
         if base is not None:
             aggregate = self.store.get_aggregate(base)
             if aggregate is None or aggregate["federated_model"] != model_id:
@@ -186,17 +205,7 @@ class Service:
                     "base_aggregate",
                     f'Invalid pk "{base}" - no such aggregate of federated model {model_id}.',
                 )
-        examples = fields.get("num_examples")
-        if examples is not None and (type(examples) is not int or not 1 <= examples <= _INT64_MAX):
-            raise bad_request(
-                "num_examples", f"Expected null or an integer from 1 to {_INT64_MAX}."
-            )
-        return {
-            "federated_model": model_id,
-            "client": client,
-            "base_aggregate": base,
-            "num_examples": examples,
-        }
+        return {**checked, "client": client}
 
     def add_json_update(self, client: str, spool: BlobWriter, key: str | None) -> tuple[Row, bool]:
         """Store an update whose JSON body was spooled to ``spool``; run a round if due.
@@ -228,7 +237,8 @@ class Service:
             if read_tag(body["data"]) is None:  # plain lists: checked as sent, as stock does
                 check_against_schema(schema, body["data"], "data")
                 schema = None
-            blob, shape = self._store_json_weights(body["data"], "data", raw, schema)
+            names = tensor_names(body, "tensor_names", body["data"])
+            blob, shape = self._store_json_weights(body["data"], "data", raw, schema, names)
         finally:
             spool.discard()
         return self._insert(fields, blob, key, shape)
@@ -239,12 +249,15 @@ class Service:
         """Store an update whose binary body (checked ``fields``) is in ``body``."""
         codec = self.registry.get(codec_name)
         try:
-            tensors = decode_with(codec, body.contents())
+            # Counted before the tensors are built, by the codecs that can (see decode_with).
+            tensors = decode_with(codec, body.contents(), max_tensors=self.max_tensors)
             shape = structure_of(tensors)
+        except TooManyTensorsError as exc:
+            body.discard()
+            raise too_many_tensors(exc.count, exc.limit) from exc
         except CodecError as exc:
             body.discard()
             raise bad_request("data", f"The {codec.name} body does not decode: {exc}") from exc
-        check_tensor_count(len(tensors), self.max_tensors)
         check_tensors_schema(self.model(fields["federated_model"])["update_schema"], tensors)
         problem = _NO_TENSORS if not shape else _not_finite(tensors)
         del tensors  # views of the spooled file
@@ -252,44 +265,54 @@ class Service:
             body.discard()
             raise bad_request("data", problem)
         filename = body.commit()
-        return self._insert(fields, (codec.name, filename, body.nbytes), key, shape)
+        return self._insert(fields, NewBlob(codec.name, filename, body.nbytes), key, shape)
 
-    def replay(self, row: Row, media_type: str, query: Mapping[str, str], spool: BlobWriter) -> Row:
+    def replay(
+        self, row: Row, codec: str | None, query: Mapping[str, Any], spool: BlobWriter
+    ) -> Row:
         """Answer a request whose Idempotency-Key stored ``row``: the same update again?
+
+        The request's fields pass the same checks as a fresh request's, then are compared
+        with the stored ones: ``1.0`` or ``true`` for ``1`` is refused, not "equal".
+        What they name is not looked up again, so the answer does not change when, say,
+        the client was unregistered since the original was stored.
+
+        Args:
+            row: The update the key stored.
+            codec: The codec of a binary body, or None for a JSON body.
+            query: The binary body's query fields (see :func:`~.validation.query_fields`).
+            spool: The request body.
 
         Returns:
             ``row``, when the request (spooled to ``spool``) carries the same update.
 
         Raises:
-            HTTPError: 422, the key was used for a different update.
+            HTTPError: 400 for fields a fresh request would be refused for; 422, the key
+                was used for a different update.
         """
         raw = spool.contents()
-        fields: dict[str, Any] = {}
-        if media_type == _JSON or media_type.endswith("+json"):
+        names = None
+        if codec is None:
+            body = json_object(raw)
+            fields = update_fields(body)
+            names = tensor_names(body, "tensor_names", body["data"])
+            tagged = read_tag(body["data"])  # well formed: update_fields checked it
+            codec = tagged[0] if tagged else "json"
             try:
-                body = orjson.loads(memoryview(raw))
-            except orjson.JSONDecodeError:
-                body = None
-            if isinstance(body, dict) and body.get("data") is not None:
-                tagged = read_tag(body["data"])
-                fields = {name: body.get(name) for name in _UPDATE_FIELDS}
-                payload = orjson.dumps(body["data"])
-                if self._same_update(row, fields, tagged[0] if tagged else "json", payload):
-                    return row
+                payload: Any = orjson.dumps(body["data"])
+            except orjson.JSONEncodeError:  # deeper than orjson writes: no stored update is
+                raise _key_reused(row) from None
         else:
-            try:
-                codec = self.registry.for_media_type(media_type).name
-                fields = {name: optional_int(query.get(name), name) for name in _UPDATE_FIELDS}
-            except (CodecError, HTTPError):
-                codec = ""
-            if codec and self._same_update(row, fields, codec, raw):
-                return row
+            fields = update_fields(query, json_body=False)
+            payload = raw
+        if self._same_update(row, fields, NewBlob(codec, "", 0, names), payload):
+            return row
         raise _key_reused(row)
 
     def _insert(
         self,
         fields: dict[str, Any],
-        blob: tuple[str, str, int],
+        blob: NewBlob,
         key: str | None,
         shape: Structure,
     ) -> tuple[Row, bool]:
@@ -309,7 +332,7 @@ class Service:
             self.blobs.delete([blob[1]])
             raise
         if not created:  # the key was used already: the same update again, or a misuse
-            same = self._same_update(row, fields, blob[0], self.blobs.read(blob[1]))
+            same = self._same_update(row, fields, blob, self.blobs.read(blob.filename))
             self.blobs.delete([blob[1]])
             if not same:
                 raise _key_reused(row)
@@ -318,9 +341,14 @@ class Service:
         return row, created
 
     def _store_json_weights(
-        self, value: Any, field: str, raw: Any = None, schema: Any = None
-    ) -> tuple[tuple[str, str, int], Structure]:
-        """Check and store JSON weights; return ``(codec, file, size)`` and their structure.
+        self,
+        value: Any,
+        field: str,
+        raw: Any = None,
+        schema: Any = None,
+        names: list[str] | None = None,
+    ) -> tuple[NewBlob, Structure]:
+        """Check and store JSON weights; return their blob and their structure.
 
         Args:
             value: The parsed weights.
@@ -328,14 +356,29 @@ class Service:
             raw: The request body they were parsed from, to find integers beyond 64 bits
                 (which orjson turns into floats).
             schema: An ``update_schema`` to check the tensors' plain-lists form against.
+            names: The names of plain layer lists, in order (see :func:`tensor_names`).
         """
-        if isinstance(value, list):  # plain layers: count them before making arrays
-            check_tensor_count(len(value), self.max_tensors, field)
         try:
-            codec, tensors = decode_data(value, self.registry)
+            # Plain layers and npz-b64 are counted before any array is made.
+            codec, tensors = decode_data(value, self.registry, max_tensors=self.max_tensors)
+        except TooManyTensorsError as exc:
+            raise too_many_tensors(exc.count, exc.limit, field) from exc
         except CodecError as exc:
             raise bad_request(field, str(exc)) from exc
-        check_tensor_count(len(tensors), self.max_tensors, field)
+        if names is not None:
+            if codec != "json":
+                raise bad_request(
+                    "tensor_names",
+                    f"tensor_names name plain layer lists; a {codec} payload names its own "
+                    "tensors: drop tensor_names.",
+                )
+            if len(names) != len(tensors):
+                raise bad_request(
+                    f"{field}_tensor_names" if field != "data" else "tensor_names",
+                    f"Expected one name per layer of {field}: {len(tensors)} names, got "
+                    f"{len(names)}.",
+                )
+            tensors = [(name, array) for name, (_, array) in zip(names, tensors, strict=True)]
         check_tensors_schema(schema, tensors)
         problem = _NO_TENSORS if not tensors else _not_finite(tensors)
         if problem is not None:
@@ -347,7 +390,7 @@ class Service:
         shape = structure_of(tensors)
         del tensors
         filename, nbytes = self.blobs.write([orjson.dumps(value)])
-        return (codec, filename, nbytes), shape
+        return NewBlob(codec, filename, nbytes, names), shape
 
     def _structure_problem(self, model_id: int, shape: Structure) -> str | None:
         """Why an update of this structure does not fit the model, or None."""
@@ -360,8 +403,10 @@ class Service:
     def _established(self, model_id: int) -> tuple[Structure, str] | None:
         """The model's structure and what established it, or None if nothing has yet.
 
-        That is its latest aggregate, else its current artifact (the initial model),
-        else its first update still waiting for a round.
+        That is its latest aggregate, else its current artifact (the initial model).
+        Before either exists, updates are not checked against each other on arrival: the
+        model's first round takes the structure most clients sent (see
+        :meth:`~.rounds.Rounds`), so no single client's first update can define it.
         """
         found: tuple[int, str] | None = None
         aggregate = self.store.latest_aggregate(model_id)
@@ -374,10 +419,7 @@ class Service:
                 what = "the initial model" if artifact["aggregate"] is None else "the artifact"
                 found = artifact["blob"], what
         if found is None:
-            first = self.store.first_open_update(model_id)
-            if first is None:
-                return None
-            found = first["blob"], f"the model's first pending update ({first['id']})"
+            return None
         blob_id, source = found
         cached = self._structures.get(model_id)
         if cached is None or cached[0] != blob_id:
@@ -390,12 +432,26 @@ class Service:
             self._structures[model_id] = cached
         return cached[1], source
 
-    def _same_update(self, row: Row, fields: Mapping[str, Any], codec: str, payload: Any) -> bool:
-        """Whether a request would store the same update as ``row`` (same fields, bytes)."""
-        if row["codec"] != codec or any(row[name] != fields.get(name) for name in _UPDATE_FIELDS):
+    def _same_update(
+        self, row: Row, fields: Mapping[str, Any], blob: NewBlob, payload: Any
+    ) -> bool:
+        """Whether a request would store the same update as ``row``.
+
+        Args:
+            row: The stored update.
+            fields: The request's update fields.
+            blob: The request's codec and tensor names (its file is not looked at).
+            payload: The request's weights, as they would be stored.
+        """
+        if row["codec"] != blob.codec or any(
+            row[name] != fields.get(name) for name in UPDATE_FIELDS
+        ):
+            return False
+        stored_blob = self.store.get_blob(row["blob"])
+        if stored_blob["tensor_names"] != blob.tensor_names:  # the same lists, other tensors
             return False
         try:
-            stored = self.blobs.read(self.store.get_blob(row["blob"])["filename"])
+            stored = self.blobs.read(stored_blob["filename"])
         except OSError:
             return True  # the original is unreadable: nothing to tell them apart by
         return _same_bytes(stored, payload)
@@ -411,20 +467,29 @@ class Service:
         if version is None:
             raise bad_request("version", "This field is required.")
         if not isinstance(version, str) or not version.strip() or len(version) > 100:
-            raise bad_request("version", "Expected a non-empty string of at most 100 characters.")
+            raise bad_request(
+                "version",
+                f"Expected a non-empty string of at most 100 characters, got {shown(version)}.",
+            )
         artifact = self.store.get_artifact(self.store.publish(aggregate, version))
         assert artifact is not None
         return artifact
 
     def add_score(self, client: str, body: Mapping[str, Any]) -> Row:
         """Store a client's validation results for an aggregate."""
+        check_depth(body)  # the results are written back, inside the answer
         aggregate_id = reference(body, "aggregate", required=True)
         assert aggregate_id is not None
         aggregate = self.store.get_aggregate(aggregate_id)
         if aggregate is None:
             raise bad_request("aggregate", f'Invalid pk "{aggregate_id}" - object does not exist.')
-        if body.get("client", client) != client:
-            raise bad_request("client", "Must be the client named by the CLIENT-UUID header.")
+        named = body.get("client", client)
+        if named != client and _uuid(named) != client:  # any spelling of the same UUID
+            raise bad_request(
+                "client",
+                f"Must be the client named by the CLIENT-UUID header ({client}), "
+                f"got {shown(named)}.",
+            )
         if "validation_results" not in body:
             raise bad_request("validation_results", "This field is required.")
         model = self.model(aggregate["federated_model"])
@@ -444,6 +509,14 @@ class Service:
         score = self.store.get_score(score_id)
         assert score is not None
         return score
+
+
+def _uuid(value: Any) -> str | None:
+    """The canonical form of a UUID string, or None."""
+    try:
+        return str(uuid_module.UUID(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _key_reused(row: Row) -> HTTPError:

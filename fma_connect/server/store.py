@@ -4,6 +4,10 @@ Payloads live in blob files (:mod:`.blobs`); rows point at them through the ``bl
 table. One connection, shared by the server's threads behind a lock, runs in WAL mode
 with ``synchronous=FULL``: a write that returned is on disk, so an acknowledged update
 survives a crash or restart. Rows come back as plain dicts; JSON columns are decoded.
+
+A write that needs a row another request may delete meanwhile (an update or a round of
+a model being deleted, a score of its aggregate) checks for it in its transaction, and
+raises the 4xx :class:`~.errors.HTTPError` the request answers, not a foreign-key error.
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ import secrets
 import sqlite3
 import threading
 import uuid as uuid_module
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-__all__ = ["PENDING", "Row", "Store", "now"]
+from .errors import HTTPError, bad_request, not_found
+
+__all__ = ["PENDING", "NewBlob", "Row", "Store", "now"]
 
 Row = dict[str, Any]
 
@@ -58,7 +64,8 @@ CREATE TABLE IF NOT EXISTS blobs (
     federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
     codec TEXT NOT NULL,
     filename TEXT NOT NULL UNIQUE,
-    nbytes INTEGER NOT NULL
+    nbytes INTEGER NOT NULL,
+    tensor_names TEXT
 );
 CREATE TABLE IF NOT EXISTS updates (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -108,6 +115,7 @@ _JSON_COLUMNS = (
     "update_schema",
     "client_agg_results_schema",
     "validation_results",
+    "tensor_names",
 )
 MODEL_FIELDS = (
     "name",
@@ -120,6 +128,23 @@ MODEL_FIELDS = (
     "client_agg_results_schema",
     "furthest_base_agg",
 )
+
+
+class NewBlob(NamedTuple):
+    """A blob file just written, for its row.
+
+    Attributes:
+        codec: The codec of its bytes.
+        filename: Its file in the blob store.
+        nbytes: Its size.
+        tensor_names: The names of its tensors in order, for a codec that carries none
+            (plain ``json``) when the sender gave them; None otherwise.
+    """
+
+    codec: str
+    filename: str
+    nbytes: int
+    tensor_names: list[str] | None = None
 
 
 def now() -> str:
@@ -149,6 +174,13 @@ class Store:
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
             self._conn.execute(f"PRAGMA {pragma}")
         self._conn.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database made by an earlier version up to this schema, in place."""
+        columns = {row["name"] for row in self.all("PRAGMA table_info(blobs)")}
+        if "tensor_names" not in columns:  # before names of plain JSON tensors were kept
+            self._conn.execute("ALTER TABLE blobs ADD COLUMN tensor_names TEXT")
 
     def close(self) -> None:
         """Close the connection."""
@@ -232,8 +264,13 @@ class Store:
         return self.one("SELECT uuid FROM clients WHERE uuid = ?", (client,)) is not None
 
     def register_client(self, model_id: int, client: str | None) -> str:
-        """Register ``client`` (a new one if None) with a model; return its UUID."""
+        """Register ``client`` (a new one if None) with a model; return its UUID.
+
+        Raises:
+            HTTPError: 404, the model is gone (deleted since the request looked it up).
+        """
         with self.transaction() as conn:
+            _require(conn, "models", model_id, not_found)
             if client is None:
                 client = str(uuid_module.uuid4())
                 conn.execute(
@@ -261,9 +298,9 @@ class Store:
         self,
         fields: Mapping[str, Any],
         clients: Sequence[str],
-        initial: tuple[str, str, int] | None,
+        initial: NewBlob | None,
     ) -> int:
-        """Create a model; ``initial`` is ``(codec, blob file, size)`` of its initial weights.
+        """Create a model; ``initial`` is the blob of its initial weights.
 
         The initial weights become the model's current artifact (version ``0.0.0``).
         """
@@ -279,7 +316,7 @@ class Store:
             model_id = int(cursor.lastrowid or 0)
             _set_clients(conn, model_id, clients)
             if initial is not None:
-                blob = _insert_blob(conn, model_id, *initial)
+                blob = _insert_blob(conn, model_id, initial)
                 _insert_artifact(conn, model_id, blob, None, "0.0.0")
         return model_id
 
@@ -333,21 +370,27 @@ class Store:
     # -- updates ---------------------------------------------------------------------
 
     def insert_update(
-        self, fields: Mapping[str, Any], blob: tuple[str, str, int], key: str | None
+        self, fields: Mapping[str, Any], blob: NewBlob, key: str | None
     ) -> tuple[Row, bool]:
         """Store an update; return ``(row, created)``.
 
         With an idempotency ``key`` already used by this client, nothing is stored and
         the original update comes back with ``created`` False (the caller then deletes
         the blob file it wrote).
+
+        Raises:
+            HTTPError: 400 naming ``federated_model``, when the model is gone (deleted
+                while the update was being received).
         """
         with self.transaction() as conn:
+            model_id = fields["federated_model"]
+            _require(conn, "models", model_id, lambda: _deleted("federated_model", model_id))
             if key is not None:
                 sql = "SELECT id FROM updates WHERE client = ? AND idempotency_key = ?"
                 found = conn.execute(sql, (fields["client"], key)).fetchone()
                 if found is not None:
                     return self._update(conn, found["id"]), False
-            blob_id = _insert_blob(conn, fields["federated_model"], *blob)
+            blob_id = _insert_blob(conn, fields["federated_model"], blob)
             cursor = conn.execute(
                 "INSERT INTO updates (federated_model, client, base_aggregate, num_examples, "
                 "status, blob, idempotency_key, created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -372,14 +415,6 @@ class Store:
     def get_update(self, update_id: int) -> Row | None:
         """Return an update row (with its blob's codec)."""
         return self.one(f"{_UPDATE_SELECT} WHERE u.id = ?", (update_id,))
-
-    def first_open_update(self, model_id: int) -> Row | None:
-        """The model's oldest update still waiting for (or in) a round."""
-        sql = (
-            f"{_UPDATE_SELECT} WHERE u.federated_model = ? AND u.status IN (?, ?) "
-            "ORDER BY u.id LIMIT 1"
-        )
-        return self.one(sql, (model_id, PENDING, RUNNING))
 
     def pending_updates(self, model_id: int) -> list[Row]:
         """The model's PENDING updates, oldest first."""
@@ -407,7 +442,7 @@ class Store:
     def record_round(
         self,
         model_id: int,
-        blob: tuple[str, str, int] | None,
+        blob: NewBlob | None,
         aggregator: str,
         used: Sequence[int],
         invalid: Mapping[int, str],
@@ -416,12 +451,16 @@ class Store:
 
         Args:
             model_id: The model.
-            blob: ``(codec, file, size)`` of the result; None when no update was usable.
+            blob: The result's blob; None when no update was usable.
             aggregator: The aggregator's name.
             used: Updates averaged into the result (marked COMPLETE).
             invalid: Updates refused, with the reason (marked INVALID).
+
+        Raises:
+            HTTPError: 404, the model was deleted during the round.
         """
         with self.transaction() as conn:
+            _require(conn, "models", model_id, not_found)
             conn.executemany(
                 "UPDATE updates SET status = ?, status_reason = ? WHERE id = ?",
                 [(INVALID, reason, i) for i, reason in invalid.items()],
@@ -431,7 +470,7 @@ class Store:
             parent = conn.execute(
                 "SELECT MAX(id) AS id FROM aggregates WHERE federated_model = ?", (model_id,)
             ).fetchone()["id"]
-            blob_id = _insert_blob(conn, model_id, *blob)
+            blob_id = _insert_blob(conn, model_id, blob)
             cursor = conn.execute(
                 "INSERT INTO aggregates (federated_model, blob, parent, aggregator, created_on) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -461,8 +500,13 @@ class Store:
         return [row["id"] for row in self.all(sql, (model_id, limit))]
 
     def publish(self, aggregate: Row, version: str) -> int:
-        """Make an aggregate the model's current artifact; return the artifact id."""
+        """Make an aggregate the model's current artifact; return the artifact id.
+
+        Raises:
+            HTTPError: 404, the aggregate is gone (its model was deleted meanwhile).
+        """
         with self.transaction() as conn:
+            _require(conn, "aggregates", aggregate["id"], not_found)
             return _insert_artifact(
                 conn, aggregate["federated_model"], aggregate["blob"], aggregate["id"], version
             )
@@ -472,9 +516,16 @@ class Store:
         return self.one("SELECT * FROM artifacts WHERE id = ?", (artifact_id,))
 
     def insert_score(self, aggregate_id: int, client: str, results: Any) -> int | None:
-        """Store a client's validation results; None if it already scored this aggregate."""
+        """Store a client's validation results; None if it already scored this aggregate.
+
+        Raises:
+            HTTPError: 400 naming ``aggregate``, when it is gone (its model was deleted).
+        """
         try:
             with self.transaction() as conn:
+                _require(
+                    conn, "aggregates", aggregate_id, lambda: _deleted("aggregate", aggregate_id)
+                )
                 cursor = conn.execute(
                     "INSERT INTO scores (aggregate, client, validation_results, created_on) "
                     "VALUES (?, ?, ?, ?)",
@@ -540,6 +591,18 @@ def _model_value(key: str, value: Any) -> Any:
     return value
 
 
+def _require(
+    conn: sqlite3.Connection, table: str, row_id: int, error: Callable[[], HTTPError]
+) -> None:
+    """Raise ``error()`` unless ``table`` has the row (checked inside the write's transaction)."""
+    if conn.execute(f"SELECT id FROM {table} WHERE id = ?", (row_id,)).fetchone() is None:
+        raise error()
+
+
+def _deleted(field: str, row_id: int) -> HTTPError:
+    return bad_request(field, f'Invalid pk "{row_id}" - object does not exist (it was deleted).')
+
+
 def _set_clients(conn: sqlite3.Connection, model_id: int, clients: Sequence[str]) -> None:
     conn.executemany(
         "INSERT OR IGNORE INTO model_clients (federated_model, client) VALUES (?, ?)",
@@ -547,12 +610,11 @@ def _set_clients(conn: sqlite3.Connection, model_id: int, clients: Sequence[str]
     )
 
 
-def _insert_blob(
-    conn: sqlite3.Connection, model_id: int, codec: str, filename: str, nbytes: int
-) -> int:
+def _insert_blob(conn: sqlite3.Connection, model_id: int, blob: NewBlob) -> int:
     cursor = conn.execute(
-        "INSERT INTO blobs (federated_model, codec, filename, nbytes) VALUES (?, ?, ?, ?)",
-        (model_id, codec, filename, nbytes),
+        "INSERT INTO blobs (federated_model, codec, filename, nbytes, tensor_names) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (model_id, blob.codec, blob.filename, blob.nbytes, _json_or_none(blob.tensor_names)),
     )
     return int(cursor.lastrowid or 0)
 

@@ -1,27 +1,43 @@
-"""Checking request bodies: model definitions, update fields, scores, JSON Schemas.
+"""Checking request input: model definitions, update fields, scores, ids in paths and queries.
 
 Each check raises :class:`~.errors.HTTPError` 400 with a DRF-shaped body
-(``{"<field>": ["why"]}``) naming what was expected and what arrived.
+(``{"<field>": ["why"]}``) naming what was expected and what arrived. Every field is
+checked for its JSON type before it is used (``true`` is no integer, ``1.0`` no id),
+and every kept JSON value for its depth (see :mod:`.jsonvalues`). JSON Schemas are
+checked in :mod:`.schemas`.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 import uuid as uuid_module
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped,unused-ignore]
+import orjson
+from starlette.convertors import Convertor, register_url_convertor
 
+from ..codecs.base import read_tag
+from ..exceptions import DecodeError
 from .aggregation import AGGREGATORS, REQUIREMENTS, check_requirement_args
 from .errors import HTTPError, bad_request
+from .jsonvalues import MAX_JSON_DEPTH, deeper_than, shown
+from .schemas import check_against_schema, schema_problem
 from .store import MODEL_FIELDS, Store
 
 __all__ = [
     "MODEL_DEFAULTS",
+    "UPDATE_FIELDS",
     "check_against_schema",
+    "check_depth",
+    "json_object",
     "model_fields",
     "optional_int",
+    "query_fields",
     "reference",
+    "register_path_ids",
+    "update_fields",
 ]
 
 #: What a new model gets for a field the request leaves out.
@@ -38,6 +54,13 @@ _REQUIRED = "This field is required."
 #: Ids and counts are SQLite integers: 64-bit.
 INT64_MAX = 2**63 - 1
 _SCHEMA_FIELDS = ("update_schema", "client_agg_results_schema")
+#: The fields of an update besides its weights, in a JSON body or a binary body's query.
+UPDATE_FIELDS = ("federated_model", "base_aggregate", "num_examples")
+#: Fields that hold weights: their decoding bounds them (and walking them would be slow).
+_WEIGHT_FIELDS = frozenset({"data", "initial_model"})
+#: An integer as a query writes it: ASCII digits, no sign but "-", no "_" (``int()`` takes
+#: "1_0" and other scripts' digits) and no more digits than ``int()`` reads by default.
+_INTEGER = re.compile(rf"-?[0-9]{{1,{sys.int_info.default_max_str_digits}}}")
 
 
 def model_fields(
@@ -48,32 +71,49 @@ def model_fields(
     Returns:
         The fields to store and the client UUIDs (None when ``clients`` was not sent).
     """
+    check_depth(body)
     errors: dict[str, list[str]] = {}
     fields = {key: body[key] for key in MODEL_FIELDS if key in body}
     merged = {**MODEL_DEFAULTS, **(current or {}), **fields}
 
     name = merged.get("name")
     if not isinstance(name, str) or not name.strip():
-        errors["name"] = [_REQUIRED if name is None else "Expected a non-empty string."]
+        errors["name"] = [
+            _REQUIRED if name is None else f"Expected a non-empty string, got {shown(name)}."
+        ]
     developer = merged.get("developer")
-    if type(developer) is not int or not store.user_exists(developer):
+    if type(developer) is not int:
+        errors["developer"] = [f"Incorrect type. Expected pk value, received {shown(developer)}."]
+    elif not store.user_exists(developer):
         errors["developer"] = [f'Invalid pk "{developer}" - object does not exist.']
-    if merged["aggregator"] not in AGGREGATORS:
+    if not isinstance(merged["aggregator"], str) or merged["aggregator"] not in AGGREGATORS:
         errors["aggregator"] = [_choice(merged["aggregator"], AGGREGATORS)]
     if type(merged["allow_aggregation"]) is not bool:
-        errors["allow_aggregation"] = ["Must be a valid boolean."]
+        errors["allow_aggregation"] = [
+            f"Must be a valid boolean, got {shown(merged['allow_aggregation'])}."
+        ]
     requirement = merged["requirement"]
-    if requirement is not None and requirement not in REQUIREMENTS:
+    args = merged["requirement_args"]
+    if requirement is not None and (
+        not isinstance(requirement, str) or requirement not in REQUIREMENTS
+    ):
         errors["requirement"] = [_choice(requirement, REQUIREMENTS)]
+    elif args is not None and (not isinstance(args, list) or len(args) > 1):
+        # No requirement takes more than one argument; the message stays short.
+        errors["requirement_args"] = [
+            f"Expected null, [] or [x] (for require_x_updates), got {shown(args)}."
+        ]
     else:
-        problem = check_requirement_args(requirement, merged["requirement_args"])
+        problem = check_requirement_args(requirement, args)
         if problem:
             errors["requirement_args"] = [problem]
     furthest = merged["furthest_base_agg"]
     if furthest is not None and (type(furthest) is not int or not 1 <= furthest <= INT64_MAX):
-        errors["furthest_base_agg"] = [f"Expected null or an integer from 1 to {INT64_MAX}."]
+        errors["furthest_base_agg"] = [
+            f"Expected null or an integer from 1 to {INT64_MAX}, got {shown(furthest)}."
+        ]
     for key in _SCHEMA_FIELDS:
-        problem = _schema_problem(merged[key])
+        problem = schema_problem(merged[key])
         if problem:
             errors[key] = [problem]
 
@@ -109,66 +149,199 @@ def reference(body: Mapping[str, Any], field: str, *, required: bool) -> int | N
         raise bad_request(
             field, "Invalid pk - object does not exist (ids are 64-bit integers; this is larger)."
         )
-    if type(value) is not int:
-        raise bad_request(
-            field, f"Incorrect type. Expected pk value, received {type(value).__name__}."
-        )
+    if type(value) is not int:  # bool is an int subclass: true is no id
+        raise bad_request(field, f"Incorrect type. Expected pk value, received {shown(value)}.")
     return value
 
 
-def optional_int(raw: str | None, field: str) -> int | None:
-    """Parse an integer query parameter (absent, empty or ``null`` -> None)."""
-    if raw is None or raw.strip().lower() in ("", "null", "none"):
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise bad_request(field, f"A valid integer is required, got {raw!r}.") from None
+def update_fields(body: Mapping[str, Any], *, json_body: bool = True) -> dict[str, Any]:
+    """Check the fields of an update, in its JSON body or its binary body's query.
 
+    A fresh update and an idempotent replay of one go through the same checks, so a
+    replay cannot slip in a value a fresh request refuses (``1.0`` or ``true`` for
+    ``1``). Nothing here reads the database: what exists is checked by the service.
 
-def check_against_schema(schema: Any, value: Any, field: str) -> None:
-    """Validate ``value`` against a JSON Schema (no-op for a None schema).
+    Args:
+        body: The JSON body, or the query fields of a binary body (see
+            :func:`query_fields`).
+        json_body: The weights are in ``body["data"]``: they must be there, a codec tag
+            in them must be well formed, and no other field may nest too deep.
+
+    Returns:
+        ``federated_model``, ``base_aggregate`` and ``num_examples``, checked.
 
     Raises:
-        HTTPError: 400 ``{field: [reason]}`` on a mismatch.
+        HTTPError: 400 naming every bad field.
     """
-    if schema is None:
-        return
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise bad_request(field, f"Does not match the model's schema at {where}: {error.message}")
+    errors: dict[str, list[str]] = {}
+    fields: dict[str, Any] = {}
+    for name, required in (("federated_model", True), ("base_aggregate", False)):
+        try:
+            fields[name] = reference(body, name, required=required)
+        except HTTPError as exc:
+            errors.update(exc.body)
+    examples = body.get("num_examples")
+    if examples is not None and (type(examples) is not int or not 1 <= examples <= INT64_MAX):
+        errors["num_examples"] = [
+            f"Expected null or an integer from 1 to {INT64_MAX}, got {shown(examples)}."
+        ]
+    fields["num_examples"] = examples
+    if json_body:
+        problem = _data_problem(body)
+        if problem is not None:
+            errors["data"] = [problem]
+        errors.update(_too_deep(body))
+    if errors:
+        raise HTTPError(400, errors)
+    return fields
 
 
-def _schema_problem(schema: Any) -> str | None:
-    if schema is None:
-        return None
-    if isinstance(schema, bool):
-        return None  # true / false are complete schemas
-    if not isinstance(schema, dict):
-        return "Expected a JSON Schema (an object) or null."
+def json_object(raw: Any) -> dict[str, Any]:
+    """Parse a JSON request body (bytes-like) that must be an object.
+
+    Raises:
+        HTTPError: 400 when it is not JSON, or not an object.
+    """
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.exceptions.SchemaError as exc:
-        return f"Not a valid JSON Schema: {exc.message}"
+        body = orjson.loads(memoryview(raw))
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, {"detail": f"JSON parse error - {exc}"}) from exc
+    if not isinstance(body, dict):
+        raise bad_request(
+            "non_field_errors",
+            f"Invalid data. Expected a dictionary, but got {type(body).__name__}.",
+        )
+    return body
+
+
+def query_fields(query: Mapping[str, str]) -> dict[str, int | None]:
+    """The update fields in the query of a binary update (only those it names).
+
+    Raises:
+        HTTPError: 400 for a value that is not an integer.
+    """
+    return {name: optional_int(query.get(name), name) for name in UPDATE_FIELDS if name in query}
+
+
+def check_depth(body: Mapping[str, Any]) -> None:
+    """Refuse a body whose fields (weights aside) nest more than the server keeps.
+
+    Raises:
+        HTTPError: 400 naming each such field.
+    """
+    errors = _too_deep(body)
+    if errors:
+        raise HTTPError(400, errors)
+
+
+def _too_deep(body: Mapping[str, Any]) -> dict[str, list[str]]:
+    return {
+        key: [f"Nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects, the most kept."]
+        for key, value in body.items()
+        if (key not in _WEIGHT_FIELDS or isinstance(value, dict)) and deeper_than(value)
+    }
+
+
+def _data_problem(body: Mapping[str, Any]) -> str | None:
+    """Why the ``data`` of a JSON update is missing or its codec tag malformed, or None."""
+    if "data" not in body:
+        return _REQUIRED
+    if body["data"] is None:
+        return "This field may not be null."
+    try:
+        read_tag(body["data"])
+    except DecodeError as exc:
+        return f"{str(exc)[:1].upper()}{str(exc)[1:]}."
     return None
+
+
+def optional_int(raw: str | None, field: str) -> int | None:
+    """Parse an integer query parameter (absent, empty or ``null`` -> None).
+
+    Raises:
+        HTTPError: 400 for anything but a plain integer (see :data:`_INTEGER`); one
+            beyond 64 bits is an integer, refused by the checks of its field.
+    """
+    if raw is None or raw.strip().lower() in ("", "null", "none"):
+        return None
+    if not _INTEGER.fullmatch(raw.strip()):
+        raise bad_request(field, f"A valid integer is required, got {shown(raw)}.")
+    return int(raw)
+
+
+class _RowId(Convertor[int]):
+    """A row id in a URL path: 1 to 19 digits.
+
+    SQLite ids are 64-bit, so a longer one names no row: it matches no route (404),
+    instead of reaching ``int()``, which refuses more than 4300 digits.
+    """
+
+    regex = "[0-9]{1,19}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+def register_path_ids() -> None:
+    """Make ``{name:id}`` in route paths a row id (see :class:`_RowId`); idempotent."""
+    register_url_convertor("id", _RowId())
 
 
 def _clients(value: Any, store: Store) -> tuple[list[str], str | None]:
     if not isinstance(value, list):
-        return [], f'Expected a list of items but got type "{type(value).__name__}".'
+        return [], f"Expected a list of client UUIDs, got {shown(value)}."
     clients = []
     for item in value:
         try:
-            client = str(uuid_module.UUID(str(item)))
+            if not isinstance(item, str):
+                raise ValueError(item)
+            client = str(uuid_module.UUID(item))
         except ValueError:
-            return [], f'"{item}" is not a valid UUID.'
+            return [], f"{shown(item)} is not a valid UUID."
         if not store.client_exists(client):
-            return [], f'Invalid pk "{item}" - object does not exist.'
+            return [], f"Invalid pk {shown(item)} - object does not exist."
         clients.append(client)
     return clients, None
 
 
 def _choice(value: Any, choices: Mapping[str, Any]) -> str:
-    return f'"{value}" is not a valid choice; expected one of: {", ".join(sorted(choices))}.'
+    return f"{shown(value)} is not a valid choice; expected one of: {', '.join(sorted(choices))}."
+
+
+#: The longest tensor name accepted (torch's longest state_dict keys are ~100 characters).
+MAX_NAME_LENGTH = 1024
+
+
+def tensor_names(body: Mapping[str, Any], key: str, data: Any) -> list[str] | None:
+    """Read the names of plain layer lists sent next to them (``tensor_names``).
+
+    Plain JSON layer lists carry no names; fma_connect clients send them in this field
+    (the stock service ignores it), so that updates are paired tensor by tensor by name,
+    never by position alone.
+
+    Returns:
+        The names, or None when the field is absent or null.
+
+    Raises:
+        HTTPError: 400 when they are not unique non-empty strings.
+    """
+    names = body.get(key)
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(
+        isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH for name in names
+    ):
+        raise bad_request(
+            key,
+            f"Expected a list of tensor names (non-empty strings of at most {MAX_NAME_LENGTH} "
+            f"characters), one per layer, got {shown(names)}.",
+        )
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise bad_request(key, f"Tensor names must be unique; {name!r} appears twice.")
+        seen.add(name)
+    return names

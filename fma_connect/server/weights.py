@@ -19,15 +19,18 @@ from starlette.responses import StreamingResponse
 from ..codecs.base import Codec, Tensors, decode_with, read_tag
 from ..exceptions import DecodeError, EncodeError, UnknownCodecError
 from ..registry import CodecRegistry
+from . import jsonstream
 from .blobs import CHUNK, BlobStore
 from .errors import detail
-from .store import Row
+from .store import NewBlob, Row
+from .structure import positional
 
 __all__ = [
     "JSON",
     "META_HEADER",
     "decode_data",
     "load",
+    "names_to_keep",
     "negotiate",
     "result_codec",
     "store_tensors",
@@ -40,13 +43,18 @@ META_HEADER = "FMA-Meta"
 _JSON_RANGES = frozenset({JSON, "*/*", "application/*"})
 
 
-def decode_data(value: Any, registry: CodecRegistry) -> tuple[str, Tensors]:
+def decode_data(
+    value: Any, registry: CodecRegistry, *, max_tensors: int | None = None
+) -> tuple[str, Tensors]:
     """Decode the ``data`` of a JSON update: plain layer lists or a tagged codec object.
+
+    ``max_tensors`` is :func:`~fma_connect.codecs.base.decode_with`'s.
 
     Returns:
         The codec's name and the tensors.
 
     Raises:
+        TooManyTensorsError: more tensors than ``max_tensors``.
         DecodeError: ``value`` is neither, or does not decode.
         UnknownCodecError: the tag names a codec that is not installed.
     """
@@ -57,9 +65,9 @@ def decode_data(value: Any, registry: CodecRegistry) -> tuple[str, Tensors]:
             raise DecodeError(
                 f"codec {codec.name!r} is binary: send it as a {codec.media_type} body"
             )
-        return codec.name, decode_with(codec, value)
+        return codec.name, decode_with(codec, value, max_tensors=max_tensors)
     if isinstance(value, list):
-        return "json", decode_with(registry.get("json"), value)
+        return "json", decode_with(registry.get("json"), value, max_tensors=max_tensors)
     raise DecodeError(
         "expected a list of layers (nested lists of numbers) or a tagged codec object "
         f'{{"codec", "format_version", "payload"}}, got {type(value).__name__}'
@@ -75,17 +83,29 @@ def load(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> Tensors:
     """
     codec = registry.get(blob["codec"])
     raw = blobs.read(blob["filename"])
-    if codec.json_native:
-        try:
-            value = orjson.loads(memoryview(raw))
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"stored {codec.name} payload is not JSON: {exc}") from exc
-        return decode_with(codec, value)
-    return decode_with(codec, raw)
+    if not codec.json_native:
+        return decode_with(codec, raw)
+    try:
+        value = orjson.loads(memoryview(raw))
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"stored {codec.name} payload is not JSON: {exc}") from exc
+    tensors = decode_with(codec, value)
+    names = blob.get("tensor_names")
+    if names is None:
+        return tensors
+    if len(names) != len(tensors):
+        raise DecodeError(f"the stored payload holds {len(tensors)} tensors for {len(names)} names")
+    return [(name, array) for name, (_, array) in zip(names, tensors, strict=True)]
 
 
-def store_tensors(blobs: BlobStore, tensors: Tensors, codec: Codec) -> tuple[str, str, int]:
-    """Encode and store tensors; return ``(codec name, file name, size)``.
+def names_to_keep(tensors: Tensors, codec: Codec) -> list[str] | None:
+    """The tensor names a blob row must keep: those a plain ``json`` payload loses."""
+    names = [name for name, _ in tensors]
+    return None if codec.name != "json" or positional(names) else names
+
+
+def store_tensors(blobs: BlobStore, tensors: Tensors, codec: Codec) -> NewBlob:
+    """Encode and store tensors (their names too, where ``codec`` drops them).
 
     Raises:
         EncodeError: the tensors cannot be written in ``codec``.
@@ -95,7 +115,7 @@ def store_tensors(blobs: BlobStore, tensors: Tensors, codec: Codec) -> tuple[str
         [orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)] if codec.json_native else payload
     )
     filename, nbytes = blobs.write(chunks)
-    return codec.name, filename, nbytes
+    return NewBlob(codec.name, filename, nbytes, names_to_keep(tensors, codec))
 
 
 def result_codec(update_codecs: Sequence[str], registry: CodecRegistry) -> list[Codec]:
@@ -189,20 +209,27 @@ def weights_response(
 def _json(
     blobs: BlobStore, blob: Row, registry: CodecRegistry, codec: Codec | None
 ) -> tuple[AsyncIterator[Any], int]:
-    """The weights as JSON: plain lists, or the JSON-native ``codec`` asked for."""
+    """The weights as JSON: plain lists, or the JSON-native ``codec`` asked for.
+
+    A conversion is written twice, piece by piece (:mod:`.jsonstream`): once here to
+    count its length (the Content-Length, and any error before the answer starts), once
+    as it streams, so the server never holds the whole text, which for plain lists is
+    several times the payload.
+    """
     target = codec if codec is not None else registry.get("json")
     if _codec(blob, registry).name == target.name:
         return blobs.stream_file(blob["filename"]), int(blob["nbytes"])
     tensors = _load(blobs, blob, registry)
     try:
-        text = orjson.dumps(target.encode(tensors), option=orjson.OPT_SERIALIZE_NUMPY)
+        document = target.encode(tensors)
+        nbytes = jsonstream.size(document)
     except (EncodeError, orjson.JSONEncodeError) as exc:
         raise detail(
             406,
             f"these weights cannot be written as {target.name} JSON ({exc}); ask for a binary "
             "codec in Accept, or for 'application/json; codec=npz-b64'",
         ) from exc
-    return _once(text), len(text)
+    return jsonstream.stream(document), nbytes
 
 
 def _binary(

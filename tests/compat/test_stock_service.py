@@ -121,3 +121,29 @@ def test_auth_failures_keep_the_seed_error_format(stock: StockServer) -> None:
         unknown.check_for_latest_model()
     with pytest.raises(APIException, match="status_code=404"):
         WebClient(10_000, url=stock.url).register()
+
+
+def test_equal_dicts_in_other_key_orders_are_averaged_tensor_by_tensor(stock: StockServer) -> None:
+    """The stock service averages by position: equal trees must give the same layer order.
+
+    One client holds its dict in init order, the other as ``jax.tree_util.tree_map`` and
+    ``jax.jit`` hand it back (sorted keys); a template in either order restores it.
+    """
+    model = create_model(stock)
+    clients = [WebClient(model, url=stock.url) for _ in range(2)]
+    zeros, tens = np.zeros(3, np.float32), np.full(3, 10, np.float32)
+    for client, update in zip(
+        clients, [{"scale": zeros, "bias": tens}, {"bias": tens, "scale": zeros}], strict=True
+    ):
+        client.register()
+        client.send_update(update)
+    assert stock.aggregate(model)["success"] is True
+    for client in clients:
+        latest = client.check_for_latest_model()
+        assert latest is not None
+        assert latest["values"]["scale"].tolist() == [0, 0, 0]
+        assert latest["values"]["bias"].tolist() == [10, 10, 10]
+    fresh = WebClient(model, url=stock.url, uuid=clients[0].uuid)
+    restored = fresh.check_for_latest_model(update_after=-2, like={"bias": zeros, "scale": zeros})
+    assert restored is not None
+    assert restored["values"]["bias"].tolist() == [10, 10, 10]

@@ -165,7 +165,7 @@ def test_a_third_party_framework_round_trips_through_its_plugin(plugins: None) -
     assert registry.names() == [*BUILTIN, "toy"] and registry.info("toy").plugin == "toy_plugin"
     tree = {"model": Model(w=Tensor([[1.5, 2.5]]), b=Tensor(7, "toy:1")), "lr": 0.1}
     tensors, spec = flatten(tree, registry=registry)
-    assert spec.names == ["model.w", "model.b", "lr"] and spec.frameworks == ["toy", "numpy"]
+    assert spec.names == ["lr", "model.w", "model.b"] and spec.frameworks == ["toy", "numpy"]
     back = spec.restore(over_the_wire("msgpack", tensors))
     assert isinstance(back["model"], Model) and back["lr"] == 0.1
     assert back["model"].tensors["b"].device == "toy:1"

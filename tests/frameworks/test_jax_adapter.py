@@ -79,15 +79,25 @@ def test_a_params_pytree_round_trips_bit_for_bit_with_its_structure(lossless: st
         assert bits(got) == bits(sent), path
 
 
-def test_names_follow_the_pytree_paths() -> None:
-    _, spec = flatten(params())
-    assert spec.names[:3] == [
-        "params.Dense_0.kernel",
-        "params.Dense_0.bias",
-        "params.Embed_0.embedding",
-    ]
-    assert spec.names[-2:] == ["batch_stats.0", "batch_stats.1"]  # tuples count by position
+def test_names_follow_the_pytree_paths_in_jaxs_own_leaf_order() -> None:
+    tree = params()
+    tensors, spec = flatten(tree)
+    assert "params.Dense_0.kernel" in spec.names
+    assert "batch_stats.0" in spec.names and "batch_stats.1" in spec.names  # by position
     assert spec.frameworks == ["jax"]
+    # The wire order is the order jax.tree_util flattens the tree in (dict keys sorted),
+    # whatever the insertion order of its dicts.
+    assert [bits(a) for _, a in tensors] == [bits(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+def test_a_template_in_jaxs_key_order_restores_plain_json_into_the_right_leaves() -> None:
+    """tree_map hands dicts back with sorted keys; positional weights still fit by path."""
+    init = {"scale": jnp.ones(2), "bias": jnp.zeros(2)}  # init order
+    tensors, _ = flatten(init)
+    positional = [(str(i), np.asarray(array) + 5 * i) for i, (_, array) in enumerate(tensors)]
+    template = jax.tree_util.tree_map(jnp.zeros_like, init)
+    back = restore_like(template, positional)
+    assert back["bias"].tolist() == [0.0, 0.0] and back["scale"].tolist() == [6.0, 6.0]
 
 
 def test_custom_pytree_nodes_are_rebuilt(lossless: str) -> None:
@@ -111,7 +121,7 @@ def test_a_committed_array_comes_back_on_its_device(lossless: str) -> None:
 
 def test_like_a_template_restores_json_float64_into_its_jax_dtypes() -> None:
     template = {"kernel": jnp.zeros((2, 2), jnp.bfloat16), "bias": jnp.zeros(2)}
-    received = [("0", np.array([[1.5, -2.0], [0.25, 3.0]])), ("1", np.array([0.1, 0.2]))]
+    received = [("0", np.array([0.1, 0.2])), ("1", np.array([[1.5, -2.0], [0.25, 3.0]]))]
     back = restore_like(template, received)
     assert back["kernel"].dtype == jnp.bfloat16 and back["kernel"].tolist() == [
         [1.5, -2],

@@ -221,3 +221,15 @@ def test_cuda_tensors_are_sent_from_the_cpu_and_come_back_on_their_device(lossle
     back = round_trip(tree, lossless)
     assert back["w"].device == tree["w"].device
     assert bits(back["w"]) == bits(tree["w"])
+
+
+@pytest.mark.parametrize(
+    ("what", "hint"),
+    [("parameters", "send model.state_dict()"), ("optimizer", "holds no model weights")],
+)
+def test_parameters_and_optimizers_are_refused_with_what_to_send(what: str, hint: str) -> None:
+    model = torch.nn.Linear(2, 2)
+    weights = model.parameters() if what == "parameters" else torch.optim.SGD(model.parameters())
+    with pytest.raises(EncodeError, match="given as the weights") as refused:
+        flatten(weights)
+    assert hint in str(refused.value)

@@ -175,7 +175,11 @@ def test_publish_and_score_input_errors(
 def test_refused_updates_never_count_and_invalid_ones_do_not_come_back(
     server: RunningServer, admin: AdminClient
 ) -> None:
-    model = admin.create_model("mismatch", requirement="require_x_updates", requirement_args=[2])
+    # The initial model defines the structure, so a mismatch is refused on arrival.
+    initial = {"w": np.zeros(4, np.float32), "b": np.zeros(2, np.float32)}
+    model = admin.create_model(
+        "mismatch", requirement="require_x_updates", requirement_args=[2], initial_model=initial
+    )
     clients = [WebClient(model["id"], url=server.url, codec="msgpack", retries=0) for _ in range(4)]
     # Stored, then its client leaves the model: a round refuses it (INVALID).
     clients[3].send_update({"w": np.full(4, 9, np.float32), "b": np.ones(2, np.float32)})
@@ -278,6 +282,7 @@ def test_pages_are_newest_first(
     assert len(admin.list_updates(model["id"])) == 12
 
 
+@pytest.mark.server_errors_expected("a blob file lost on the server's disk is the server's fault")
 def test_a_lost_payload_is_a_json_500_and_an_invalid_update(
     server: RunningServer, admin: AdminClient, data_dir: Path
 ) -> None:

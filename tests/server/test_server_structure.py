@@ -40,17 +40,33 @@ def test_updates_must_fit_the_initial_model(server: RunningServer, admin: AdminC
     assert len(admin.list_updates(model["id"])) == 1
 
 
-def test_the_first_update_sets_the_structure(server: RunningServer, admin: AdminClient) -> None:
+def test_without_an_initial_model_pending_updates_are_not_refused_against_each_other(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    """No single client's first update defines the model: its first round's majority does."""
     model = admin.create_model("first", allow_aggregation=False)
     named = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
     named.send_update({"w": np.zeros(4, np.float32), "b": np.zeros(2, np.float32)})
+    assert named.send_update({"w": np.zeros(5, np.float32), "b": np.zeros(2)})["status"] == PENDING
+    # Still refused on arrival: what no model can hold.
+    assert "no tensors" in _refused(named, {})
+    assert len(admin.list_updates(model["id"])) == 2
+
+
+def test_named_updates_must_fit_the_initial_model_by_name(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    initial = {"w": np.zeros(4, np.float32), "b": np.zeros(2, np.float32)}
+    model = admin.create_model("named", allow_aggregation=False, initial_model=initial)
+    named = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
     assert "shape" in _refused(named, {"w": np.zeros(5, np.float32), "b": np.zeros(2)})
     assert "'c'" in _refused(named, {"w": np.zeros(4, np.float32), "c": np.zeros(2)})
-    # Plain JSON carries no names: tensors are compared by position.
+    # Plain JSON from a client without names (the original client) is compared by position.
+    layers = [np.ones(2).tolist(), np.ones(4).tolist()]  # the initial model's order: b, w
     plain = WebClient(model["id"], url=server.url, retries=0)
-    assert plain.send_update([np.ones(4), np.ones(2)])["status"] == PENDING
+    assert plain.send_update(layers)["status"] == PENDING
     assert "expected 2 tensors" in _refused(plain, [np.ones(4)])
-    assert len(admin.list_updates(model["id"])) == 2
+    assert len(admin.list_updates(model["id"])) == 1
 
 
 def test_an_aggregate_sets_the_structure(server: RunningServer, admin: AdminClient) -> None:
