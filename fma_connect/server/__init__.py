@@ -7,8 +7,12 @@ build the ASGI app with :func:`create_app`. Tests run it in-process with
 Modules: :mod:`.app` (the app and its errors), ``routes_*`` (HTTP handlers),
 :mod:`.service` (what the routes do), :mod:`.rounds` (aggregation rounds),
 :mod:`.store` (SQLite metadata), :mod:`.blobs` (payload files), :mod:`.weights`
-(codecs on the wire), :mod:`.aggregation` (aggregators), :mod:`.auth`,
-:mod:`.validation`, :mod:`.shapes`, :mod:`.locks`.
+(codecs on the wire), :mod:`.jsonstream` (JSON answers written in pieces),
+:mod:`.aggregation` (aggregators), :mod:`.structure` (tensor names and shapes),
+:mod:`.auth`, :mod:`.validation`, :mod:`.schemas` (JSON Schemas),
+:mod:`.jsonvalues` (bounds on kept JSON), :mod:`.limits`, :mod:`.bounds` (slow and
+numerous clients), :mod:`.protocol` (the seam onto uvicorn), :mod:`.shapes`,
+:mod:`.locks`.
 """
 
 from __future__ import annotations

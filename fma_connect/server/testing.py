@@ -10,6 +10,7 @@ Both bind 127.0.0.1 on an ephemeral port and wait until the server answers.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,9 @@ __all__ = ["RunningServer", "ServerProcess", "running_server", "running_server_p
 
 _READY_TIMEOUT = 30.0
 _LISTENING = re.compile(r"listening on (http://\S+)")
+#: A line the child's log writes for an error (uvicorn's format) or a traceback.
+_ERROR_LINE = re.compile(r"(ERROR|CRITICAL):|Traceback \(most recent call last\)")
+log = logging.getLogger("fma_connect.server")
 
 
 class RunningServer(NamedTuple):
@@ -113,6 +117,10 @@ def running_server_process(
 ) -> Iterator[ServerProcess]:
     """Run ``fma-connect serve`` on an ephemeral port in a child process for the block.
 
+    The child's error lines (and tracebacks) are logged again, as they arrive, to this
+    process's ``fma_connect.server`` logger, so a test suite watching that logger for
+    server errors sees the child's too.
+
     Args:
         data_dir: The server's data directory.
         admin_token: The admin token to use (default: a random one).
@@ -159,6 +167,9 @@ def _wait_for_url(process: subprocess.Popen[str], seen: list[str]) -> str:
         assert process.stdout is not None
         for line in process.stdout:
             seen.append(line)
+            if _ERROR_LINE.match(line):
+                # Into this process's server log, where a test suite's log check sees it.
+                log.error("fma-connect serve (pid %s): %s", process.pid, line.rstrip())
             found = _LISTENING.search(line)
             if found and not result:
                 result.append(found.group(1))
