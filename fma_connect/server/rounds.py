@@ -17,11 +17,12 @@ from typing import Literal
 from ..exceptions import CodecError, EncodeError
 from ..registry import CodecRegistry
 from . import store as st
-from .aggregation import AGGREGATORS, Accumulator, requirement_met
+from .aggregation import AGGREGATORS, requirement_met
 from .blobs import BlobStore
 from .errors import HTTPError, bad_request, not_found
 from .limits import PausePoint
 from .locks import KeyedLocks
+from .mean import Accumulator
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
 from .weights import load, result_codec, store_tensors

@@ -21,13 +21,13 @@ import orjson
 from ..codecs.base import Tensors, decode_with, read_tag
 from ..exceptions import CodecError, TooManyTensorsError
 from ..registry import CodecRegistry
-from .aggregation import all_finite
 from .blobs import BlobStore, BlobWriter
 from .datadir import DataDirLock, prepare
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
 from .jsonvalues import shown
 from .limits import DEFAULT_MAX_TENSORS, PausePoint, check_tensors_schema, too_many_tensors
 from .locks import KeyedLocks
+from .mean import all_finite
 from .rounds import AutoAggregate, Rounds
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
@@ -216,15 +216,7 @@ class Service:
         """
         raw = spool.contents()
         try:
-            try:
-                body = orjson.loads(memoryview(raw))
-            except orjson.JSONDecodeError as exc:
-                raise HTTPError(400, {"detail": f"JSON parse error - {exc}"}) from exc
-            if not isinstance(body, dict):
-                raise bad_request(
-                    "non_field_errors",
-                    f"Invalid data. Expected a dictionary, but got {type(body).__name__}.",
-                )
+            body = json_object(raw)
             fields = self.check_update(client, body)
             if "data" not in body or body["data"] is None:
                 raise bad_request(

@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 import pytest
 import requests
+from raw_http import read_response
 from reliability_figures import Figures
 from reliability_support import check_data_dir
 
@@ -63,20 +64,8 @@ def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
 
 
 def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], Any]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection without answering"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    length = int(headers["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
-    return int(status_line.split(" ")[1]), headers, json.loads(body[:length])
+    status, headers, body = read_response(sock)
+    return status, headers, json.loads(body)
 
 
 def _routes_with_bodies(model_id: int, uuid: str, token: str) -> list[tuple[str, dict[str, str]]]:

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fma_connect.server.aggregation import Accumulator
+from fma_connect.server.mean import Accumulator
 
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 finite64 = st.floats(allow_nan=False, allow_infinity=False, width=64)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fma_connect.server import aggregation
-from fma_connect.server.aggregation import Accumulator, check_requirement_args, requirement_met
+from fma_connect.server import mean as mean_module
+from fma_connect.server.aggregation import check_requirement_args, requirement_met
+from fma_connect.server.mean import Accumulator
 
 
 def test_weighted_mean_keeps_dtypes_and_rounds_integers() -> None:
@@ -117,7 +118,7 @@ def test_requirements() -> None:
 
 
 def test_integer_sums_stay_exact_when_folded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aggregation, "FOLD_AT", 2)
+    monkeypatch.setattr(mean_module, "FOLD_AT", 2)
     acc = Accumulator()
     big = np.array([2**63 - 1, -(2**63)], np.int64)
     for _ in range(5):  # folded twice, then one held: sums beyond int64 on the way
@@ -131,7 +132,7 @@ def test_integer_sums_stay_exact_when_folded(monkeypatch: pytest.MonkeyPatch) ->
 def test_negative_zero_survives_a_mean_of_negative_zeros(
     monkeypatch: pytest.MonkeyPatch, fold_at: int
 ) -> None:
-    monkeypatch.setattr(aggregation, "FOLD_AT", fold_at)
+    monkeypatch.setattr(mean_module, "FOLD_AT", fold_at)
     for count in (1, 3):
         acc = Accumulator()
         for _ in range(count):
