@@ -263,7 +263,7 @@ class WebClient:
         return _json(response)
 
     def check_for_new_model_aggregate(
-        self, update_after: int | None = None, *, like: Any = None
+        self, update_after: int | np.integer[Any] | None = None, *, like: Any = None
     ) -> dict[str, Any] | None:
         """Return the latest aggregate if it is newer than ``update_after``.
 
@@ -318,7 +318,7 @@ class WebClient:
         return artifact
 
     def check_for_latest_model(
-        self, update_after: int | None = None, *, like: Any = None
+        self, update_after: int | np.integer[Any] | None = None, *, like: Any = None
     ) -> dict[str, Any] | None:
         """Return the latest model (aggregate or artifact) if newer than ``update_after``.
 
@@ -457,13 +457,13 @@ class WebClient:
             return f"{_JSON}; codec={self._codec.name}"
         return f"{self._codec.media_type}, {_JSON};q=0.9"
 
-    def _is_new(self, aggregate_id: Any, update_after: int | None) -> bool:
+    def _is_new(self, aggregate_id: Any, update_after: int | np.integer[Any] | None) -> bool:
         """Whether an answer is newer than ``update_after`` (default: the last one seen).
 
         As in the original client, an answer without an aggregate (the current
         artifact, e.g. the initial model) counts as aggregate -1: a client gets it once.
         """
-        threshold = update_after if update_after is not None else self._last_aggregate
+        threshold = int(update_after) if update_after is not None else self._last_aggregate
         return threshold is None or _aggregate_number(aggregate_id) > threshold
 
     def _saw(self, aggregate_id: Any) -> None:

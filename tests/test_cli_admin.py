@@ -54,7 +54,9 @@ def test_an_initial_model_list_is_sent_as_its_layers(
     path = tmp_path / "initial.json"
     path.write_text("[[1.5, 2.5], [3.5]]")
     assert create(path) == 0
-    assert orjson.loads(responses.calls[0].request.body)["initial_model"] == [[1.5, 2.5], [3.5]]
+    sent = responses.calls[0].request.body
+    assert sent is not None
+    assert orjson.loads(sent)["initial_model"] == [[1.5, 2.5], [3.5]]
     assert orjson.loads(capsys.readouterr().out) == {"id": 1, "name": "x"}
 
 

@@ -17,6 +17,7 @@ import orjson
 import pytest
 import requests
 import responses
+from requests.adapters import HTTPAdapter
 from responses import matchers
 
 from fma_connect import (
@@ -36,7 +37,7 @@ from fma_connect import (
 BASE = "http://fma.test"
 API = f"{BASE}/api/v1"
 UUID = "7f2a3c1e-0000-4000-8000-000000000001"
-WEIGHTS = {
+WEIGHTS: dict[str, np.ndarray] = {
     "dense": np.arange(6, dtype=np.float32).reshape(2, 3) / 10,
     "bias": np.array([1, 2], np.int8),
 }
@@ -513,7 +514,9 @@ def test_gets_are_retried_on_503(registry: CodecRegistry) -> None:
     responses.get(f"{API}/models/7/get_latest_model/", status=503, json={"detail": "busy"})
     responses.get(f"{API}/models/7/get_latest_model/", json={})
     c = WebClient(7, UUID, BASE, registry=registry, retries=2)
-    c._transport.session.adapters[f"{BASE}/"].max_retries.backoff_factor = 0  # no sleeping in tests
+    adapter = c._transport.session.adapters[f"{BASE}/"]
+    assert isinstance(adapter, HTTPAdapter)
+    adapter.max_retries.backoff_factor = 0  # no sleeping in tests
     assert c.check_for_latest_model() is None
     assert len(responses.calls) == 2
 
@@ -673,6 +676,8 @@ def test_a_silent_service_is_a_timeout_even_after_retries(
 ) -> None:
     url, _ = silent_server
     c = WebClient(7, UUID, url, registry=registry, timeout=0.3, retries=1)
-    c._transport.session.adapters[f"{url}/"].max_retries.backoff_factor = 0
+    adapter = c._transport.session.adapters[f"{url}/"]
+    assert isinstance(adapter, HTTPAdapter)
+    adapter.max_retries.backoff_factor = 0
     with pytest.raises(RequestTimeout, match="raise WebClient\\(timeout=...\\)"):
         c.get_current_artifact()

@@ -100,7 +100,10 @@ def test_downloads_report_progress_and_decode_to_writable_arrays(tmp_path: Any) 
     from fma_connect.admin import AdminClient
     from fma_connect.server.testing import running_server
 
-    weights = {"w": np.arange(3 << 20, dtype=np.float32), "b": np.ones(7, np.int64)}
+    weights: dict[str, np.ndarray] = {
+        "w": np.arange(3 << 20, dtype=np.float32),
+        "b": np.ones(7, np.int64),
+    }
     with running_server(tmp_path) as server, AdminClient(server.url, server.admin_token) as admin:
         model = admin.create_model("big", requirement="require_x_updates", requirement_args=[1])
         calls: list[tuple[int, int | None]] = []

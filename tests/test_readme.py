@@ -14,7 +14,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def quickstart() -> str:
     section = README.read_text().split("\n## Quickstart\n", 1)[1].split("\n## ", 1)[0]
-    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    (code,) = blocks
     return code
 
 

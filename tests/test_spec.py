@@ -100,7 +100,7 @@ def test_python_complex_numpy_matrix_and_masked_arrays() -> None:
     back = spec.restore(tensors)
     assert back["c"] == 1 + 2j and type(back["m"]) is np.ndarray
     with pytest.raises(EncodeError, match="masked array at '0'.*filled"):
-        flatten([np.ma.masked_array([1.0, 2.0], [0, 1])])
+        flatten([np.ma.masked_array([1.0, 2.0], [False, True])])
 
 
 def test_a_list_that_holds_itself_is_refused() -> None:

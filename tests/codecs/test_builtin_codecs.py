@@ -6,6 +6,7 @@ import base64
 import io
 import zipfile
 import zlib
+from typing import cast
 
 import msgpack
 import numpy as np
@@ -25,7 +26,10 @@ def _body(registry: CodecRegistry, name: str, tensors: list[tuple[str, np.ndarra
 
 
 def test_json_writes_plain_nested_lists_in_layer_order(registry: CodecRegistry) -> None:
-    tensors = [("w", np.array([[0.1, 0.2]], np.float32)), ("b", np.array(3, np.int64))]
+    tensors: list[tuple[str, np.ndarray]] = [
+        ("w", np.array([[0.1, 0.2]], np.float32)),
+        ("b", np.array(3, np.int64)),
+    ]
     wire = orjson.loads(dumps_json(registry.get("json").encode(tensors)))
     assert wire == [[[0.1, 0.2]], 3]
 
@@ -69,7 +73,9 @@ def test_msgpack_body_is_a_header_then_aligned_raw_tensors(registry: CodecRegist
     a = np.arange(5, dtype="<f4")
     chunks = registry.get("msgpack").encode([("a", a), ("b", a)])
     assert any(
-        memoryview(c).obj is a or np.shares_memory(np.asarray(memoryview(c)), a) for c in chunks[2:]
+        # (as object: numpy's stubs give ndarray __buffer__, so make it a Buffer, on 3.12+ only)
+        cast(object, memoryview(c).obj) is a or np.shares_memory(np.asarray(memoryview(c)), a)
+        for c in chunks[2:]
     )
     header = msgpack.Unpacker(raw=False)
     header.feed(bytes(chunks[0]))
@@ -103,7 +109,7 @@ def test_msgpack_reports_truncation_and_corruption(registry: CodecRegistry) -> N
 
 def _msgpack_body(header: dict[str, object], data: bytes = b"", *, checksum: bool = True) -> bytes:
     # Format 2 (checksum=True): the header, its crc32, zero padding; format 1: no crc32.
-    packed = msgpack.packb(header)
+    packed: bytes = msgpack.packb(header)
     if checksum:
         packed += zlib.crc32(packed).to_bytes(4, "big")
     return packed + bytes(-len(packed) % 64) + data

@@ -99,7 +99,10 @@ def test_npz_b64_updates_are_stored_and_served_back_bit_for_bit(stock: StockServ
     # A separate model: the stock aggregators cannot average a tagged object.
     model = create_model(stock)
     client = WebClient(model, url=stock.url, codec="npz-b64")
-    update = {"w": np.array([np.nan, -0.0, 1e-45], np.float32), "n": np.arange(3, dtype=np.uint64)}
+    update: dict[str, np.ndarray] = {
+        "w": np.array([np.nan, -0.0, 1e-45], np.float32),
+        "n": np.arange(3, dtype=np.uint64),
+    }
     stored = client.send_update(update)
     served = requests.get(stored["data"], timeout=10)
     assert served.status_code == 200

@@ -54,7 +54,9 @@ def test_a_module_sent_in_plain_json_comes_back_as_its_state_dict(fake_fma: Fake
     client.send_update(net)
     content_type, body = fake_fma.updates[-1]
     assert content_type == "application/json" and body.startswith(b'{"federated_model":1')
-    values = client.check_for_latest_model()["values"]  # type: ignore[index]
+    latest = client.check_for_latest_model()
+    assert latest is not None
+    values = latest["values"]
     assert all(bits(values[n]) == bits(t) for n, t in net.state_dict().items())
 
 
@@ -63,10 +65,13 @@ def test_like_a_state_dict_restores_before_anything_was_sent(fake_fma: FakeFMA) 
     sender.send_update({"w": torch.arange(4.0).reshape(2, 2)})
     fresh = WebClient(1, url=BASE, codec="npz-b64")
     template = {"w": torch.zeros(2, 2, dtype=torch.float64)}
-    values = fresh.check_for_latest_model(like=template)["values"]  # type: ignore[index]
+    latest = fresh.check_for_latest_model(like=template)
+    assert latest is not None
+    values = latest["values"]
     assert values["w"].dtype == torch.float64 and values["w"].tolist() == [[0, 1], [2, 3]]
     untyped = WebClient(1, url=BASE, codec="npz-b64").check_for_latest_model()
-    assert isinstance(untyped["values"]["w"], np.ndarray)  # type: ignore[index]
+    assert untyped is not None
+    assert isinstance(untyped["values"]["w"], np.ndarray)
 
 
 def test_like_a_module_loads_the_aggregate_into_it(fake_fma: FakeFMA) -> None:

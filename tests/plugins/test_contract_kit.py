@@ -17,10 +17,10 @@ class BytearrayOnly(MsgpackCodec):
 
     name = "bytearray-only"
 
-    def decode(self, payload: Any) -> Tensors:
+    def decode(self, payload: Any, *, max_tensors: int | None = None) -> Tensors:
         if not isinstance(payload, bytearray):
             raise TypeError("this decoder wants a bytearray")
-        return super().decode(payload)
+        return super().decode(payload, max_tensors=max_tensors)
 
 
 class OnesItsInput(MsgpackCodec):
@@ -42,8 +42,8 @@ class Negating(MsgpackCodec):
     name = "negating"
     lossless = False
 
-    def decode(self, payload: Any) -> Tensors:
-        tensors = super().decode(payload)
+    def decode(self, payload: Any, *, max_tensors: int | None = None) -> Tensors:
+        tensors = super().decode(payload, max_tensors=max_tensors)
         return [(n, np.asarray(-a) if a.dtype.kind in "fV" else a) for n, a in tensors]
 
     def tolerance(self, sent: np.ndarray, received: np.ndarray) -> bool:

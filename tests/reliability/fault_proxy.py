@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 _MAX_HEAD = 64 << 10
@@ -210,7 +211,7 @@ def fault_proxy(upstream: str, plan: Plan) -> Iterator[FaultProxy]:
         thread.join(10)
 
 
-def once_per_key(kind: str, every: int = 1, **options: object) -> Plan:
+def once_per_key(kind: str, every: int = 1, **options: Any) -> Plan:
     """A plan: the first POST of every ``every``-th new Idempotency-Key gets ``kind``."""
     seen: dict[str, int] = {}
     lock = threading.Lock()
@@ -224,6 +225,6 @@ def once_per_key(kind: str, every: int = 1, **options: object) -> Plan:
             if first:
                 seen[key] = len(seen)
             chosen = first and seen[key] % every == 0
-        return Fault(kind, **options) if chosen else None  # type: ignore[arg-type]
+        return Fault(kind, **options) if chosen else None
 
     return plan

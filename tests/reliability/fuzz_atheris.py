@@ -31,22 +31,27 @@ with atheris.instrument_imports():
     import numpy as np
     from fuzz_support import body_of, decode_guarded, npz_archive_of, npz_body
 
+    from fma_connect.codecs.base import Codec
     from fma_connect.codecs.json_lists import JsonListsCodec
     from fma_connect.codecs.msgpack_numpy import MsgpackCodec
     from fma_connect.codecs.npz_base64 import NpzBase64Codec
 
-CODECS = {"json": JsonListsCodec(), "msgpack": MsgpackCodec(), "npz-b64": NpzBase64Codec()}
+CODECS: dict[str, Codec] = {
+    "json": JsonListsCodec(),
+    "msgpack": MsgpackCodec(),
+    "npz-b64": NpzBase64Codec(),
+}
 
 
 def _seeds(name: str) -> list[bytes]:
     codec = CODECS[name]
-    tensors = [
+    tensors: list[list[tuple[str, np.ndarray]]] = [
         [("w", np.arange(6, dtype=np.float32).reshape(2, 3)), ("b", np.array([1, -2], np.int16))],
         [("s", np.array(3.5)), ("e", np.zeros((0, 4), np.float64))],
         [("c", np.array([1 + 2j], np.complex64)), ("u", np.array([2**64 - 1], np.uint64))],
         [],
     ]
-    seeds = []
+    seeds: list[bytes] = []
     for sent in tensors:
         if codec.lossless or all(a.dtype.kind in "biuf" for _, a in sent):
             body = body_of(codec, sent)

@@ -228,7 +228,7 @@ def msgpack_body(
         checksum: Write the header's crc32 after it, as format version 2 does (None:
             when ``header`` is a map whose ``format_version`` is not 1).
     """
-    packed = msgpack.packb(header, use_bin_type=True)
+    packed: bytes = msgpack.packb(header, use_bin_type=True)
     if checksum is None:
         checksum = isinstance(header, dict) and header.get("format_version") != 1
     if checksum:

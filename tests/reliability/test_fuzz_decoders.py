@@ -137,7 +137,10 @@ def test_every_truncation_and_single_bit_flip_of_a_body_is_detected(figures: Fig
     # padding between two tensors): the tensors' names, bytes, dtypes and shapes then
     # still arrive intact, which is asserted. (msgpack format 1, with no checksum over
     # its header, let a flip inside a tensor name through; format 2 refuses it.)
-    tensors = [("w", np.arange(6, dtype=np.float32)), ("b", np.array([1, -2], np.int16))]
+    tensors: list[tuple[str, np.ndarray]] = [
+        ("w", np.arange(6, dtype=np.float32)),
+        ("b", np.array([1, -2], np.int16)),
+    ]
     for codec in (MSGPACK, NPZ):
         body = body_of(codec, tensors)
         archive = npz_archive_of(body) if codec is NPZ else body
@@ -405,12 +408,13 @@ def test_rectangular_json_layers_decode_or_are_refused(figures: Figures) -> None
     )
     def check(shape: list[int], kind: str, swap: Any, where: int) -> None:
         size = int(np.prod(shape))
-        values: list[Any] = {
+        layouts: dict[str, list[Any]] = {
             "int": list(range(size)),
             "float": [i / 7 for i in range(size)],
             "bool": [i % 2 == 0 for i in range(size)],
             "mixed": [i if i % 2 else i / 3 for i in range(size)],
-        }[kind]
+        }
+        values = layouts[kind]
         if size and swap is not None:
             values[where % size] = swap
         layer = _nest(values, shape) if size else []
@@ -473,12 +477,12 @@ def test_npz_headers_claiming_huge_tensors_are_refused_before_allocating(
         body = npz_body(archive)
         assert _peak_of(lambda body=body: decode_guarded(NPZ, body)) < BUDGET_BASE, shape
     # A zip entry claiming far more bytes than the archive holds.
-    archive = bytearray(
+    oversized = bytearray(
         npz_archive([("manifest.npy", manifest), ("t0.npy", npy_entry("<f8", (8,), bytes(64)))])
     )
-    central = archive.rfind(b"PK\x01\x02")
-    archive[central + 24 : central + 28] = (2**32 - 2).to_bytes(4, "little")  # uncompressed size
-    assert decode_guarded(NPZ, npz_body(bytes(archive))) is None
+    central = oversized.rfind(b"PK\x01\x02")
+    oversized[central + 24 : central + 28] = (2**32 - 2).to_bytes(4, "little")  # uncompressed size
+    assert decode_guarded(NPZ, npz_body(bytes(oversized))) is None
     _count(figures, NPZ.name, 6)
 
 

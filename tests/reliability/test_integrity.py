@@ -17,14 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fault_proxy import Exchange, Fault, fault_proxy
+from fault_proxy import Exchange, Fault, Plan, fault_proxy
 from reliability_figures import Figures
 
 from fma_connect import APIError, ConnectError, DecodeError, WebClient
 from fma_connect.admin import AdminClient
 from fma_connect.server.testing import RunningServer
 
-INITIAL = {"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), "b": np.zeros(8)}
+INITIAL: dict[str, np.ndarray] = {
+    "w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8),
+    "b": np.zeros(8),
+}
 LATEST = "get_latest_model"
 INVALID = 4
 
@@ -62,7 +65,7 @@ def _flip_inside_npz(body: bytes) -> bytes:
     return body[: found.start(1)] + text + body[found.end(1) :]
 
 
-def _on(path_part: str, fault: Fault, method: str = "GET") -> object:
+def _on(path_part: str, fault: Fault, method: str = "GET") -> Plan:
     def plan(exchange: Exchange) -> Fault | None:
         return fault if exchange.method == method and path_part in exchange.path else None
 
@@ -86,7 +89,7 @@ def test_a_download_damaged_in_transit_is_reported_corrupt(
     message: str,
 ) -> None:
     fault = Fault("damage-response", damage=damage)
-    with fault_proxy(server.url, _on(LATEST, fault)) as proxy:  # type: ignore[arg-type]
+    with fault_proxy(server.url, _on(LATEST, fault)) as proxy:
         client = WebClient(model_id, url=proxy.url, codec=codec, retries=0)
         with pytest.raises(DecodeError, match=message):
             client.check_for_latest_model(like=INITIAL)
@@ -104,7 +107,7 @@ def test_a_download_cut_short_is_reported_truncated(
 ) -> None:
     # The connection closes after 100 bytes of the body: fewer than Content-Length.
     fault = Fault("truncate-response", keep=100)
-    with fault_proxy(server.url, _on(LATEST, fault)) as proxy:  # type: ignore[arg-type]
+    with fault_proxy(server.url, _on(LATEST, fault)) as proxy:
         client = WebClient(model_id, url=proxy.url, codec=codec, retries=0)
         with pytest.raises(DecodeError, match="truncated: got 100 of [0-9]+ bytes"):
             client.check_for_latest_model(like=INITIAL)
@@ -116,7 +119,7 @@ def test_a_download_reset_midway_is_reported_broken(
     server: RunningServer, model_id: int, codec: str
 ) -> None:
     fault = Fault("truncate-response", keep=100, reset=True)
-    with fault_proxy(server.url, _on(LATEST, fault)) as proxy:  # type: ignore[arg-type]
+    with fault_proxy(server.url, _on(LATEST, fault)) as proxy:
         client = WebClient(model_id, url=proxy.url, codec=codec, retries=0)
         with pytest.raises(ConnectError, match="broke"):
             client.check_for_latest_model(like=INITIAL)
@@ -135,13 +138,13 @@ def test_an_upload_damaged_in_transit_is_refused_and_not_stored(
     admin: AdminClient,
     figures: Figures,
     codec: str,
-    damage: object,
+    damage: Callable[[bytes], bytes],
     message: str,
 ) -> None:
     model_id = admin.create_model("uploads")["id"]
-    fault = Fault("damage-request", damage=damage)  # type: ignore[arg-type]
+    fault = Fault("damage-request", damage=damage)
     plan = _on("/model_updates/", fault, "POST")
-    with fault_proxy(server.url, plan) as proxy:  # type: ignore[arg-type]
+    with fault_proxy(server.url, plan) as proxy:
         client = WebClient(model_id, url=proxy.url, codec=codec, retries=0)
         with pytest.raises(APIError) as refused:
             client.send_update(INITIAL)

@@ -58,6 +58,7 @@ class _IgnoresFilters(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        body: object
         if path == "/api/v1/model_updates/":
             status, body = 200, _ALL_UPDATES
         elif path in ("/api/v1/models/1/", "/api/v1/models/2/"):

@@ -188,8 +188,9 @@ RECURSIVE = {"$defs": {"n": NUMBER_OR_ARRAY}, "$ref": "#/$defs/n"}
 def test_deep_values_against_a_recursive_schema_get_400(
     server: RunningServer, admin: AdminClient, field: str, depth: int
 ) -> None:
-    schemas = {"update_schema": RECURSIVE, "client_agg_results_schema": RECURSIVE}
-    model = admin.create_model("recursive", **schemas)
+    model = admin.create_model(
+        "recursive", update_schema=RECURSIVE, client_agg_results_schema=RECURSIVE
+    )
     client = WebClient(model["id"], url=server.url, retries=0)
     client.register()
     if field == "data":

@@ -39,7 +39,8 @@ def _with_manifest(tensors: dict[str, np.ndarray], manifest: Any) -> bytes:
         for key, array in tensors.items()
     }
     text = manifest if isinstance(manifest, str) else json.dumps(manifest)
-    return safetensors.serialize(specs, metadata={"fma_connect": text})
+    body: bytes = safetensors.serialize(specs, metadata={"fma_connect": text})
+    return body
 
 
 def test_keeps_the_codec_contract() -> None:
