@@ -26,7 +26,9 @@ from ._transport import (
     dumps_json,
 )
 from .codecs.base import Codec, Tensors, decode_with, read_tag
+from .codecs.context import CodecContext, encode_with, uses_context
 from .codecs.json_lists import check_document_size, fast_layers
+from .codecs.msgpack_numpy import MsgpackCodec
 from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError, UnknownCodecError
 from .plugins import default_codec_registry
 from .registry import CodecRegistry
@@ -40,6 +42,8 @@ _API = API_PREFIX
 _JSON = "application/json"
 #: Response header holding the JSON fields of a response whose body is a binary payload.
 META_HEADER = "FMA-Meta"
+#: What a delta codec's client asks answers in: whole and lossless, its next base.
+_BASE_MEDIA = MsgpackCodec.media_type
 #: The JSON-native codec a ``json`` client asks for to receive tensors with their names.
 _NAMED = "npz-b64"
 #: JSON bodies larger than this are sent in slices with progress, like binary ones.
@@ -128,6 +132,11 @@ class WebClient:
         self._retry_updates = retry_updates
         self._spec: Spec | None = None
         self._last_aggregate: int | None = None
+        #: For a delta codec: the last aggregate received (id, tensors as received, a
+        #: copy), the base of the next update; and the codec's own state.
+        self._held: tuple[int, Tensors] | None = None
+        self._received: Tensors | None = None
+        self._codec_state: dict[str, Any] = {}
 
     # -- the seed's properties ------------------------------------------------------
 
@@ -217,7 +226,7 @@ class WebClient:
             APIException: the service did not answer 201.
         """
         tensors, spec = flatten(data)
-        payload = self._codec.encode(tensors)
+        payload = encode_with(self._codec, tensors, self._context(base_aggregate))
         headers = self._client_headers()
         # Lets a service that honours it store a retried POST once (the stock one ignores it).
         headers["Idempotency-Key"] = str(uuid_module.uuid4())
@@ -293,6 +302,7 @@ class WebClient:
             return None
         aggregate["result"] = self._weights(aggregate.get("result"), target)
         self._saw(aggregate["id"])
+        self._hold(aggregate["id"])
         return aggregate
 
     def get_current_artifact(self, *, like: Any = None) -> dict[str, Any] | None:
@@ -357,6 +367,7 @@ class WebClient:
                 return None
             latest["values"] = self._restore(self._decode_binary(response), target)
         self._saw(latest.get("aggregate"))
+        self._hold(latest.get("aggregate"))
         return latest
 
     def send_val_results(self, results: Any, aggregate_id: int) -> dict[str, Any]:
@@ -455,6 +466,8 @@ class WebClient:
             return _JSON
         if self._codec.json_native:
             return f"{_JSON}; codec={self._codec.name}"
+        if uses_context(self._codec):  # answers come whole (the base of the next delta)
+            return f"{_BASE_MEDIA}, {_JSON};q=0.9"
         return f"{self._codec.media_type}, {_JSON};q=0.9"
 
     def _is_new(self, aggregate_id: Any, update_after: int | np.integer[Any] | None) -> bool:
@@ -538,13 +551,46 @@ class WebClient:
                 f"{response.url} answered Content-Type {content_type!r}, which is neither "
                 f"JSON nor the media type of an installed codec ({exc})"
             ) from exc
-        return decode_with(codec, self._transport.read_body(response, self._progress))
+        body = self._transport.read_body(response, self._progress)
+        return decode_with(codec, body, context=self._context(None))
 
     def _target(self, like: Any) -> Spec | None:
         """What received weights are restored into: ``like``, else the last update's Spec."""
         return spec_like(like) if like is not None else self._spec
 
+    def _context(self, base_aggregate: int | None) -> CodecContext:
+        """The context a delta codec encodes and decodes in: the aggregates this client has."""
+        return CodecContext(base_aggregate, self._base, self._codec_state)
+
+    def _base(self, aggregate: int) -> Tensors:
+        """An aggregate's tensors: the last one received, else fetched from the service."""
+        if self._held is not None and self._held[0] == aggregate:
+            return self._held[1]
+        try:
+            response = self._call(
+                "GET",
+                f"{_API}model_aggregates/{aggregate}/result/",
+                headers={**self._client_headers(), "Accept": _BASE_MEDIA},
+                stream=True,
+            )
+        except APIError as exc:
+            raise EncodeError(
+                f"cannot send a {self._codec.name} update against base_aggregate {aggregate}: "
+                f"this client has not received it and the service does not give it ({exc})"
+            ) from exc
+        tensors = self._decode_binary(response)
+        self._held = (aggregate, tensors)
+        return tensors
+
+    def _hold(self, aggregate: Any) -> None:
+        """Keep what was just received as the next update's base (delta codecs only)."""
+        if self._received is not None and type(aggregate) is int:
+            self._held = (aggregate, self._received)
+        self._received = None
+
     def _restore(self, tensors: Tensors, target: Spec | None) -> Any:
+        if uses_context(self._codec):  # a copy: the caller may train in place on the result
+            self._received = [(name, array.copy()) for name, array in tensors]
         return target.restore(tensors) if target is not None else untyped(tensors)
 
 

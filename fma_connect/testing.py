@@ -22,6 +22,13 @@ own bound), and compares exactly when there is neither.
 
 Binary payloads are decoded from each form a receiver may hold (``bytearray``,
 ``bytes``, read-only ``memoryview``), and ``encode`` must leave its input untouched.
+
+A codec that uses a context (``uses_context = True``, a delta codec: see
+:mod:`fma_connect.codecs.context`) is also round-tripped against generated bases: the
+same tensors with other values, bases that lack some tensors or hold them in another
+dtype or shape, and no base at all. Decoding against a base other than the one the
+payload was encoded against must give back what was sent, or raise ``DecodeError``:
+never other values.
 """
 
 from __future__ import annotations
@@ -44,12 +51,15 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from ._transport import dumps_json
 from .codecs.base import Codec, Tensors, codec_problem, read_tag
+from .codecs.context import CodecContext, MissingBaseError, encode_with, uses_context
 from .exceptions import DecodeError
 
 __all__ = [
     "BODY_FORMS",
+    "bases_for",
     "check_codec",
     "check_round_trip",
+    "holding",
     "lossless_dtypes",
     "real_dtypes",
     "tensor_lists",
@@ -123,7 +133,10 @@ BODY_FORMS = ("bytearray", "bytes", "memoryview")
 
 
 def to_wire_and_back(
-    codec: Codec, tensors: Sequence[tuple[str, np.ndarray]], form: str = "bytearray"
+    codec: Codec,
+    tensors: Sequence[tuple[str, np.ndarray]],
+    form: str = "bytearray",
+    context: CodecContext | None = None,
 ) -> Tensors:
     """Encode, pass through what a transport does, and decode.
 
@@ -135,20 +148,75 @@ def to_wire_and_back(
         tensors: What to send.
         form: How a binary body reaches ``decode``: a ``bytearray`` (what the client
             reads into), ``bytes``, or a read-only ``memoryview``.
+        context: For a codec that uses one: the context of both ends (default empty).
     """
-    payload = codec.encode(tensors)
+    context = context if context is not None else CodecContext()
+    payload = encode_with(codec, tensors, context)
     if codec.json_native:
-        return codec.decode(orjson.loads(dumps_json(payload)))
+        return _decode(codec, orjson.loads(dumps_json(payload)), context)
     body = bytearray()
     for chunk in payload:
         body += memoryview(chunk).cast("B")
     if form == "bytes":
-        return codec.decode(bytes(body))
+        return _decode(codec, bytes(body), context)
     if form == "memoryview":
-        return codec.decode(memoryview(bytes(body)))
+        return _decode(codec, memoryview(bytes(body)), context)
     if form != "bytearray":
         raise ValueError(f"form must be one of {BODY_FORMS}, got {form!r}")
-    return codec.decode(body)
+    return _decode(codec, body, context)
+
+
+def _decode(codec: Codec, payload: Any, context: CodecContext) -> Tensors:
+    """``codec.decode``, with ``context`` for a codec that uses one (the codec's own result)."""
+    if uses_context(codec):
+        decoded: Tensors = codec.decode(payload, context)  # type: ignore[call-arg]
+        return decoded
+    return codec.decode(payload)
+
+
+def _body(codec: Codec, tensors: Sequence[tuple[str, np.ndarray]], context: CodecContext) -> bytes:
+    """A binary codec's body for ``tensors``, joined."""
+    body = bytearray()
+    for chunk in encode_with(codec, tensors, context):
+        body += memoryview(chunk).cast("B")
+    return bytes(body)
+
+
+def holding(aggregate: int, tensors: Sequence[tuple[str, np.ndarray]]) -> CodecContext:
+    """A context for a delta against ``aggregate``, whose tensors are ``tensors``."""
+
+    def bases(wanted: int) -> Sequence[tuple[str, np.ndarray]]:
+        if wanted != aggregate:
+            raise MissingBaseError(wanted)
+        return tensors
+
+    return CodecContext(base_aggregate=aggregate, bases=bases)
+
+
+@st.composite
+def bases_for(draw: st.DrawFn, sent: Tensors, codec: Codec) -> Tensors:
+    """A base for ``sent``: per tensor the same dtype and shape with other values (some
+    equal, as after a round of training), or missing, or another dtype or shape; and
+    tensors ``sent`` lacks."""
+    dtypes = lossless_dtypes() if codec.lossless else real_dtypes()
+    out: Tensors = []
+    for name, array in sent:
+        kind = draw(st.sampled_from(["close", "close", "other", "missing", "mismatched"]))
+        if kind == "missing":
+            continue
+        if kind == "mismatched":
+            out.append((name, draw(tensors(dtypes, finite=not codec.lossless))))
+            continue
+        native = np.ascontiguousarray(array, array.dtype.newbyteorder("="))
+        noise = draw(hnp.arrays(np.uint8, native.nbytes)).view(native.dtype).reshape(array.shape)
+        if kind == "close" and array.size:  # the same values but a few
+            keep = draw(hnp.arrays(np.bool_, array.shape))
+            noise = np.where(keep, native, noise)
+        out.append((name, noise))
+    extra = draw(st.lists(tensors(dtypes, finite=not codec.lossless), max_size=2))
+    names = {name for name, _ in sent}
+    out += [(f"extra.{i}", a) for i, a in enumerate(extra) if f"extra.{i}" not in names]
+    return out
 
 
 def check_round_trip(
@@ -156,6 +224,7 @@ def check_round_trip(
     sent: Sequence[tuple[str, np.ndarray]],
     tolerance: Tolerance | None = None,
     form: str = "bytearray",
+    context: CodecContext | None = None,
 ) -> None:
     """Assert that ``sent`` comes back through ``codec`` as its flags promise.
 
@@ -165,10 +234,11 @@ def check_round_trip(
         tolerance: For a lossy codec, ``tolerance(sent, received)``; default the
             codec's own ``tolerance`` method if it has one, else exact equality.
         form: How a binary body reaches ``decode`` (see :func:`to_wire_and_back`).
+        context: For a codec that uses one (see :func:`holding`).
     """
     tolerance = tolerance if tolerance is not None else _own_tolerance(codec)
     snapshot = [_bits(array) for _, array in sent]
-    received = to_wire_and_back(codec, sent, form)
+    received = to_wire_and_back(codec, sent, form, context)
     for (name, array), original in zip(sent, snapshot, strict=True):
         assert _bits(array) == original, f"encode modified the caller's tensor {name!r}"
     assert len(received) == len(sent), f"sent {len(sent)} tensors, received {len(received)}"
@@ -253,7 +323,7 @@ def check_codec(
     @given(garbage)
     def refuses_garbage(payload: Any) -> None:
         with contextlib.suppress(DecodeError):
-            codec.decode(payload)
+            _decode(codec, payload, holding(1, []))
 
     @run
     @given(tensor_lists(codec), st.data())
@@ -261,9 +331,8 @@ def check_codec(
         # A truncated or bit-flipped binary body decodes to nothing but DecodeError.
         if codec.json_native:
             return
-        body = bytearray()
-        for chunk in codec.encode(sent):
-            body += memoryview(chunk).cast("B")
+        context = holding(1, data.draw(bases_for(sent, codec))) if uses_context(codec) else None
+        body = _body(codec, sent, context or CodecContext())
         if not body:
             return
         cut = data.draw(st.integers(0, len(body) - 1))
@@ -272,8 +341,33 @@ def check_codec(
         damaged[flip] ^= 1 << data.draw(st.integers(0, 7))
         for payload in (body[:cut], damaged):
             with contextlib.suppress(DecodeError):
-                codec.decode(payload)
+                _decode(codec, payload, context or CodecContext())
+
+    @run
+    @given(tensor_lists(codec), st.data(), forms)
+    def round_trips_against_a_base(sent: Tensors, data: st.DataObject, form: str) -> None:
+        check_round_trip(
+            codec, sent, tolerance, form, holding(1, data.draw(bases_for(sent, codec)))
+        )
+
+    @run
+    @given(tensor_lists(codec), st.data())
+    def another_base_is_refused(sent: Tensors, data: st.DataObject) -> None:
+        # Encoded against one base, decoded against another: what was sent, or an error.
+        base, other = data.draw(bases_for(sent, codec)), data.draw(bases_for(sent, codec))
+        payload = _body(codec, sent, holding(1, base))
+        try:
+            received = _decode(codec, payload, holding(1, other))
+        except DecodeError:
+            return
+        assert len(received) == len(sent)
+        for (name, before), (_, after) in zip(sent, received, strict=True):
+            assert _bits(after) == _bits(before), f"{name!r} decoded against another base"
 
     round_trips()
     refuses_garbage()
     refuses_damage()
+    if uses_context(codec):
+        round_trips_against_a_base()
+        if codec.lossless and not codec.json_native:
+            another_base_is_refused()

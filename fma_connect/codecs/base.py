@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..exceptions import DecodeError, TooManyTensorsError
+from .context import CodecContext, uses_context
 
 __all__ = [
     "Codec",
@@ -190,7 +191,13 @@ def codec_problem(codec: Codec) -> str | None:
     return None
 
 
-def decode_with(codec: Codec, payload: Any, *, max_tensors: int | None = None) -> Tensors:
+def decode_with(
+    codec: Codec,
+    payload: Any,
+    *,
+    max_tensors: int | None = None,
+    context: CodecContext | None = None,
+) -> Tensors:
     """``codec.decode(payload)``, checked to be a list of ``(str, numpy array)`` pairs.
 
     Every decode of a received payload goes through here, so a plugin codec that
@@ -202,15 +209,21 @@ def decode_with(codec: Codec, payload: Any, *, max_tensors: int | None = None) -
         max_tensors: Refuse a payload of more tensors than this (None: no bound). A
             codec whose ``decode`` takes a ``max_tensors`` keyword gets it, and refuses
             before building the tensors; any other codec's result is counted.
+        context: The base aggregates and state for a codec that uses a context (see
+            :mod:`fma_connect.codecs.context`); an empty one when None. Other codecs
+            never see it.
 
     Raises:
         TooManyTensorsError: the payload holds more than ``max_tensors`` tensors.
         DecodeError: the payload does not decode, or the codec returned something else.
     """
+    args: tuple[Any, ...] = (payload,)
+    if uses_context(codec):
+        args = (payload, context if context is not None else CodecContext())
     if max_tensors is not None and _takes_max_tensors(codec):
-        tensors = codec.decode(payload, max_tensors=max_tensors)  # type: ignore[call-arg]
+        tensors = codec.decode(*args, max_tensors=max_tensors)  # type: ignore[call-arg]
     else:
-        tensors = codec.decode(payload)
+        tensors = codec.decode(*args)
     if isinstance(tensors, list):
         wrong = next((pair for pair in tensors if not _is_pair(pair)), None)
         if wrong is None:

@@ -25,7 +25,7 @@ from .locks import KeyedLocks
 from .mean import Accumulator
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
-from .weights import load, result_codec, store_tensors
+from .weights import load, model_context, result_codec, store_tensors
 
 __all__ = ["AutoAggregate", "Rounds"]
 
@@ -198,7 +198,12 @@ class Rounds:
                 )
             else:
                 try:
-                    tensors = load(self.blobs, self.store.get_blob(update["blob"]), self.registry)
+                    tensors = load(
+                        self.blobs,
+                        self.store.get_blob(update["blob"]),
+                        self.registry,
+                        model_context(self.store, self.blobs, self.registry, model["id"]),
+                    )
                 except CodecError as exc:
                     reason = f"the stored update does not decode: {exc}"
                 except OSError as exc:  # no server path in a reason clients can read
@@ -250,7 +255,11 @@ class Rounds:
         unread: list[Row] = []
         for update in pending:
             try:
-                tensors = load(self.blobs, self.store.get_blob(update["blob"]), self.registry)
+                blob = self.store.get_blob(update["blob"])
+                context = model_context(
+                    self.store, self.blobs, self.registry, blob["federated_model"]
+                )
+                tensors = load(self.blobs, blob, self.registry, context)
             except (CodecError, OSError):
                 unread.append(update)  # the main pass says why
                 continue

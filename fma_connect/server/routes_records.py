@@ -30,7 +30,7 @@ from .httputil import (
 from .shapes import aggregate_json, artifact_json, score_json, update_json
 from .store import Row
 from .validation import query_fields, register_path_ids
-from .weights import weights_response
+from .weights import model_context, weights_response
 
 __all__ = ["ROUTES"]
 
@@ -230,7 +230,9 @@ def artifact_values(request: Request) -> Response:
 def _weights(request: Request, row: Row) -> Response:
     svc = service(request)
     blob = svc.store.get_blob(row["blob"])
-    return weights_response(svc.blobs, blob, svc.registry, request.headers.get("accept"))
+    context = model_context(svc.store, svc.blobs, svc.registry, row["federated_model"])
+    accept = request.headers.get("accept")
+    return weights_response(svc.blobs, blob, svc.registry, accept, context=context)
 
 
 # -- scores -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from ..codecs.base import Tensors, decode_with, read_tag
+from ..codecs.context import MissingBaseError
 from ..exceptions import CodecError, TooManyTensorsError
 from ..registry import CodecRegistry
 from .blobs import BlobStore, BlobWriter
@@ -41,7 +42,7 @@ from .validation import (
     tensor_names,
     update_fields,
 )
-from .weights import decode_data, load
+from .weights import decode_data, load, model_context
 
 __all__ = ["Service"]
 
@@ -240,16 +241,36 @@ class Service:
     ) -> tuple[Row, bool]:
         """Store an update whose binary body (checked ``fields``) is in ``body``."""
         codec = self.registry.get(codec_name)
+        model_id = fields["federated_model"]
+        context = model_context(self.store, self.blobs, self.registry, model_id)
         try:
             # Counted before the tensors are built, by the codecs that can (see decode_with).
-            tensors = decode_with(codec, body.contents(), max_tensors=self.max_tensors)
+            tensors = decode_with(
+                codec, body.contents(), max_tensors=self.max_tensors, context=context
+            )
             shape = structure_of(tensors)
         except TooManyTensorsError as exc:
             body.discard()
             raise too_many_tensors(exc.count, exc.limit) from exc
+        except MissingBaseError as exc:
+            body.discard()
+            raise bad_request(
+                "base_aggregate",
+                f"The {codec.name} body is a delta against aggregate {exc.aggregate}, which "
+                f"federated model {model_id} does not have; send the update against one of "
+                "its aggregates, or whole (without base_aggregate).",
+            ) from exc
         except CodecError as exc:
             body.discard()
             raise bad_request("data", f"The {codec.name} body does not decode: {exc}") from exc
+        used = set(context.state["bases"])
+        if used - {fields["base_aggregate"]}:
+            body.discard()
+            raise bad_request(
+                "base_aggregate",
+                f"The {codec.name} body is a delta against aggregate {min(used)}, but the "
+                f"update names base_aggregate {fields['base_aggregate']}: they must agree.",
+            )
         check_tensors_schema(self.model(fields["federated_model"])["update_schema"], tensors)
         problem = _NO_TENSORS if not shape else _not_finite(tensors)
         del tensors  # views of the spooled file

@@ -17,12 +17,13 @@ import orjson
 from starlette.responses import StreamingResponse
 
 from ..codecs.base import Codec, Tensors, decode_with, read_tag
+from ..codecs.context import CodecContext, MissingBaseError, uses_context
 from ..exceptions import DecodeError, EncodeError, UnknownCodecError
 from ..registry import CodecRegistry
 from . import jsonstream
 from .blobs import CHUNK, BlobStore
 from .errors import detail
-from .store import NewBlob, Row
+from .store import NewBlob, Row, Store
 from .structure import positional
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "META_HEADER",
     "decode_data",
     "load",
+    "model_context",
     "names_to_keep",
     "negotiate",
     "result_codec",
@@ -74,8 +76,35 @@ def decode_data(
     )
 
 
-def load(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> Tensors:
+def model_context(
+    store: Store, blobs: BlobStore, registry: CodecRegistry, model_id: int
+) -> CodecContext:
+    """The context a delta payload of ``model_id`` decodes in: that model's aggregates.
+
+    ``context.state["bases"]`` lists the aggregates looked up, in order.
+    """
+    used: list[int] = []
+
+    def bases(aggregate: int) -> Tensors:
+        used.append(aggregate)
+        row = store.get_aggregate(aggregate)
+        if row is None or row["federated_model"] != model_id:
+            raise MissingBaseError(aggregate, f"federated model {model_id} has no such aggregate")
+        return load(blobs, store.get_blob(row["blob"]), registry)
+
+    return CodecContext(bases=bases, state={"bases": used})
+
+
+def load(
+    blobs: BlobStore, blob: Row, registry: CodecRegistry, context: CodecContext | None = None
+) -> Tensors:
     """Decode a stored blob into tensors (binary ones view a read-only memory map).
+
+    Args:
+        blobs: The blob store.
+        blob: The blob's row.
+        registry: The installed codecs.
+        context: The bases of a blob stored in a delta codec (see :func:`model_context`).
 
     Raises:
         CodecError: the blob's codec is not installed or the blob does not decode.
@@ -84,7 +113,7 @@ def load(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> Tensors:
     codec = registry.get(blob["codec"])
     raw = blobs.read(blob["filename"])
     if not codec.json_native:
-        return decode_with(codec, raw)
+        return decode_with(codec, raw, context=context)
     try:
         value = orjson.loads(memoryview(raw))
     except orjson.JSONDecodeError as exc:
@@ -127,8 +156,15 @@ def result_codec(update_codecs: Sequence[str], registry: CodecRegistry) -> list[
     names: list[str] = []
     if update_codecs and all(name == "json" for name in update_codecs):
         names.append("json")
-    names += [name for name in update_codecs if name in registry and registry.get(name).lossless]
-    names += [info.codec.name for info in registry if info.codec.lossless]
+    # A delta codec's payload needs its base to decode: an aggregate is stored whole.
+    names += [
+        name
+        for name in update_codecs
+        if name in registry and registry.get(name).lossless and not uses_context(registry.get(name))
+    ]
+    names += [
+        info.codec.name for info in registry if info.codec.lossless and not uses_context(info.codec)
+    ]
     names.append("json")
     return [registry.get(name) for name in dict.fromkeys(names) if name in registry]
 
@@ -165,9 +201,11 @@ def negotiate(accept: str | None, registry: CodecRegistry) -> Codec | None:
                 return registry.get(codec)
             continue
         try:
-            return registry.for_media_type(media)
+            found = registry.for_media_type(media)
         except UnknownCodecError:
             continue
+        if not uses_context(found):  # answers are written whole (no deltas downstream yet)
+            return found
     return None
 
 
@@ -179,6 +217,7 @@ def weights_response(
     *,
     field: str | None = None,
     meta: Mapping[str, Any] | None = None,
+    context: CodecContext | None = None,
 ) -> StreamingResponse:
     """Answer with a blob's weights, streamed, in the codec ``accept`` asks for.
 
@@ -190,15 +229,16 @@ def weights_response(
         field: Put the weights under this key of a JSON object holding ``meta`` too
             (None: the body is the weights alone).
         meta: The other fields; in a binary answer they go in the ``FMA-Meta`` header.
+        context: The bases of a blob stored in a delta codec (see :func:`model_context`).
     """
     codec = negotiate(accept, registry)
     if codec is not None and not codec.json_native:
-        chunks, nbytes = _binary(blobs, blob, codec, registry)
+        chunks, nbytes = _binary(blobs, blob, codec, registry, context)
         headers = {"Content-Length": str(nbytes)}
         if field is not None:
             headers[META_HEADER] = orjson.dumps(dict(meta or {})).decode()
         return StreamingResponse(chunks, headers=headers, media_type=codec.media_type)
-    chunks, nbytes = _json(blobs, blob, registry, codec)
+    chunks, nbytes = _json(blobs, blob, registry, codec, context)
     if field is not None:
         head = orjson.dumps({**(meta or {}), field: None})[: -len(b"null}")]
         chunks = _chain(_once(head), chunks, _once(b"}"))
@@ -207,7 +247,11 @@ def weights_response(
 
 
 def _json(
-    blobs: BlobStore, blob: Row, registry: CodecRegistry, codec: Codec | None
+    blobs: BlobStore,
+    blob: Row,
+    registry: CodecRegistry,
+    codec: Codec | None,
+    context: CodecContext | None,
 ) -> tuple[AsyncIterator[Any], int]:
     """The weights as JSON: plain lists, or the JSON-native ``codec`` asked for.
 
@@ -219,7 +263,7 @@ def _json(
     target = codec if codec is not None else registry.get("json")
     if _codec(blob, registry).name == target.name:
         return blobs.stream_file(blob["filename"]), int(blob["nbytes"])
-    tensors = _load(blobs, blob, registry)
+    tensors = _load(blobs, blob, registry, context)
     try:
         document = target.encode(tensors)
         nbytes = jsonstream.size(document)
@@ -233,12 +277,17 @@ def _json(
 
 
 def _binary(
-    blobs: BlobStore, blob: Row, codec: Codec, registry: CodecRegistry
+    blobs: BlobStore,
+    blob: Row,
+    codec: Codec,
+    registry: CodecRegistry,
+    context: CodecContext | None,
 ) -> tuple[AsyncIterator[Any], int]:
     if blob["codec"] == codec.name:
         return blobs.stream_file(blob["filename"]), int(blob["nbytes"])
+    tensors = _load(blobs, blob, registry, context)
     try:
-        chunks = [memoryview(c).cast("B") for c in codec.encode(_load(blobs, blob, registry))]
+        chunks = [memoryview(c).cast("B") for c in codec.encode(tensors)]
     except EncodeError as exc:
         raise detail(406, f"these weights cannot be written as {codec.name}: {exc}") from exc
     return _sliced(chunks), sum(c.nbytes for c in chunks)
@@ -251,10 +300,12 @@ def _codec(blob: Row, registry: CodecRegistry) -> Codec:
         raise detail(500, f"stored weights are in a codec this server lacks: {exc}") from exc
 
 
-def _load(blobs: BlobStore, blob: Row, registry: CodecRegistry) -> Tensors:
+def _load(
+    blobs: BlobStore, blob: Row, registry: CodecRegistry, context: CodecContext | None
+) -> Tensors:
     _codec(blob, registry)
     try:
-        return load(blobs, blob, registry)
+        return load(blobs, blob, registry, context)
     except DecodeError as exc:
         raise detail(500, f"stored weights do not decode: {exc}") from exc
 

@@ -18,6 +18,7 @@ import pytest
 from fma_connect import CodecRegistry, DecodeError, build_codec_registry, plugin_manager
 from fma_connect._transport import dumps_json
 from fma_connect.codecs.base import Codec, decode_with
+from fma_connect.codecs.context import CodecContext, encode_with
 from fma_connect.exceptions import TooManyTensorsError
 
 _CODECS = build_codec_registry(plugin_manager()).names()
@@ -26,7 +27,7 @@ _THREE = [(f"t{i}", np.arange(4, dtype=np.float32) + i) for i in range(3)]
 
 def _payload(codec: Codec, tensors: list[tuple[str, np.ndarray]]) -> Any:
     """What a receiver hands to ``decode``: the parsed JSON value, or the whole body."""
-    encoded = codec.encode(tensors)
+    encoded = encode_with(codec, tensors, CodecContext())
     if codec.json_native:
         return orjson.loads(dumps_json(encoded))
     body = bytearray()

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import responses
 
-from fma_connect._transport import dumps_json
 from fma_connect.codecs.base import Tensors
 from fma_connect.plugins import default_codec_registry
 from fma_connect.spec import flatten, restore_like
+from fma_connect.testing import to_wire_and_back
 
 #: Every installed lossless codec: the built-in msgpack and npz-b64, and any plugin's.
 LOSSLESS = sorted(info.codec.name for info in default_codec_registry() if info.codec.lossless)
@@ -25,11 +25,7 @@ UUID = "9b1c7e52-0000-4000-8000-00000000000f"
 
 def over_the_wire(codec_name: str, tensors: Tensors) -> Tensors:
     """Encode with the named codec, serialise as a request would, and decode."""
-    codec = default_codec_registry().get(codec_name)
-    payload = codec.encode(tensors)
-    if codec.json_native:
-        return codec.decode(orjson.loads(dumps_json(payload)))
-    return codec.decode(b"".join(memoryview(chunk).cast("B") for chunk in payload))
+    return to_wire_and_back(default_codec_registry().get(codec_name), tensors)
 
 
 def round_trip(tree: Any, codec_name: str, like: Any = None) -> Any:

@@ -197,5 +197,11 @@ def fma_connect_register_codecs(registry: Any) -> None:
     bound = _env_int("FMA_CONNECT_ZSTD_MAX_OUTPUT_SIZE", DEFAULT_MAX_OUTPUT_SIZE)
     for info in list(registry):
         codec = info.codec
-        if not codec.json_native and not codec.name.startswith(_PREFIX):
+        # A codec that needs a context (a delta codec) is compressed already, and its
+        # payload cannot be built without its base.
+        if (
+            not codec.json_native
+            and not codec.name.startswith(_PREFIX)
+            and not getattr(codec, "uses_context", False)
+        ):
             registry.add(ZstdCodec(codec, level=level, max_output_size=bound))

@@ -1,0 +1,89 @@
+"""What a codec that needs more than the tensors gets: the base aggregate and its own state.
+
+A delta codec writes an update as its difference from the aggregate it started from
+(its *base*); a codec with error feedback keeps, per client, what it did not send. Such
+a codec declares ``uses_context = True`` and then takes a :class:`CodecContext` as the
+second argument of ``encode(tensors, context)`` and ``decode(payload, context)``. Codecs
+without the attribute keep today's ``encode(tensors)`` / ``decode(payload)``: every
+existing plugin works unchanged. :func:`encode_with` and
+:func:`~fma_connect.codecs.base.decode_with` call a codec the right way.
+
+Who builds the context: :class:`~fma_connect.WebClient` when it sends an update
+(``base_aggregate`` is the ``send_update`` argument; the bases are the aggregates it
+received, or fetches) and when it decodes what it receives; the reference server when it
+decodes an upload (the bases are the model's stored aggregates). A codec names the base
+it used in its own payload, so that the receiver looks up the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import DecodeError
+
+__all__ = ["CodecContext", "MissingBaseError", "encode_with", "uses_context"]
+
+
+class MissingBaseError(DecodeError):
+    """A payload is a delta against an aggregate that this side does not hold.
+
+    Attributes:
+        aggregate: The id of that aggregate.
+    """
+
+    def __init__(self, aggregate: int, why: str = "") -> None:
+        self.aggregate = aggregate
+        super().__init__(
+            f"the payload is a delta against aggregate {aggregate}, which is not held here"
+            + (f" ({why})" if why else "")
+        )
+
+    def __reduce__(self) -> tuple[type[MissingBaseError], tuple[int, str]]:
+        return (type(self), (self.aggregate, ""))
+
+
+@dataclass
+class CodecContext:
+    """The base aggregate and per-client state a context codec works with.
+
+    Attributes:
+        base_aggregate: The id of the aggregate the update starts from (the
+            ``base_aggregate`` of ``send_update``), or None: the encoder then has no
+            base and writes the tensors whole.
+        bases: Returns an aggregate's tensors by id; raises :class:`MissingBaseError`
+            when this side does not hold it. None: no base is held at all.
+        state: The codec's own state for this client, kept between rounds (e.g. an
+            error-feedback residual); the codec may read and change it.
+    """
+
+    base_aggregate: int | None = None
+    bases: Callable[[int], Sequence[tuple[str, np.ndarray]]] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def base(self, aggregate: int) -> dict[str, np.ndarray]:
+        """The tensors of aggregate ``aggregate``, by name.
+
+        Raises:
+            MissingBaseError: it is not held here.
+        """
+        if self.bases is None:
+            raise MissingBaseError(aggregate)
+        return dict(self.bases(aggregate))
+
+
+def uses_context(codec: Any) -> bool:
+    """Whether a codec takes a :class:`CodecContext` (declares ``uses_context = True``)."""
+    return getattr(codec, "uses_context", False) is True
+
+
+def encode_with(
+    codec: Any, tensors: Sequence[tuple[str, np.ndarray]], context: CodecContext
+) -> Any:
+    """``codec.encode(tensors)``, with ``context`` for a codec that uses one."""
+    if uses_context(codec):
+        return codec.encode(tensors, context)
+    return codec.encode(tensors)

@@ -1,0 +1,253 @@
+"""The ``delta`` codec: an update as the XOR of its bits with its base aggregate, compressed.
+
+Lossless and bit-exact. Federated updates start from the aggregate they are a round of
+training away from, so most of each value's high bits (sign, exponent, leading mantissa)
+equal the base's. The codec XORs every tensor's bytes with the same tensor of the base
+(``send_update(..., base_aggregate=id)``), groups the result by byte plane (all first
+bytes, then all second bytes... of the values, so the runs of zero high bytes sit
+together) and compresses each tensor with zstd. Without a base, or for a tensor the base
+lacks (another name, dtype or shape), the tensor's own bytes are planed and compressed.
+
+Layout (format version 1): a ``msgpack`` body (so framing, its header checksum and each
+block's crc32 are that codec's) whose first tensor, ``"\\u0000delta"``, is a uint8
+array holding a msgpack manifest::
+
+    {"codec": "delta", "format_version": 1, "base_aggregate": id or None,
+     "tensors": [{"name", "dtype", "shape", "mode": "xor" | "raw", "crc32"}, ...]}
+
+and whose other tensors are, in order, each tensor's zstd frame (uint8). ``crc32`` is
+that of the tensor's own bytes as sent, checked after reconstruction: a receiver whose
+base differs from the sender's finds out, instead of averaging the wrong values.
+
+Decompression is bounded by the size the manifest states for each tensor, so a small
+hostile body cannot make the receiver allocate more than the tensors it declares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+import zstandard
+
+from ..dtypes import dtype_from_tag, tag_of, to_wire_array
+from ..exceptions import DecodeError, EncodeError, TooManyTensorsError
+from ..hookspecs import hookimpl
+from .base import Tensors, check_max_tensors, check_version
+from .context import CodecContext
+from .msgpack_numpy import MsgpackCodec, crc32
+
+__all__ = ["XorDeltaCodec"]
+
+FORMAT_VERSION = 1
+_MANIFEST = "\u0000delta"  # no tensor of a flattened tree can have this name
+_MANIFEST_KEYS = {"codec", "format_version", "base_aggregate", "tensors"}
+_ENTRY_KEYS = {"name", "dtype", "shape", "mode", "crc32"}
+#: The default bound on the bytes a payload's tensors may declare (as the zstd plugin's).
+DEFAULT_MAX_OUTPUT_SIZE = 8 << 30
+#: zstd level 3: within a few percent of the best ratio on XORed weights, at ~0.3-1 GB/s.
+_LEVEL = 3
+
+
+class XorDeltaCodec:
+    """Lossless delta against the base aggregate: XOR, byte planes, zstd."""
+
+    name = "delta"
+    media_type = "application/vnd.fma-connect.delta"
+    lossless = True
+    json_native = False
+    uses_context = True
+
+    def __init__(self, max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE) -> None:
+        """
+        Args:
+            max_output_size: The most bytes a payload's tensors may declare in all; a
+                payload over it is refused before anything is decompressed.
+        """
+        self._container = MsgpackCodec()
+        self.max_output_size = max_output_size
+
+    def encode(self, tensors: Sequence[tuple[str, np.ndarray]], context: CodecContext) -> Any:
+        """Encode ``tensors`` as a delta against ``context.base_aggregate`` (if any).
+
+        Raises:
+            EncodeError: a tensor cannot be sent, or the base is not held.
+            MissingBaseError: the base aggregate's tensors cannot be had.
+        """
+        base = context.base(context.base_aggregate) if context.base_aggregate is not None else {}
+        compressor = zstandard.ZstdCompressor(level=_LEVEL)
+        entries: list[dict[str, Any]] = []
+        frames: Tensors = []
+        for name, array in tensors:
+            if name == _MANIFEST:
+                raise EncodeError(f"the tensor name {name!r} is reserved by the delta codec")
+            array = to_wire_array(array, name)
+            own = _bytes(array)
+            reference = _matching(base.get(name), array.dtype, array.shape)
+            mode = "raw" if reference is None else "xor"
+            delta = own if reference is None else np.bitwise_xor(own, _bytes(reference))
+            planes = _planes(delta, array.dtype.itemsize)
+            frame = compressor.compress(planes)
+            entries.append(
+                {
+                    "name": name,
+                    "dtype": tag_of(array.dtype, name),
+                    "shape": list(array.shape),
+                    "mode": mode,
+                    "crc32": crc32(own),
+                }
+            )
+            frames.append((name, np.frombuffer(frame, np.uint8)))
+        manifest = msgpack.packb(
+            {
+                "codec": self.name,
+                "format_version": FORMAT_VERSION,
+                "base_aggregate": context.base_aggregate if base else None,
+                "tensors": entries,
+            }
+        )
+        return self._container.encode([(_MANIFEST, np.frombuffer(manifest, np.uint8)), *frames])
+
+    def decode(
+        self, payload: Any, context: CodecContext, *, max_tensors: int | None = None
+    ) -> Tensors:
+        """Rebuild the tensors of a payload, against the base it names.
+
+        Raises:
+            TooManyTensorsError: it holds more than ``max_tensors`` tensors.
+            MissingBaseError: it is a delta against an aggregate ``context`` lacks.
+            DecodeError: it is corrupt, or its reconstruction does not match what was sent
+                (the base held here differs from the sender's).
+        """
+        limit = None if max_tensors is None else max_tensors + 1  # the manifest is one more
+        try:
+            blocks = self._container.decode(payload, max_tensors=limit)
+        except TooManyTensorsError as exc:  # counted without the manifest
+            raise TooManyTensorsError(exc.count - 1, exc.limit - 1) from None
+        if not blocks or blocks[0][0] != _MANIFEST:
+            raise DecodeError("delta payload has no manifest: is it a plain msgpack body?")
+        manifest = _manifest(blocks[0][1])
+        check_max_tensors(len(manifest["tensors"]), max_tensors)
+        if len(manifest["tensors"]) != len(blocks) - 1:
+            raise DecodeError(
+                f"delta manifest lists {len(manifest['tensors'])} tensors for "
+                f"{len(blocks) - 1} blocks"
+            )
+        sizes = [
+            math.prod(entry["shape"]) * dtype_from_tag(entry["dtype"]).itemsize
+            for entry in manifest["tensors"]
+        ]
+        if sum(sizes) > self.max_output_size:
+            raise DecodeError(
+                f"delta payload declares {sum(sizes):,} bytes of tensors, more than the "
+                f"{self.max_output_size:,} this side accepts"
+            )
+        aggregate = manifest["base_aggregate"]
+        needs_base = any(entry["mode"] == "xor" for entry in manifest["tensors"])
+        base = context.base(aggregate) if needs_base else {}
+        decompressor = zstandard.ZstdDecompressor()
+        out: Tensors = []
+        for entry, size, (block_name, frame) in zip(
+            manifest["tensors"], sizes, blocks[1:], strict=True
+        ):
+            name = entry["name"]
+            if block_name != name:
+                raise DecodeError(f"delta block {block_name!r} stands where {name!r} belongs")
+            dtype = dtype_from_tag(entry["dtype"])
+            try:
+                planes = decompressor.decompress(frame.tobytes(), max_output_size=size)
+            except zstandard.ZstdError as exc:
+                raise DecodeError(f"delta tensor {name!r} does not decompress: {exc}") from exc
+            if len(planes) != size:
+                raise DecodeError(
+                    f"delta tensor {name!r} holds {len(planes)} bytes, its shape needs {size}"
+                )
+            own = _unplaned(np.frombuffer(planes, np.uint8), dtype.itemsize)
+            if entry["mode"] == "xor":
+                reference = _matching(base.get(name), dtype, tuple(entry["shape"]))
+                if reference is None:
+                    raise DecodeError(
+                        f"delta tensor {name!r} is a delta against aggregate {aggregate}, whose "
+                        f"{name!r} here is not a {entry['dtype']} tensor of shape "
+                        f"{entry['shape']}"
+                    )
+                np.bitwise_xor(own, _bytes(reference), out=own)
+            if crc32(own) != entry["crc32"]:
+                raise DecodeError(
+                    f"delta tensor {name!r} does not rebuild what was sent (crc32 differs)"
+                    + (f": the base aggregate {aggregate} held here differs" if aggregate else "")
+                )
+            out.append((name, own.view(dtype).reshape(entry["shape"])))
+        return out
+
+
+def _bytes(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous little-endian array's bytes, as a flat uint8 view."""
+    return to_wire_array(array).reshape(-1).view(np.uint8)
+
+
+def _matching(
+    base: np.ndarray | None, dtype: np.dtype[Any], shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """The base tensor, if it has the dtype and shape to XOR a tensor against."""
+    if base is None or base.dtype.newbyteorder("<") != dtype.newbyteorder("<"):
+        return None
+    return to_wire_array(base) if base.shape == shape else None
+
+
+def _planes(data: np.ndarray, itemsize: int) -> bytes:
+    """Group the bytes of ``itemsize``-byte values by position: byte 0 of all, then 1..."""
+    if itemsize == 1 or data.size == 0:
+        return data.tobytes()
+    return np.ascontiguousarray(data.reshape(-1, itemsize).T).tobytes()
+
+
+def _unplaned(planes: np.ndarray, itemsize: int) -> np.ndarray:
+    """Undo :func:`_planes`: a new writable array of the values' bytes in order."""
+    if itemsize == 1 or planes.size == 0:
+        return planes.copy()
+    return planes.reshape(itemsize, -1).T.copy().reshape(-1)  # copy(): C order, writable
+
+
+def _manifest(block: np.ndarray) -> dict[str, Any]:
+    """Parse and check the manifest block."""
+    try:
+        manifest = msgpack.unpackb(block.tobytes(), strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"delta manifest is not msgpack: {exc}") from exc
+    if not isinstance(manifest, dict) or set(manifest) != _MANIFEST_KEYS:
+        raise DecodeError(f"delta manifest must be a map of {sorted(_MANIFEST_KEYS)}")
+    if manifest["codec"] != "delta":
+        raise DecodeError(f"delta manifest names the codec {manifest['codec']!r}")
+    version = manifest["format_version"]
+    if type(version) is not int:
+        raise DecodeError(f"delta manifest format_version must be an integer, got {version!r}")
+    check_version("delta", version, FORMAT_VERSION)
+    aggregate = manifest["base_aggregate"]
+    if aggregate is not None and (type(aggregate) is not int or aggregate < 1):
+        raise DecodeError(f"delta manifest base_aggregate must be an id, got {aggregate!r}")
+    entries = manifest["tensors"]
+    if not isinstance(entries, list):
+        raise DecodeError("delta manifest tensors must be a list")
+    for entry in entries:
+        if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
+            raise DecodeError(f"delta manifest entries must be maps of {sorted(_ENTRY_KEYS)}")
+        shape = entry["shape"]
+        if not isinstance(entry["name"], str) or entry["mode"] not in ("xor", "raw"):
+            raise DecodeError(f"delta manifest entry is malformed: {entry!r:.200}")
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise DecodeError(f"delta manifest shape must be non-negative integers: {shape!r:.80}")
+        if type(entry["crc32"]) is not int:
+            raise DecodeError("delta manifest crc32 must be an integer")
+        if entry["mode"] == "xor" and aggregate is None:
+            raise DecodeError("delta manifest has xor tensors but no base_aggregate")
+    return manifest
+
+
+@hookimpl
+def fma_connect_register_codecs(registry: Any) -> None:
+    """Register the ``delta`` codec."""
+    registry.add(XorDeltaCodec())
