@@ -19,6 +19,7 @@ import requests
 
 from .bench.progress import TransferBars
 from .clients import WebClient
+from .digits import load_digits_split, non_iid_shares
 from .plugins import default_codec_registry
 
 __all__ = ["DemoResult", "RoundStats", "run_demo"]
@@ -66,30 +67,6 @@ class _WireCounter:
         session = requests.Session()
         session.hooks["response"].append(self.hook)
         return session
-
-
-def _load_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise SystemExit(
-            "the demo trains on scikit-learn's bundled digits: pip install 'fma-connect[demo]'"
-        ) from None
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    order = np.random.default_rng(seed).permutation(len(y))
-    test = order[: len(y) // 4]
-    train = order[len(y) // 4 :]
-    return x[train], y[train], x[test], y[test]
-
-
-def _non_iid_shares(y: np.ndarray, clients: int, seed: int) -> list[np.ndarray]:
-    # Sort by label and deal out two contiguous shards per client: each sees few digits.
-    shards = np.array_split(np.argsort(y, kind="stable"), 2 * clients)
-    picks = np.random.default_rng(seed).permutation(2 * clients)
-    return [
-        np.concatenate([shards[picks[2 * c]], shards[picks[2 * c + 1]]]) for c in range(clients)
-    ]
 
 
 def _initial_model() -> dict[str, np.ndarray]:
@@ -197,8 +174,8 @@ def run_demo(
 
     default_codec_registry().get(codec)  # an unknown codec fails before anything starts
     trainer = _Torch() if framework == "torch" else _Numpy()
-    x_train, y_train, x_test, y_test = _load_digits(seed)
-    shares = _non_iid_shares(y_train, clients, seed)
+    x_train, y_train, x_test, y_test = load_digits_split(seed)
+    shares = non_iid_shares(y_train, clients, seed)
     result = DemoResult()
     for i, share in enumerate(shares):
         alone = _train(
