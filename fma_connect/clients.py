@@ -26,7 +26,7 @@ from ._transport import (
     dumps_json,
 )
 from .codecs.base import Codec, Tensors, decode_with, read_tag
-from .codecs.context import CodecContext, encode_with, uses_context
+from .codecs.context import CodecContext, MissingBaseError, encode_with, uses_context
 from .codecs.json_lists import check_document_size, fast_layers
 from .codecs.msgpack_numpy import MsgpackCodec
 from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError, UnknownCodecError
@@ -134,7 +134,7 @@ class WebClient:
         self._last_aggregate: int | None = None
         #: For a delta codec: the last aggregate received (id, tensors as received, a
         #: copy), the base of the next update; and the codec's own state.
-        self._held: tuple[int, Tensors] | None = None
+        self._held: tuple[int | None, Tensors] | None = None
         self._received: Tensors | None = None
         self._codec_state: dict[str, Any] = {}
 
@@ -562,10 +562,13 @@ class WebClient:
         """The context a delta codec encodes and decodes in: the aggregates this client has."""
         return CodecContext(base_aggregate, self._base, self._codec_state)
 
-    def _base(self, aggregate: int) -> Tensors:
-        """An aggregate's tensors: the last one received, else fetched from the service."""
+    def _base(self, aggregate: int | None) -> Tensors:
+        """An aggregate's tensors (None: the initial model): the last one received, else
+        an aggregate fetched from the service."""
         if self._held is not None and self._held[0] == aggregate:
             return self._held[1]
+        if aggregate is None:
+            raise MissingBaseError(None, "this client has not received it")
         try:
             response = self._call(
                 "GET",
@@ -583,8 +586,12 @@ class WebClient:
         return tensors
 
     def _hold(self, aggregate: Any) -> None:
-        """Keep what was just received as the next update's base (delta codecs only)."""
-        if self._received is not None and type(aggregate) is int:
+        """Keep what was just received as the next update's base (delta codecs only).
+
+        Weights without an aggregate are the initial model (the only artifact a model
+        has before its first aggregate), the base of an update without base_aggregate.
+        """
+        if self._received is not None and (aggregate is None or type(aggregate) is int):
             self._held = (aggregate, self._received)
         self._received = None
 

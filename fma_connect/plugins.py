@@ -44,6 +44,7 @@ BUILTIN_PLUGINS = (
     "fma_connect.codecs.msgpack_numpy",
     "fma_connect.codecs.npz_base64",
     "fma_connect.codecs.xor_delta",
+    "fma_connect.codecs.sparse_delta",
     # Adapters are asked last-registered first: jax, which claims any registered pytree
     # node, comes right after numpy so that the specific adapters are asked before it.
     "fma_connect.frameworks.numpy_adapter",

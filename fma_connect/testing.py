@@ -185,7 +185,7 @@ def _body(codec: Codec, tensors: Sequence[tuple[str, np.ndarray]], context: Code
 def holding(aggregate: int, tensors: Sequence[tuple[str, np.ndarray]]) -> CodecContext:
     """A context for a delta against ``aggregate``, whose tensors are ``tensors``."""
 
-    def bases(wanted: int) -> Sequence[tuple[str, np.ndarray]]:
+    def bases(wanted: int | None) -> Sequence[tuple[str, np.ndarray]]:
         if wanted != aggregate:
             raise MissingBaseError(wanted)
         return tensors
@@ -208,7 +208,14 @@ def bases_for(draw: st.DrawFn, sent: Tensors, codec: Codec) -> Tensors:
             out.append((name, draw(tensors(dtypes, finite=not codec.lossless))))
             continue
         native = np.ascontiguousarray(array, array.dtype.newbyteorder("="))
-        noise = draw(hnp.arrays(np.uint8, native.nbytes)).view(native.dtype).reshape(array.shape)
+        if codec.lossless:  # any bits at all
+            noise = draw(hnp.arrays(np.uint8, native.nbytes)).view(native.dtype)
+            noise = noise.reshape(array.shape)
+        elif native.dtype.kind == "f":  # finite values the codec is fed: changes it can send
+            factor = draw(st.sampled_from([0.0, 0.5, -1.0]))
+            noise = (native.astype(np.float64) * factor).astype(native.dtype)
+        else:
+            noise = native.copy()
         if kind == "close" and array.size:  # the same values but a few
             keep = draw(hnp.arrays(np.bool_, array.shape))
             noise = np.where(keep, native, noise)

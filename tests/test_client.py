@@ -127,7 +127,7 @@ def test_default_url_can_come_from_the_environment() -> None:
         ({"url": "http://h:8000/api/v1/"}, "url must be the service root.*'http://h:8000/'"),
         ({"url": "http://h:8000/api/v1"}, "url must be the service root.*'http://h:8000/'"),
         ({"url": "https://h/fma/api/v1/"}, "url must be the service root.*'https://h/fma/'"),
-        ({"codec": 42}, "codec must be a codec name \\(delta, json, msgpack, npz-b64\\)"),
+        ({"codec": 42}, "codec must be a codec name \\(delta, json, msgpack, npz-b64, sparse\\)"),
         ({"timeout": -1}, "timeout must be seconds > 0"),
         ({"timeout": (1, 2, 3)}, "timeout must be"),
         ({"retries": -1}, "retries must be an integer >= 0"),

@@ -59,7 +59,7 @@ def _ep(name: str, value: str) -> importlib.metadata.EntryPoint:
 
 def test_a_plugin_found_through_an_entry_point_registers_its_codec(fake_plugins: object) -> None:
     registry = build_codec_registry(plugin_manager(entry_points=[_ep("good", "good_plugin")]))
-    assert registry.names() == ["delta", "json", "msgpack", "npz-b64", "reversed-msgpack"]
+    assert registry.names() == ["delta", "json", "msgpack", "npz-b64", "reversed-msgpack", "sparse"]
     assert registry.info("reversed-msgpack").plugin == "good"
     assert registry.info("msgpack").distribution == "fma-connect"
     check_codec(registry.get("reversed-msgpack"), max_examples=20)
@@ -143,7 +143,7 @@ def test_a_trylast_plugin_sees_every_other_codec(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setitem(sys.modules, name, module)
     eps = [_ep("wrapper", "wrapper_plugin"), _ep("late", "late_plugin")]
     build_codec_registry(plugin_manager(entry_points=eps))
-    assert seen == ["delta", "json", "msgpack", "npz-b64", "reversed-msgpack"]
+    assert seen == ["delta", "json", "msgpack", "npz-b64", "reversed-msgpack", "sparse"]
 
 
 class _Named(MsgpackCodec):
@@ -169,7 +169,7 @@ def test_a_malformed_codec_name_or_media_type_is_refused_naming_the_plugin(
     registry.source = ("sloppy", None, None)
     with pytest.raises(PluginError, match=f"sloppy registered the codec .*{message}"):
         registry.add(_Named(name, media_type))
-    assert registry.names() == ["delta", "json", "msgpack", "npz-b64"]
+    assert registry.names() == ["delta", "json", "msgpack", "npz-b64", "sparse"]
 
 
 def test_a_binary_codec_cannot_take_another_ones_media_type() -> None:

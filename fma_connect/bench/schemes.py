@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codecs.base import Codec
+from ..codecs.sparse_delta import SparseDeltaCodec
 from ..exceptions import ConfigurationError
 from ..registry import CodecRegistry
 
@@ -76,13 +77,23 @@ class Scheme:
         return None
 
 
-#: The schemes the benchmark runs by default: the baseline and today's plugin codecs.
+#: The schemes the benchmark runs by default: the baseline, the plugin codecs, the lossless
+#: delta and settings of the sparse codec.
 DEFAULT_SCHEMES = (
     Scheme("msgpack", "msgpack"),
     Scheme("zstd+msgpack", "zstd+msgpack"),
     Scheme("quantize-int8", "quantize-int8"),
     Scheme("zstd+quantize-int8-sym", "zstd+quantize-int8-sym"),
     Scheme("delta", "delta"),
+    Scheme("sparse 1% ternary", lambda: SparseDeltaCodec(0.01, "ternary")),
+    Scheme("sparse 2% ternary", lambda: SparseDeltaCodec(0.02, "ternary")),
+    Scheme("sparse 5% ternary", lambda: SparseDeltaCodec(0.05, "ternary")),
+    Scheme("sparse 1% float16", lambda: SparseDeltaCodec(0.01, "float16")),
+    Scheme("sparse 5% float16", lambda: SparseDeltaCodec(0.05, "float16")),
+    Scheme(
+        "sparse 1% ternary, no error feedback",
+        lambda: SparseDeltaCodec(0.01, "ternary", error_feedback=False),
+    ),
 )
 
 #: Schemes ``--schemes`` knows by label. New codecs with parameters get a preset here.

@@ -32,17 +32,18 @@ class MissingBaseError(DecodeError):
     """A payload is a delta against an aggregate that this side does not hold.
 
     Attributes:
-        aggregate: The id of that aggregate.
+        aggregate: The id of that aggregate (None: the model's initial model).
     """
 
-    def __init__(self, aggregate: int, why: str = "") -> None:
+    def __init__(self, aggregate: int | None, why: str = "") -> None:
         self.aggregate = aggregate
+        what = "the initial model" if aggregate is None else f"aggregate {aggregate}"
         super().__init__(
-            f"the payload is a delta against aggregate {aggregate}, which is not held here"
+            f"the payload is a delta against {what}, which is not held here"
             + (f" ({why})" if why else "")
         )
 
-    def __reduce__(self) -> tuple[type[MissingBaseError], tuple[int, str]]:
+    def __reduce__(self) -> tuple[type[MissingBaseError], tuple[int | None, str]]:
         return (type(self), (self.aggregate, ""))
 
 
@@ -52,20 +53,21 @@ class CodecContext:
 
     Attributes:
         base_aggregate: The id of the aggregate the update starts from (the
-            ``base_aggregate`` of ``send_update``), or None: the encoder then has no
-            base and writes the tensors whole.
-        bases: Returns an aggregate's tensors by id; raises :class:`MissingBaseError`
-            when this side does not hold it. None: no base is held at all.
+            ``base_aggregate`` of ``send_update``), or None: it starts from the model's
+            initial model, if there is one.
+        bases: Returns an aggregate's tensors by id (None: the model's initial model);
+            raises :class:`MissingBaseError` when this side does not hold it. None: no
+            base is held at all.
         state: The codec's own state for this client, kept between rounds (e.g. an
             error-feedback residual); the codec may read and change it.
     """
 
     base_aggregate: int | None = None
-    bases: Callable[[int], Sequence[tuple[str, np.ndarray]]] | None = None
+    bases: Callable[[int | None], Sequence[tuple[str, np.ndarray]]] | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
-    def base(self, aggregate: int) -> dict[str, np.ndarray]:
-        """The tensors of aggregate ``aggregate``, by name.
+    def base(self, aggregate: int | None) -> dict[str, np.ndarray]:
+        """The tensors of aggregate ``aggregate`` (None: the initial model), by name.
 
         Raises:
             MissingBaseError: it is not held here.

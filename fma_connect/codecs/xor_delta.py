@@ -3,16 +3,18 @@
 Lossless and bit-exact. Federated updates start from the aggregate they are a round of
 training away from, so most of each value's high bits (sign, exponent, leading mantissa)
 equal the base's. The codec XORs every tensor's bytes with the same tensor of the base
-(``send_update(..., base_aggregate=id)``), groups the result by byte plane (all first
+(``send_update(..., base_aggregate=id)``; without one, the model's initial model when the
+client holds it), groups the result by byte plane (all first
 bytes, then all second bytes... of the values, so the runs of zero high bytes sit
 together) and compresses each tensor with zstd. Without a base, or for a tensor the base
-lacks (another name, dtype or shape), the tensor's own bytes are planed and compressed.
+lacks (another name or shape, or a dtype that is not a float of another width), the
+tensor's own bytes are planed and compressed.
 
 Layout (format version 1): a ``msgpack`` body (so framing, its header checksum and each
 block's crc32 are that codec's) whose first tensor, ``"\\u0000delta"``, is a uint8
 array holding a msgpack manifest::
 
-    {"codec": "delta", "format_version": 1, "base_aggregate": id or None,
+    {"codec": "delta", "format_version": 1, "base_aggregate": id (None: the initial model),
      "tensors": [{"name", "dtype", "shape", "mode": "xor" | "raw", "crc32"}, ...]}
 
 and whose other tensors are, in order, each tensor's zstd frame (uint8). ``crc32`` is
@@ -37,7 +39,7 @@ from ..dtypes import dtype_from_tag, tag_of, to_wire_array
 from ..exceptions import DecodeError, EncodeError, TooManyTensorsError
 from ..hookspecs import hookimpl
 from .base import Tensors, check_max_tensors, check_version
-from .context import CodecContext
+from .context import CodecContext, MissingBaseError
 from .msgpack_numpy import MsgpackCodec, crc32
 
 __all__ = ["XorDeltaCodec"]
@@ -77,7 +79,7 @@ class XorDeltaCodec:
             EncodeError: a tensor cannot be sent, or the base is not held.
             MissingBaseError: the base aggregate's tensors cannot be had.
         """
-        base = context.base(context.base_aggregate) if context.base_aggregate is not None else {}
+        base = _base_or_nothing(context)
         compressor = zstandard.ZstdCompressor(level=_LEVEL)
         entries: list[dict[str, Any]] = []
         frames: Tensors = []
@@ -105,7 +107,7 @@ class XorDeltaCodec:
             {
                 "codec": self.name,
                 "format_version": FORMAT_VERSION,
-                "base_aggregate": context.base_aggregate if base else None,
+                "base_aggregate": context.base_aggregate,
                 "tensors": entries,
             }
         )
@@ -184,6 +186,21 @@ class XorDeltaCodec:
         return out
 
 
+def _base_or_nothing(context: CodecContext) -> dict[str, np.ndarray]:
+    """The base to encode against: the named aggregate, or the initial model if held.
+
+    Raises:
+        MissingBaseError: a named aggregate is not held (an update from the initial
+            model, when it is not held, goes whole instead).
+    """
+    try:
+        return context.base(context.base_aggregate)
+    except MissingBaseError:
+        if context.base_aggregate is None:
+            return {}
+        raise
+
+
 def _bytes(array: np.ndarray) -> np.ndarray:
     """A C-contiguous little-endian array's bytes, as a flat uint8 view."""
     return to_wire_array(array).reshape(-1).view(np.uint8)
@@ -192,10 +209,19 @@ def _bytes(array: np.ndarray) -> np.ndarray:
 def _matching(
     base: np.ndarray | None, dtype: np.dtype[Any], shape: tuple[int, ...]
 ) -> np.ndarray | None:
-    """The base tensor, if it has the dtype and shape to XOR a tensor against."""
-    if base is None or base.dtype.newbyteorder("<") != dtype.newbyteorder("<"):
+    """The base tensor to XOR a tensor of ``dtype`` and ``shape`` against, or None.
+
+    A float base of another float dtype (a float64 initial model sent as plain JSON, for
+    float32 updates) is cast to ``dtype``: numpy's rounding makes the same array on
+    both ends, and the crc32 of the rebuilt tensor would tell if it did not.
+    """
+    if base is None or base.shape != shape:
         return None
-    return to_wire_array(base) if base.shape == shape else None
+    if base.dtype.newbyteorder("<") == dtype.newbyteorder("<"):
+        return to_wire_array(base)
+    if base.dtype.kind == "f" and dtype.kind == "f":
+        return to_wire_array(base.astype(dtype))
+    return None
 
 
 def _planes(data: np.ndarray, itemsize: int) -> bytes:
@@ -242,8 +268,6 @@ def _manifest(block: np.ndarray) -> dict[str, Any]:
             raise DecodeError(f"delta manifest shape must be non-negative integers: {shape!r:.80}")
         if type(entry["crc32"]) is not int:
             raise DecodeError("delta manifest crc32 must be an integer")
-        if entry["mode"] == "xor" and aggregate is None:
-            raise DecodeError("delta manifest has xor tensors but no base_aggregate")
     return manifest
 
 

@@ -210,7 +210,8 @@ class Rounds:
                     reason = f"the stored update cannot be read: {exc.strerror or exc}"
                 else:
                     weight = float(update["num_examples"] or 1) if weighted else 1.0
-                    typed = self.registry.get(update["codec"]).lossless
+                    # Every codec but plain JSON carries the dtypes the sender chose.
+                    typed = update["codec"] != "json"
                     reason = accumulator.add(tensors, weight, typed=typed)
                     del tensors
             if reason is None:

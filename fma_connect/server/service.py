@@ -256,20 +256,22 @@ class Service:
             body.discard()
             raise bad_request(
                 "base_aggregate",
-                f"The {codec.name} body is a delta against aggregate {exc.aggregate}, which "
-                f"federated model {model_id} does not have; send the update against one of "
-                "its aggregates, or whole (without base_aggregate).",
+                f"The {codec.name} body is a delta against "
+                + ("the initial model" if exc.aggregate is None else f"aggregate {exc.aggregate}")
+                + f", which federated model {model_id} does not have; send the update against "
+                "one of its aggregates.",
             ) from exc
         except CodecError as exc:
             body.discard()
             raise bad_request("data", f"The {codec.name} body does not decode: {exc}") from exc
-        used = set(context.state["bases"])
-        if used - {fields["base_aggregate"]}:
+        other = [base for base in context.state["bases"] if base != fields["base_aggregate"]]
+        if other:
             body.discard()
+            what = "the initial model" if other[0] is None else f"aggregate {other[0]}"
             raise bad_request(
                 "base_aggregate",
-                f"The {codec.name} body is a delta against aggregate {min(used)}, but the "
-                f"update names base_aggregate {fields['base_aggregate']}: they must agree.",
+                f"The {codec.name} body is a delta against {what}, but the update names "
+                f"base_aggregate {fields['base_aggregate']}: they must agree.",
             )
         check_tensors_schema(self.model(fields["federated_model"])["update_schema"], tensors)
         problem = _NO_TENSORS if not shape else _not_finite(tensors)

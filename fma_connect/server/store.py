@@ -511,6 +511,14 @@ class Store:
                 conn, aggregate["federated_model"], aggregate["blob"], aggregate["id"], version
             )
 
+    def initial_artifact(self, model_id: int) -> Row | None:
+        """The artifact of a model's initial model (made when it was created), if any."""
+        sql = (
+            "SELECT * FROM artifacts WHERE federated_model = ? AND aggregate IS NULL "
+            "ORDER BY id LIMIT 1"
+        )
+        return self.one(sql, (model_id,))
+
     def get_artifact(self, artifact_id: int) -> Row | None:
         """Return an artifact row."""
         return self.one("SELECT * FROM artifacts WHERE id = ?", (artifact_id,))

@@ -79,17 +79,23 @@ def decode_data(
 def model_context(
     store: Store, blobs: BlobStore, registry: CodecRegistry, model_id: int
 ) -> CodecContext:
-    """The context a delta payload of ``model_id`` decodes in: that model's aggregates.
+    """The context a delta payload of ``model_id`` decodes in: that model's aggregates,
+    and its initial model (the base of an update without ``base_aggregate``).
 
     ``context.state["bases"]`` lists the aggregates looked up, in order.
     """
-    used: list[int] = []
+    used: list[int | None] = []
 
-    def bases(aggregate: int) -> Tensors:
+    def bases(aggregate: int | None) -> Tensors:
         used.append(aggregate)
-        row = store.get_aggregate(aggregate)
+        row = (
+            store.initial_artifact(model_id)
+            if aggregate is None
+            else store.get_aggregate(aggregate)
+        )
         if row is None or row["federated_model"] != model_id:
-            raise MissingBaseError(aggregate, f"federated model {model_id} has no such aggregate")
+            what = "an initial model" if aggregate is None else "such an aggregate"
+            raise MissingBaseError(aggregate, f"federated model {model_id} has no {what}")
         return load(blobs, store.get_blob(row["blob"]), registry)
 
     return CodecContext(bases=bases, state={"bases": used})

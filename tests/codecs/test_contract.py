@@ -21,7 +21,7 @@ def test_codec_keeps_the_contract(name: str, registry: CodecRegistry) -> None:
 
 
 def test_builtin_codecs_are_registered(registry: CodecRegistry) -> None:
-    assert registry.names() == ["delta", "json", "msgpack", "npz-b64"]
+    assert registry.names() == ["delta", "json", "msgpack", "npz-b64", "sparse"]
 
 
 class UntaggedJson:

@@ -1,0 +1,154 @@
+"""The ``sparse`` codec and its index coding: top-k changes, error feedback, few bits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fma_connect import DecodeError
+from fma_connect.codecs.context import CodecContext, MissingBaseError
+from fma_connect.codecs.index_coding import (
+    BITMAP,
+    ELIAS_FANO,
+    decode_positions,
+    encode_positions,
+)
+from fma_connect.codecs.sparse_delta import SparseDeltaCodec
+from fma_connect.testing import holding, to_wire_and_back
+
+
+@given(st.integers(1, 5000), st.data())
+def test_positions_come_back_in_the_smaller_coding(n: int, data: st.DataObject) -> None:
+    chosen = data.draw(st.sets(st.integers(0, n - 1), max_size=min(n, 300)))
+    positions = np.array(sorted(chosen), dtype=np.int64)
+    kind, coded = encode_positions(positions, n)
+    assert decode_positions(kind, coded, positions.size, n).tolist() == positions.tolist()
+    bitmap_bytes = -(-n // 8)
+    assert len(coded) <= bitmap_bytes + 1
+    if positions.size and kind == ELIAS_FANO:  # about 2 + log2(n / k) bits a position
+        assert 8 * len(coded) <= positions.size * (3 + math.log2(n / positions.size)) + 16
+
+
+def test_elias_fano_is_near_two_plus_log2_bits_a_position() -> None:
+    n, k = 1_000_000, 10_000
+    positions = np.sort(np.random.default_rng(0).choice(n, k, replace=False))
+    kind, coded = encode_positions(positions, n)
+    assert kind == ELIAS_FANO
+    assert 8 * len(coded) / k < 2 + math.log2(n / k) + 0.1  # 8.64 bits for 1%
+    assert encode_positions(np.arange(n // 2) * 2, n)[0] == BITMAP  # dense: the bitmap
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "k", "n"),
+    [(BITMAP, b"\x01", 2, 8), (BITMAP, b"", 0, 8), ("golomb", b"", 0, 1), (ELIAS_FANO, b"x", 0, 9)],
+)
+def test_malformed_position_codings_are_decode_errors(
+    kind: str, data: bytes, k: int, n: int
+) -> None:
+    with pytest.raises(DecodeError):
+        decode_positions(kind, data, k, n)
+
+
+def _update(seed: int, n: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(n).astype(np.float32)
+    return base, base + rng.standard_normal(n).astype(np.float32) * 0.01
+
+
+def test_the_largest_changes_are_sent_and_the_rest_kept_for_later() -> None:
+    base, update = _update(0)
+    codec = SparseDeltaCodec(0.01, "float32")
+    context = holding(1, [("w", base)])
+    ((_, got),) = to_wire_and_back(codec, [("w", update)], context=context)
+    change = update - base
+    sent = np.flatnonzero(got != base)
+    assert sent.size == 100
+    assert set(sent) == set(np.argsort(-np.abs(change))[:100])
+    np.testing.assert_array_equal(got[sent], update[sent])
+    residual = context.state["residual"]["w"]
+    np.testing.assert_allclose(residual + (got - base), change, atol=1e-7)
+
+
+@given(st.sampled_from(["ternary", "float16", "float32"]), st.floats(0.001, 1.0))
+def test_with_error_feedback_what_is_delivered_follows_the_true_changes(
+    values: str, fraction: float
+) -> None:
+    """Over rounds, sent changes + what is left equal the sum of the true changes."""
+    rng = np.random.default_rng(1)
+    codec = SparseDeltaCodec(fraction, values)
+    state: dict[str, object] = {}
+    base = np.zeros(500, np.float32)
+    delivered = np.zeros(500, np.float64)
+    truth = np.zeros(500, np.float64)
+    for _ in range(5):
+        change = rng.standard_normal(500).astype(np.float32) * 0.1
+        context = CodecContext(7, lambda _: [("w", base)], state)
+        ((_, got),) = to_wire_and_back(codec, [("w", base + change)], context=context)
+        delivered += got.astype(np.float64) - base
+        truth += change
+    residual = state["residual"]["w"]  # type: ignore[index]
+    np.testing.assert_allclose(delivered + residual, truth, atol=1e-5)
+
+
+def test_fraction_one_with_float32_values_is_exact_against_any_finite_base() -> None:
+    base, update = _update(2)
+    codec = SparseDeltaCodec(1.0, "float32", error_feedback=False)
+    back = to_wire_and_back(codec, [("w", update)], context=holding(1, [("w", base)]))
+    np.testing.assert_allclose(back[0][1], update, rtol=0, atol=1e-6)
+
+
+def test_ints_bools_and_updates_without_a_base_travel_whole_and_exact() -> None:
+    tensors = [("n", np.arange(5, dtype=np.int32)), ("f", np.array([True, False]))]
+    _, update = _update(3)
+    tensors.append(("w", update))
+    codec = SparseDeltaCodec(0.01)
+    for context in (CodecContext(), holding(1, [("n", np.zeros(5, np.int32))])):
+        back = dict(to_wire_and_back(codec, tensors, context=context))
+        assert back["n"].tolist() == [0, 1, 2, 3, 4] and back["f"].tolist() == [True, False]
+        assert back["w"].tobytes() == update.tobytes()
+
+
+def test_a_sparse_payload_against_a_base_not_held_is_a_missing_base_error() -> None:
+    base, update = _update(4)
+    codec = SparseDeltaCodec()
+    body = b"".join(
+        bytes(memoryview(c).cast("B"))
+        for c in codec.encode([("w", update)], holding(3, [("w", base)]))
+    )
+    with pytest.raises(MissingBaseError):
+        codec.decode(body, holding(4, [("w", base)]))
+
+
+def test_one_percent_ternary_is_over_a_hundred_times_smaller_than_the_raw_update() -> None:
+    base, update = _update(5, 1_000_000)
+    codec = SparseDeltaCodec(0.01, "ternary")
+    body = sum(
+        memoryview(c).nbytes for c in codec.encode([("w", update)], holding(1, [("w", base)]))
+    )
+    assert update.nbytes / body > 300  # 1% of the positions, ~9.6 bits each
+
+
+@given(
+    hnp.arrays(np.float32, st.integers(0, 40), elements=st.floats(-1e3, 1e3, width=32)),
+    st.sampled_from(["ternary", "float16", "float32"]),
+)
+def test_random_shapes_and_empty_tensors_round_trip_in_shape(
+    update: np.ndarray, values: str
+) -> None:
+    base = np.zeros_like(update)
+    back = to_wire_and_back(
+        SparseDeltaCodec(0.3, values), [("w", update)], context=holding(1, [("w", base)])
+    )
+    assert back[0][1].shape == update.shape and np.isfinite(back[0][1]).all()
+
+
+def test_parameters_are_checked() -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        SparseDeltaCodec(0.0)
+    with pytest.raises(ValueError, match="values"):
+        SparseDeltaCodec(0.1, "int3")
