@@ -26,7 +26,13 @@ from ._transport import (
     dumps_json,
 )
 from .codecs.base import Codec, Tensors, decode_with, read_tag
-from .codecs.context import CodecContext, MissingBaseError, encode_with, uses_context
+from .codecs.context import (
+    CodecContext,
+    ContextCodec,
+    MissingBaseError,
+    encode_with,
+    uses_context,
+)
 from .codecs.json_lists import check_document_size, fast_layers
 from .codecs.msgpack_numpy import MsgpackCodec
 from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError, UnknownCodecError
@@ -90,7 +96,7 @@ class WebClient:
         uuid: str | uuid_module.UUID | None = None,
         url: str | None = None,
         *,
-        codec: str | Codec = "json",
+        codec: str | Codec | ContextCodec = "json",
         timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         session: requests.Session | None = None,
@@ -116,9 +122,10 @@ class WebClient:
         self._uuid = _check_uuid(uuid)
         self._url = url if url is not None else settings.default_url
         self._registry = registry if registry is not None else default_codec_registry()
+        self._codec: Codec | ContextCodec
         if isinstance(codec, str):
             self._codec = self._registry.get(codec)
-        elif isinstance(codec, Codec):
+        elif isinstance(codec, Codec | ContextCodec):
             self._codec = codec
         else:
             raise ConfigurationError(
@@ -164,7 +171,7 @@ class WebClient:
     # -- additions ------------------------------------------------------------------
 
     @property
-    def codec(self) -> Codec:
+    def codec(self) -> Codec | ContextCodec:
         """The codec updates are sent in."""
         return self._codec
 

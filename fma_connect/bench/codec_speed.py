@@ -29,6 +29,7 @@ import orjson
 
 from .._transport import dumps_json
 from ..codecs.base import Codec, Tensors, decode_with
+from ..codecs.context import CodecContext, ContextCodec, encode_with, uses_context
 from ..registry import CodecRegistry
 from .measure import make_model, timed
 from .schemes import Scheme
@@ -113,7 +114,7 @@ def measure_speeds(
     codecs = {s.label: s.make_codec(registry) for s, reason in chosen if reason is None}
     update = make_model(4 * params, seed)
     base: Tensors | None = None
-    if any(_uses_context(c) for c in codecs.values()):
+    if any(uses_context(c) for c in codecs.values()):
         rng = np.random.default_rng(seed + 1)
         base, update = (
             update,
@@ -135,25 +136,18 @@ def measure_speeds(
     return results
 
 
-def _uses_context(codec: Codec) -> bool:
-    return getattr(codec, "uses_context", False) is True
-
-
-def _context(base: Tensors | None) -> Any:
+def _context(base: Tensors | None) -> CodecContext:
     """A context holding ``base`` as the aggregate the update started from."""
-    # Imported here: only codecs that declare uses_context need the context module.
-    from ..codecs.context import CodecContext
-
     if base is None:
         return CodecContext()
     return CodecContext(base_aggregate=_BASE_ID, bases=lambda _: base)
 
 
 def _measure(
-    label: str, codec: Codec, update: Tensors, base: Tensors | None, repeat: int
+    label: str, codec: Codec | ContextCodec, update: Tensors, base: Tensors | None, repeat: int
 ) -> SpeedResult:
     # A fresh context per run: a codec's state (a residual) must not carry between runs.
-    make_context = (lambda: _context(base)) if _uses_context(codec) else (lambda: None)
+    make_context = (lambda: _context(base)) if uses_context(codec) else (lambda: None)
     encode, body = timed(lambda: _body(codec, update, make_context()), repeat, warmup=False)
     decode, decoded = timed(lambda: _decode(codec, body, make_context()), repeat, warmup=False)
     del decoded
@@ -169,10 +163,11 @@ def _measure(
     )
 
 
-def _body(codec: Codec, tensors: Tensors, context: Any) -> memoryview:
+def _body(
+    codec: Codec | ContextCodec, tensors: Tensors, context: CodecContext | None
+) -> memoryview:
     """The encoded payload as one buffer, as a receiver holds the request body."""
-    encode: Any = codec.encode  # with a context for codecs that declare they take one
-    payload = encode(tensors) if context is None else encode(tensors, context)
+    payload = encode_with(codec, tensors, context or CodecContext())
     if codec.json_native:
         return memoryview(dumps_json(payload))
     views = [memoryview(chunk).cast("B") for chunk in payload]
@@ -186,10 +181,8 @@ def _body(codec: Codec, tensors: Tensors, context: Any) -> memoryview:
     return body.data
 
 
-def _decode(codec: Codec, body: memoryview, context: Any) -> Sequence[tuple[str, Any]]:
+def _decode(
+    codec: Codec | ContextCodec, body: memoryview, context: CodecContext | None
+) -> Sequence[tuple[str, Any]]:
     payload = orjson.loads(body) if codec.json_native else body
-    if context is None:
-        return decode_with(codec, payload)
-    decode: Any = decode_with  # takes context= where context codecs exist
-    tensors: Sequence[tuple[str, Any]] = decode(codec, payload, context=context)
-    return tensors
+    return decode_with(codec, payload, context=context)  # type: ignore[arg-type]

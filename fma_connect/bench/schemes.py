@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codecs.base import Codec
+from ..codecs.context import ContextCodec
 from ..codecs.sparse_delta import SparseDeltaCodec
 from ..exceptions import ConfigurationError
 from ..registry import CodecRegistry
@@ -43,10 +44,10 @@ class Scheme:
     """
 
     label: str
-    codec: str | Callable[[], Codec]
+    codec: str | Callable[[], Codec | ContextCodec]
     server_options: Mapping[str, Any] = field(default_factory=dict)
 
-    def make_codec(self, registry: CodecRegistry) -> Codec:
+    def make_codec(self, registry: CodecRegistry) -> Codec | ContextCodec:
         """A codec for one client: the registered one, or a fresh object from the factory.
 
         Raises:

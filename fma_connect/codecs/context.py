@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..exceptions import DecodeError
 
-__all__ = ["CodecContext", "MissingBaseError", "encode_with", "uses_context"]
+__all__ = ["CodecContext", "ContextCodec", "MissingBaseError", "encode_with", "uses_context"]
 
 
 class MissingBaseError(DecodeError):
@@ -75,6 +75,28 @@ class CodecContext:
         if self.bases is None:
             raise MissingBaseError(aggregate)
         return dict(self.bases(aggregate))
+
+
+@runtime_checkable
+class ContextCodec(Protocol):
+    """A codec that takes a :class:`CodecContext` (see the module notes).
+
+    Its attributes are :class:`~fma_connect.codecs.base.Codec`'s, plus ``uses_context``.
+    """
+
+    name: str
+    media_type: str
+    lossless: bool
+    json_native: bool
+    uses_context: bool
+
+    def encode(self, tensors: Sequence[tuple[str, np.ndarray]], context: CodecContext) -> Any:
+        """Encode ``tensors`` in ``context`` (e.g. as a delta against its base)."""
+        ...
+
+    def decode(self, payload: Any, context: CodecContext) -> list[tuple[str, np.ndarray]]:
+        """Decode a payload in ``context`` (whose bases it names)."""
+        ...
 
 
 def uses_context(codec: Any) -> bool:

@@ -248,7 +248,8 @@ class SparseDeltaCodec:
                 raise DecodeError(f"sparse tensor {name!r}: {block.nbytes} bytes of signs for {k}")
             negative = np.unpackbits(block, count=k).astype(bool)
             scale = entry["scale"]
-            return np.where(negative, -scale, scale).astype(work)
+            signed: np.ndarray = np.where(negative, -scale, scale).astype(work)
+            return signed
         wire = np.dtype(VALUE_CODINGS[coding])
         if block.nbytes != k * wire.itemsize:
             raise DecodeError(f"sparse tensor {name!r}: {block.nbytes} bytes of values for {k}")

@@ -50,8 +50,10 @@ _MANIFEST_KEYS = {"codec", "format_version", "base_aggregate", "tensors"}
 _ENTRY_KEYS = {"name", "dtype", "shape", "mode", "crc32"}
 #: The default bound on the bytes a payload's tensors may declare (as the zstd plugin's).
 DEFAULT_MAX_OUTPUT_SIZE = 8 << 30
-#: zstd level 3: within a few percent of the best ratio on XORed weights, at ~0.3-1 GB/s.
-_LEVEL = 3
+#: zstd level 1: as small as level 3 on XORed byte planes (0.533 against 0.532 of raw,
+#: measured on 100M float32 values) and faster; two threads compress large tensors.
+_LEVEL = 1
+_THREADS = 2
 
 
 class XorDeltaCodec:
@@ -80,7 +82,7 @@ class XorDeltaCodec:
             MissingBaseError: the base aggregate's tensors cannot be had.
         """
         base = _base_or_nothing(context)
-        compressor = zstandard.ZstdCompressor(level=_LEVEL)
+        compressor = zstandard.ZstdCompressor(level=_LEVEL, threads=_THREADS)
         entries: list[dict[str, Any]] = []
         frames: Tensors = []
         for name, array in tensors:
@@ -90,9 +92,8 @@ class XorDeltaCodec:
             own = _bytes(array)
             reference = _matching(base.get(name), array.dtype, array.shape)
             mode = "raw" if reference is None else "xor"
-            delta = own if reference is None else np.bitwise_xor(own, _bytes(reference))
-            planes = _planes(delta, array.dtype.itemsize)
-            frame = compressor.compress(planes)
+            planes = _planes(own, None if reference is None else _bytes(reference), array.dtype)
+            frame = compressor.compress(planes.data)
             entries.append(
                 {
                     "name": name,
@@ -167,7 +168,7 @@ class XorDeltaCodec:
                 raise DecodeError(
                     f"delta tensor {name!r} holds {len(planes)} bytes, its shape needs {size}"
                 )
-            own = _unplaned(np.frombuffer(planes, np.uint8), dtype.itemsize)
+            reference = None
             if entry["mode"] == "xor":
                 reference = _matching(base.get(name), dtype, tuple(entry["shape"]))
                 if reference is None:
@@ -176,7 +177,11 @@ class XorDeltaCodec:
                         f"{name!r} here is not a {entry['dtype']} tensor of shape "
                         f"{entry['shape']}"
                     )
-                np.bitwise_xor(own, _bytes(reference), out=own)
+            own = _unplaned(
+                np.frombuffer(planes, np.uint8),
+                None if reference is None else _bytes(reference),
+                dtype,
+            )
             if crc32(own) != entry["crc32"]:
                 raise DecodeError(
                     f"delta tensor {name!r} does not rebuild what was sent (crc32 differs)"
@@ -224,18 +229,31 @@ def _matching(
     return None
 
 
-def _planes(data: np.ndarray, itemsize: int) -> bytes:
-    """Group the bytes of ``itemsize``-byte values by position: byte 0 of all, then 1..."""
-    if itemsize == 1 or data.size == 0:
-        return data.tobytes()
-    return np.ascontiguousarray(data.reshape(-1, itemsize).T).tobytes()
+def _planes(own: np.ndarray, reference: np.ndarray | None, dtype: np.dtype[Any]) -> np.ndarray:
+    """The XOR of a tensor's bytes with its reference's (if any), grouped by byte plane.
+
+    Byte 0 of every value, then byte 1... XOR and regrouping are one pass into one new
+    array: on this kind of machine a fresh array's page faults cost more than the pass.
+    """
+    itemsize = dtype.itemsize
+    planes = np.empty((itemsize, own.size // itemsize), np.uint8)
+    if reference is None:
+        np.copyto(planes, own.reshape(-1, itemsize).T)
+    else:
+        np.bitwise_xor(own.reshape(-1, itemsize).T, reference.reshape(-1, itemsize).T, out=planes)
+    return planes
 
 
-def _unplaned(planes: np.ndarray, itemsize: int) -> np.ndarray:
-    """Undo :func:`_planes`: a new writable array of the values' bytes in order."""
-    if itemsize == 1 or planes.size == 0:
-        return planes.copy()
-    return planes.reshape(itemsize, -1).T.copy().reshape(-1)  # copy(): C order, writable
+def _unplaned(planes: np.ndarray, reference: np.ndarray | None, dtype: np.dtype[Any]) -> np.ndarray:
+    """Undo :func:`_planes`: a new writable array of the tensor's bytes, in order."""
+    itemsize = dtype.itemsize
+    own = np.empty(planes.size, np.uint8)
+    grouped = planes.reshape(itemsize, -1).T
+    if reference is None:
+        np.copyto(own.reshape(-1, itemsize), grouped)
+    else:
+        np.bitwise_xor(grouped, reference.reshape(-1, itemsize), out=own.reshape(-1, itemsize))
+    return own
 
 
 def _manifest(block: np.ndarray) -> dict[str, Any]:

@@ -265,7 +265,8 @@ def test_npz_b64_refuses_unknown_format_version_and_bad_base64(registry: CodecRe
 
 def test_unknown_codec_lists_the_installed_ones(registry: CodecRegistry) -> None:
     with pytest.raises(
-        UnknownCodecError, match="'protobuf'; installed codecs: delta, json, msgpack, npz-b64, sparse"
+        UnknownCodecError,
+        match="'protobuf'; installed codecs: delta, json, msgpack, npz-b64, sparse",
     ):
         registry.get("protobuf")
     with pytest.raises(

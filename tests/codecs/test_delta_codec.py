@@ -44,9 +44,9 @@ def test_an_update_equal_to_its_base_is_almost_nothing() -> None:
 
 def test_the_payload_names_its_base_and_decoding_asks_for_it() -> None:
     base, update = _trained(2, 0.1)
-    asked: list[int] = []
+    asked: list[int | None] = []
 
-    def bases(aggregate: int) -> list[tuple[str, np.ndarray]]:
+    def bases(aggregate: int | None) -> list[tuple[str, np.ndarray]]:
         asked.append(aggregate)
         return [("w", base)]
 

@@ -10,6 +10,7 @@ from server_helpers import assert_leaves_equal, make_tree, reference_mean
 
 from fma_connect import WebClient
 from fma_connect.admin import AdminClient
+from fma_connect.codecs.msgpack_numpy import MsgpackCodec
 from fma_connect.server.testing import running_server, running_server_process
 
 PENDING, COMPLETE = 0, 2
@@ -91,7 +92,7 @@ def test_an_acknowledged_update_survives_a_crash(tmp_path: Path) -> None:
             timeout=10,
         )
         assert response.status_code == 200
-        stored = dict(client.codec.decode(response.content))
+        stored = dict(MsgpackCodec().decode(response.content))
         np.testing.assert_array_equal(stored["w"], weights["w"])
         assert stored["step"] == 7
         # Only the acknowledged update's blob is left.
