@@ -6,6 +6,7 @@ kept as the original client documents it; every new option is keyword-only.
 
 from __future__ import annotations
 
+import os
 import uuid as uuid_module
 from collections.abc import Mapping
 from types import TracebackType
@@ -31,6 +32,8 @@ from .codecs.context import (
     ContextCodec,
     MissingBaseError,
     encode_with,
+    load_state,
+    save_state,
     uses_context,
 )
 from .codecs.json_lists import check_document_size, fast_layers
@@ -85,6 +88,9 @@ class WebClient:
             for services that honour the key (the reference server does); the stock
             service ignores it, so there a resend could store the update twice. Updates
             whose connection failed before sending are always retried.
+        codec_state: A file that keeps the state of a codec that has one (the ``sparse``
+            codec's error-feedback residual) between runs: read at construction, written
+            (atomically) after every update sent. Without it the state lives in memory.
 
     The client is a context manager; ``close()`` releases its connections. Use one
     client per thread.
@@ -105,6 +111,7 @@ class WebClient:
         registry: CodecRegistry | None = None,
         progress: Progress | None = None,
         retry_updates: bool = False,
+        codec_state: str | os.PathLike[str] | None = None,
     ) -> None:
         if registry is not None and not isinstance(registry, CodecRegistry):
             raise ConfigurationError(
@@ -143,7 +150,18 @@ class WebClient:
         #: copy), the base of the next update; and the codec's own state.
         self._held: tuple[int | None, Tensors] | None = None
         self._received: Tensors | None = None
+        self._state_path = codec_state
         self._codec_state: dict[str, Any] = {}
+        if codec_state is not None:
+            if not uses_context(self._codec):
+                raise ConfigurationError(
+                    f"codec_state keeps the state of a codec that has one (such as 'sparse'); "
+                    f"the {self._codec.name!r} codec keeps none"
+                )
+            try:
+                self._codec_state = load_state(codec_state, self._codec.name)
+            except DecodeError as exc:
+                raise ConfigurationError(f"codec_state: {exc}") from exc
 
     # -- the seed's properties ------------------------------------------------------
 
@@ -233,7 +251,10 @@ class WebClient:
             APIException: the service did not answer 201.
         """
         tensors, spec = flatten(data)
-        payload = encode_with(self._codec, tensors, self._context(base_aggregate))
+        # The codec's state changes only once the update is stored: a failed send leaves
+        # what it would have delivered in the residual, for the next try.
+        state = {k: dict(v) if isinstance(v, dict) else v for k, v in self._codec_state.items()}
+        payload = encode_with(self._codec, tensors, self._context(base_aggregate, state))
         headers = self._client_headers()
         # Lets a service that honours it store a retried POST once (the stock one ignores it).
         headers["Idempotency-Key"] = str(uuid_module.uuid4())
@@ -276,6 +297,9 @@ class WebClient:
                 raise APIError(415, exc.detail, self._unsupported_codec_hint(exc)) from exc
             raise
         self._spec = spec
+        self._codec_state = state
+        if self._state_path is not None:  # what the update left out, for the next one
+            save_state(self._state_path, self._codec.name, state)
         return _json(response)
 
     def check_for_new_model_aggregate(
@@ -565,9 +589,13 @@ class WebClient:
         """What received weights are restored into: ``like``, else the last update's Spec."""
         return spec_like(like) if like is not None else self._spec
 
-    def _context(self, base_aggregate: int | None) -> CodecContext:
+    def _context(
+        self, base_aggregate: int | None, state: dict[str, Any] | None = None
+    ) -> CodecContext:
         """The context a delta codec encodes and decodes in: the aggregates this client has."""
-        return CodecContext(base_aggregate, self._base, self._codec_state)
+        return CodecContext(
+            base_aggregate, self._base, self._codec_state if state is None else state
+        )
 
     def _base(self, aggregate: int | None) -> Tensors:
         """An aggregate's tensors (None: the initial model): the last one received, else

@@ -17,15 +17,29 @@ it used in its own payload, so that the receiver looks up the same one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..exceptions import DecodeError
+from ..exceptions import DecodeError, EncodeError
 
-__all__ = ["CodecContext", "ContextCodec", "MissingBaseError", "encode_with", "uses_context"]
+__all__ = [
+    "CodecContext",
+    "ContextCodec",
+    "MissingBaseError",
+    "encode_with",
+    "load_state",
+    "save_state",
+    "uses_context",
+]
+
+# Names in a state file: the codec's, then "<key>\0<name>" per array.
+_CODEC_KEY = "\u0000codec"
+_SEPARATOR = "\u0000"
 
 
 class MissingBaseError(DecodeError):
@@ -97,6 +111,61 @@ class ContextCodec(Protocol):
     def decode(self, payload: Any, context: CodecContext) -> list[tuple[str, np.ndarray]]:
         """Decode a payload in ``context`` (whose bases it names)."""
         ...
+
+
+def save_state(path: str | os.PathLike[str], codec: str, state: dict[str, Any]) -> None:
+    """Write a codec's state (its error-feedback residual...) to ``path``, atomically.
+
+    The state must map keys to dicts of numpy arrays (what the built-in codecs keep). It
+    is written in the ``msgpack`` codec, never pickled, with the codec's name, so a
+    restarted client goes on where it stopped.
+
+    Raises:
+        EncodeError: the state holds something else than dicts of arrays.
+    """
+    tensors: list[tuple[str, np.ndarray]] = [(_CODEC_KEY, np.frombuffer(codec.encode(), np.uint8))]
+    for key, arrays in state.items():
+        if not isinstance(arrays, dict) or not all(
+            isinstance(name, str) and isinstance(array, np.ndarray)
+            for name, array in arrays.items()
+        ):
+            raise EncodeError(f"codec state {key!r} is not a dict of numpy arrays")
+        tensors += [(f"{key}{_SEPARATOR}{name}", array) for name, array in arrays.items()]
+    from .msgpack_numpy import MsgpackCodec  # the container; imported here: no import cycle
+
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    with open(partial, "wb") as file:
+        for chunk in MsgpackCodec().encode(tensors):
+            file.write(chunk)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, target)
+
+
+def load_state(path: str | os.PathLike[str], codec: str) -> dict[str, Any]:
+    """Read a codec state that :func:`save_state` wrote (an empty one if ``path`` is absent).
+
+    Raises:
+        DecodeError: the file is not such a state, or is another codec's.
+    """
+    from .msgpack_numpy import MsgpackCodec
+
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return {}
+    tensors = MsgpackCodec().decode(bytearray(raw))
+    if not tensors or tensors[0][0] != _CODEC_KEY:
+        raise DecodeError(f"{path} is not a codec state file")
+    owner = tensors[0][1].tobytes().decode("utf-8", "replace")
+    if owner != codec:
+        raise DecodeError(f"{path} holds the state of the {owner!r} codec, not of {codec!r}")
+    state: dict[str, Any] = {}
+    for name, array in tensors[1:]:
+        key, _, inner = name.partition(_SEPARATOR)
+        state.setdefault(key, {})[inner] = array
+    return state
 
 
 def uses_context(codec: Any) -> bool:
