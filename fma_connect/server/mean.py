@@ -125,7 +125,7 @@ class Accumulator:
         self._weight += scale
         self.count += 1
         if len(self._held) >= FOLD_AT:
-            self._fold()
+            self.fold()
         return None
 
     def result(self) -> Tensors:
@@ -219,7 +219,12 @@ class Accumulator:
                     if wider.kind in "fc" and wide.kind not in "fc":  # now scaled as floats
                         _pow2(self._sums[i], -self._exps[i])
 
-    def _fold(self) -> None:
+    def fold(self) -> None:
+        """Fold the updates held so far into running sums (and hold none after).
+
+        :meth:`add` does so every :data:`FOLD_AT` updates; a caller whose updates are
+        copies in memory rather than views of files folds each one at once.
+        """
         held = self._held
         if self._sums is None:  # from the first update, as in result()
             first, weight = held[0]

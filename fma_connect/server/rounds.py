@@ -14,6 +14,7 @@ import queue
 import threading
 from typing import Literal
 
+from ..codecs.context import uses_context
 from ..exceptions import CodecError, EncodeError
 from ..registry import CodecRegistry
 from . import store as st
@@ -187,6 +188,8 @@ class Rounds:
         invalid: dict[int, str] = {}
         if self.store.latest_aggregate(model["id"]) is None and model["current_artifact"] is None:
             pending = self._by_first_round_majority(pending, clients)
+        # One context for the round: a base that several updates start from is read once.
+        context = model_context(self.store, self.blobs, self.registry, model["id"])
         for update in pending:
             reason = None
             if update["client"] not in clients:
@@ -198,12 +201,8 @@ class Rounds:
                 )
             else:
                 try:
-                    tensors = load(
-                        self.blobs,
-                        self.store.get_blob(update["blob"]),
-                        self.registry,
-                        model_context(self.store, self.blobs, self.registry, model["id"]),
-                    )
+                    row = self.store.get_blob(update["blob"])
+                    tensors = load(self.blobs, row, self.registry, context)
                 except CodecError as exc:
                     reason = f"the stored update does not decode: {exc}"
                 except OSError as exc:  # no server path in a reason clients can read
@@ -214,6 +213,10 @@ class Rounds:
                     typed = update["codec"] != "json"
                     reason = accumulator.add(tensors, weight, typed=typed)
                     del tensors
+                    if reason is None and uses_context(self.registry.get(update["codec"])):
+                        # Rebuilt in memory (not views of its file): fold it into the sums
+                        # now rather than hold up to FOLD_AT such copies.
+                        accumulator.fold()
             if reason is None:
                 used.append(update["id"])
                 codecs.append(update["codec"])

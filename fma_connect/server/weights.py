@@ -85,9 +85,12 @@ def model_context(
     ``context.state["bases"]`` lists the aggregates looked up, in order.
     """
     used: list[int | None] = []
+    loaded: dict[int | None, Tensors] = {}  # a base several payloads name is read once
 
     def bases(aggregate: int | None) -> Tensors:
         used.append(aggregate)
+        if aggregate in loaded:
+            return loaded[aggregate]
         row = (
             store.initial_artifact(model_id)
             if aggregate is None
@@ -96,7 +99,8 @@ def model_context(
         if row is None or row["federated_model"] != model_id:
             what = "an initial model" if aggregate is None else "such an aggregate"
             raise MissingBaseError(aggregate, f"federated model {model_id} has no {what}")
-        return load(blobs, store.get_blob(row["blob"]), registry)
+        loaded[aggregate] = load(blobs, store.get_blob(row["blob"]), registry)
+        return loaded[aggregate]
 
     return CodecContext(bases=bases, state={"bases": used})
 
