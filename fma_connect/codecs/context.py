@@ -90,6 +90,20 @@ class CodecContext:
             raise MissingBaseError(aggregate)
         return dict(self.bases(aggregate))
 
+    def starting_base(self) -> dict[str, np.ndarray]:
+        """What an encoder's update starts from: ``base_aggregate``'s tensors, else the
+        initial model's, else nothing (an empty dict: the tensors then go whole).
+
+        Raises:
+            MissingBaseError: a named ``base_aggregate`` is not held.
+        """
+        try:
+            return self.base(self.base_aggregate)
+        except MissingBaseError:
+            if self.base_aggregate is None:
+                return {}
+            raise
+
 
 @runtime_checkable
 class ContextCodec(Protocol):

@@ -38,22 +38,19 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from ..dtypes import dtype_from_tag, tag_of, to_wire_array
-from ..exceptions import DecodeError, EncodeError, TooManyTensorsError
+from ..exceptions import DecodeError
 from ..hookspecs import hookimpl
-from .base import Tensors, check_max_tensors, check_version
-from .context import CodecContext, MissingBaseError
+from . import manifested
+from .base import Tensors
+from .context import CodecContext
 from .index_coding import decode_positions, encode_positions
-from .msgpack_numpy import MsgpackCodec
 
 __all__ = ["VALUE_CODINGS", "SparseDeltaCodec"]
 
 FORMAT_VERSION = 1
-_MANIFEST = "\u0000sparse"
-_MANIFEST_KEYS = {"codec", "format_version", "base_aggregate", "values", "tensors"}
 _ENTRY_KEYS = {"name", "dtype", "shape", "mode", "k", "positions", "scale"}
 #: How kept values travel: bits per value, and the numpy dtype of non-ternary ones.
 VALUE_CODINGS = {"ternary": None, "float16": np.float16, "float32": np.float32}
@@ -99,7 +96,6 @@ class SparseDeltaCodec:
         self.values = values
         self.error_feedback = error_feedback
         self.max_output_size = max_output_size
-        self._container = MsgpackCodec()
 
     def tolerance(self, sent: np.ndarray, received: np.ndarray) -> bool:
         """The contract kit's check: the shape, and finite values (what is sent is a choice
@@ -120,13 +116,11 @@ class SparseDeltaCodec:
             EncodeError: a tensor cannot be sent.
             MissingBaseError: the named base aggregate cannot be had.
         """
-        base = _base_or_nothing(context)
+        base = context.starting_base()
         residuals: dict[str, np.ndarray] = context.state.setdefault(_RESIDUAL, {})
         entries: list[dict[str, Any]] = []
         blocks: Tensors = []
         for name, array in tensors:
-            if name == _MANIFEST:
-                raise EncodeError(f"the tensor name {name!r} is reserved by the sparse codec")
             array = to_wire_array(array, name)
             entry: dict[str, Any] = {
                 "name": name,
@@ -157,16 +151,14 @@ class SparseDeltaCodec:
             entries.append(entry)
             blocks.append((name, np.frombuffer(coded, np.uint8)))
             blocks.append((name, values))
-        manifest = msgpack.packb(
-            {
-                "codec": self.name,
-                "format_version": FORMAT_VERSION,
-                "base_aggregate": context.base_aggregate,
-                "values": self.values,
-                "tensors": entries,
-            }
-        )
-        return self._container.encode([(_MANIFEST, np.frombuffer(manifest, np.uint8)), *blocks])
+        manifest = {
+            "codec": self.name,
+            "format_version": FORMAT_VERSION,
+            "base_aggregate": context.base_aggregate,
+            "values": self.values,
+            "tensors": entries,
+        }
+        return manifested.pack(self.name, manifest, blocks)
 
     def _select(self, change: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, float, np.ndarray]:
         """Pick the top-k changes; return k, positions, coded values, scale, values sent."""
@@ -191,17 +183,17 @@ class SparseDeltaCodec:
             MissingBaseError: its base is not held here.
             DecodeError: it is corrupt.
         """
-        try:
-            blocks = self._container.decode(
-                payload, max_tensors=None if max_tensors is None else 2 * max_tensors + 1
-            )
-        except TooManyTensorsError as exc:  # blocks: a tensor has one or two, the manifest one
-            raise TooManyTensorsError(-(-(exc.count - 1) // 2), max_tensors or 0) from None
-        if not blocks or blocks[0][0] != _MANIFEST:
-            raise DecodeError("sparse payload has no manifest: is it a plain msgpack body?")
-        manifest = _manifest(blocks[0][1])
+        manifest, blocks = manifested.unpack(
+            self.name,
+            payload,
+            version=FORMAT_VERSION,
+            keys={"values"},
+            entry_keys=_ENTRY_KEYS,
+            max_tensors=max_tensors,
+            max_blocks=None if max_tensors is None else 2 * max_tensors,
+        )
+        _check(manifest)
         entries = manifest["tensors"]
-        check_max_tensors(len(entries), max_tensors)
         sizes = [math.prod(e["shape"]) * dtype_from_tag(e["dtype"]).itemsize for e in entries]
         if sum(sizes) > self.max_output_size:
             raise DecodeError(
@@ -209,10 +201,10 @@ class SparseDeltaCodec:
                 f"{self.max_output_size:,} this side accepts"
             )
         expected = sum(2 if e["mode"] == "sparse" else 1 for e in entries)
-        if expected != len(blocks) - 1:
-            raise DecodeError(f"sparse manifest needs {expected} blocks, got {len(blocks) - 1}")
+        if expected != len(blocks):
+            raise DecodeError(f"sparse manifest needs {expected} blocks, got {len(blocks)}")
         base = context.base(manifest["base_aggregate"]) if expected > len(entries) else {}
-        rest = iter(blocks[1:])
+        rest = iter(blocks)
         out: Tensors = []
         for entry in entries:
             name, dtype, shape = entry["name"], dtype_from_tag(entry["dtype"]), entry["shape"]
@@ -308,51 +300,17 @@ def _work_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float64 if dtype.itemsize >= 8 else np.float32)
 
 
-def _base_or_nothing(context: CodecContext) -> dict[str, np.ndarray]:
-    """The named base, or the initial model if held (else every tensor goes whole)."""
-    try:
-        return context.base(context.base_aggregate)
-    except MissingBaseError:
-        if context.base_aggregate is None:
-            return {}
-        raise
-
-
-def _manifest(block: np.ndarray) -> dict[str, Any]:
-    """Parse and check the manifest block."""
-    try:
-        manifest = msgpack.unpackb(block.tobytes(), strict_map_key=True)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise DecodeError(f"sparse manifest is not msgpack: {exc}") from exc
-    if not isinstance(manifest, dict) or set(manifest) != _MANIFEST_KEYS:
-        raise DecodeError(f"sparse manifest must be a map of {sorted(_MANIFEST_KEYS)}")
-    version = manifest["format_version"]
-    if manifest["codec"] != "sparse" or type(version) is not int:
-        raise DecodeError("sparse manifest names another codec or a malformed version")
-    check_version("sparse", version, FORMAT_VERSION)
-    aggregate = manifest["base_aggregate"]
-    if aggregate is not None and (type(aggregate) is not int or aggregate < 1):
-        raise DecodeError(f"sparse manifest base_aggregate must be an id, got {aggregate!r}")
+def _check(manifest: dict[str, Any]) -> None:
+    """Check what the sparse codec adds to the manifest."""
     if manifest["values"] not in VALUE_CODINGS:
         raise DecodeError(f"sparse manifest values coding {manifest['values']!r} is unknown")
-    entries = manifest["tensors"]
-    if not isinstance(entries, list):
-        raise DecodeError("sparse manifest tensors must be a list")
-    for entry in entries:
-        if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
-            raise DecodeError(f"sparse manifest entries must be maps of {sorted(_ENTRY_KEYS)}")
-        shape = entry["shape"]
-        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-            raise DecodeError(f"sparse manifest shape must be non-negative integers: {shape!r:.80}")
-        if not isinstance(entry["name"], str) or entry["mode"] not in ("sparse", "whole"):
+    for entry in manifest["tensors"]:
+        if entry["mode"] not in ("sparse", "whole") or not isinstance(entry["positions"], str):
             raise DecodeError(f"sparse manifest entry is malformed: {entry!r:.200}")
-        if type(entry["k"]) is not int or not 0 <= entry["k"] <= math.prod(shape):
+        if type(entry["k"]) is not int or not 0 <= entry["k"] <= math.prod(entry["shape"]):
             raise DecodeError(f"sparse manifest k of {entry['name']!r} is out of range")
         if not isinstance(entry["scale"], float) or not math.isfinite(entry["scale"]):
             raise DecodeError(f"sparse manifest scale of {entry['name']!r} is not finite")
-        if not isinstance(entry["positions"], str):
-            raise DecodeError("sparse manifest positions coding must be a string")
-    return manifest
 
 
 @hookimpl

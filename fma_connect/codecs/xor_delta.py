@@ -31,22 +31,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack
 import numpy as np
 import zstandard
 
 from ..dtypes import dtype_from_tag, tag_of, to_wire_array
-from ..exceptions import DecodeError, EncodeError, TooManyTensorsError
+from ..exceptions import DecodeError
 from ..hookspecs import hookimpl
-from .base import Tensors, check_max_tensors, check_version
-from .context import CodecContext, MissingBaseError
-from .msgpack_numpy import MsgpackCodec, crc32
+from . import manifested
+from .base import Tensors
+from .context import CodecContext
+from .msgpack_numpy import crc32
 
 __all__ = ["XorDeltaCodec"]
 
 FORMAT_VERSION = 1
-_MANIFEST = "\u0000delta"  # no tensor of a flattened tree can have this name
-_MANIFEST_KEYS = {"codec", "format_version", "base_aggregate", "tensors"}
 _ENTRY_KEYS = {"name", "dtype", "shape", "mode", "crc32"}
 #: The default bound on the bytes a payload's tensors may declare (as the zstd plugin's).
 DEFAULT_MAX_OUTPUT_SIZE = 8 << 30
@@ -71,7 +69,6 @@ class XorDeltaCodec:
             max_output_size: The most bytes a payload's tensors may declare in all; a
                 payload over it is refused before anything is decompressed.
         """
-        self._container = MsgpackCodec()
         self.max_output_size = max_output_size
 
     def encode(self, tensors: Sequence[tuple[str, np.ndarray]], context: CodecContext) -> Any:
@@ -81,13 +78,11 @@ class XorDeltaCodec:
             EncodeError: a tensor cannot be sent, or the base is not held.
             MissingBaseError: the base aggregate's tensors cannot be had.
         """
-        base = _base_or_nothing(context)
+        base = context.starting_base()
         compressor = zstandard.ZstdCompressor(level=_LEVEL, threads=_THREADS)
         entries: list[dict[str, Any]] = []
         frames: Tensors = []
         for name, array in tensors:
-            if name == _MANIFEST:
-                raise EncodeError(f"the tensor name {name!r} is reserved by the delta codec")
             array = to_wire_array(array, name)
             own = _bytes(array)
             reference = _matching(base.get(name), array.dtype, array.shape)
@@ -104,15 +99,13 @@ class XorDeltaCodec:
                 }
             )
             frames.append((name, np.frombuffer(frame, np.uint8)))
-        manifest = msgpack.packb(
-            {
-                "codec": self.name,
-                "format_version": FORMAT_VERSION,
-                "base_aggregate": context.base_aggregate,
-                "tensors": entries,
-            }
-        )
-        return self._container.encode([(_MANIFEST, np.frombuffer(manifest, np.uint8)), *frames])
+        manifest = {
+            "codec": self.name,
+            "format_version": FORMAT_VERSION,
+            "base_aggregate": context.base_aggregate,
+            "tensors": entries,
+        }
+        return manifested.pack(self.name, manifest, frames)
 
     def decode(
         self, payload: Any, context: CodecContext, *, max_tensors: int | None = None
@@ -125,19 +118,19 @@ class XorDeltaCodec:
             DecodeError: it is corrupt, or its reconstruction does not match what was sent
                 (the base held here differs from the sender's).
         """
-        limit = None if max_tensors is None else max_tensors + 1  # the manifest is one more
-        try:
-            blocks = self._container.decode(payload, max_tensors=limit)
-        except TooManyTensorsError as exc:  # counted without the manifest
-            raise TooManyTensorsError(exc.count - 1, exc.limit - 1) from None
-        if not blocks or blocks[0][0] != _MANIFEST:
-            raise DecodeError("delta payload has no manifest: is it a plain msgpack body?")
-        manifest = _manifest(blocks[0][1])
-        check_max_tensors(len(manifest["tensors"]), max_tensors)
-        if len(manifest["tensors"]) != len(blocks) - 1:
+        manifest, blocks = manifested.unpack(
+            self.name,
+            payload,
+            version=FORMAT_VERSION,
+            keys=set(),
+            entry_keys=_ENTRY_KEYS,
+            max_tensors=max_tensors,
+            max_blocks=max_tensors,
+        )
+        _check_entries(manifest["tensors"])
+        if len(manifest["tensors"]) != len(blocks):
             raise DecodeError(
-                f"delta manifest lists {len(manifest['tensors'])} tensors for "
-                f"{len(blocks) - 1} blocks"
+                f"delta manifest lists {len(manifest['tensors'])} tensors for {len(blocks)} blocks"
             )
         sizes = [
             math.prod(entry["shape"]) * dtype_from_tag(entry["dtype"]).itemsize
@@ -154,7 +147,7 @@ class XorDeltaCodec:
         decompressor = zstandard.ZstdDecompressor()
         out: Tensors = []
         for entry, size, (block_name, frame) in zip(
-            manifest["tensors"], sizes, blocks[1:], strict=True
+            manifest["tensors"], sizes, blocks, strict=True
         ):
             name = entry["name"]
             if block_name != name:
@@ -189,21 +182,6 @@ class XorDeltaCodec:
                 )
             out.append((name, own.view(dtype).reshape(entry["shape"])))
         return out
-
-
-def _base_or_nothing(context: CodecContext) -> dict[str, np.ndarray]:
-    """The base to encode against: the named aggregate, or the initial model if held.
-
-    Raises:
-        MissingBaseError: a named aggregate is not held (an update from the initial
-            model, when it is not held, goes whole instead).
-    """
-    try:
-        return context.base(context.base_aggregate)
-    except MissingBaseError:
-        if context.base_aggregate is None:
-            return {}
-        raise
 
 
 def _bytes(array: np.ndarray) -> np.ndarray:
@@ -256,37 +234,11 @@ def _unplaned(planes: np.ndarray, reference: np.ndarray | None, dtype: np.dtype[
     return own
 
 
-def _manifest(block: np.ndarray) -> dict[str, Any]:
-    """Parse and check the manifest block."""
-    try:
-        manifest = msgpack.unpackb(block.tobytes(), strict_map_key=True)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise DecodeError(f"delta manifest is not msgpack: {exc}") from exc
-    if not isinstance(manifest, dict) or set(manifest) != _MANIFEST_KEYS:
-        raise DecodeError(f"delta manifest must be a map of {sorted(_MANIFEST_KEYS)}")
-    if manifest["codec"] != "delta":
-        raise DecodeError(f"delta manifest names the codec {manifest['codec']!r}")
-    version = manifest["format_version"]
-    if type(version) is not int:
-        raise DecodeError(f"delta manifest format_version must be an integer, got {version!r}")
-    check_version("delta", version, FORMAT_VERSION)
-    aggregate = manifest["base_aggregate"]
-    if aggregate is not None and (type(aggregate) is not int or aggregate < 1):
-        raise DecodeError(f"delta manifest base_aggregate must be an id, got {aggregate!r}")
-    entries = manifest["tensors"]
-    if not isinstance(entries, list):
-        raise DecodeError("delta manifest tensors must be a list")
+def _check_entries(entries: list[dict[str, Any]]) -> None:
+    """Check what the delta codec adds to each tensor's map."""
     for entry in entries:
-        if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
-            raise DecodeError(f"delta manifest entries must be maps of {sorted(_ENTRY_KEYS)}")
-        shape = entry["shape"]
-        if not isinstance(entry["name"], str) or entry["mode"] not in ("xor", "raw"):
+        if entry["mode"] not in ("xor", "raw") or type(entry["crc32"]) is not int:
             raise DecodeError(f"delta manifest entry is malformed: {entry!r:.200}")
-        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-            raise DecodeError(f"delta manifest shape must be non-negative integers: {shape!r:.80}")
-        if type(entry["crc32"]) is not int:
-            raise DecodeError("delta manifest crc32 must be an integer")
-    return manifest
 
 
 @hookimpl
