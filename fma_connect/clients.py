@@ -233,7 +233,11 @@ class WebClient:
         return self._uuid
 
     def send_update(
-        self, data: Any, base_aggregate: int | None = None, *, num_examples: int | None = None
+        self,
+        data: Any,
+        base_aggregate: int | np.integer[Any] | None = None,
+        *,
+        num_examples: int | None = None,
     ) -> dict[str, Any]:
         """Send a weight update for the federated model.
 
@@ -247,9 +251,20 @@ class WebClient:
             The service's answer (on the stock service, ``data`` is the stored file's URL).
 
         Raises:
+            ConfigurationError: a delta codec's ``base_aggregate`` is not an aggregate id.
             EncodeError: the weights cannot be written in this client's codec.
             APIException: the service did not answer 201.
         """
+        if isinstance(base_aggregate, np.integer):
+            base_aggregate = int(base_aggregate)
+        if uses_context(self._codec) and not (
+            base_aggregate is None or (type(base_aggregate) is int and base_aggregate > 0)
+        ):
+            raise ConfigurationError(
+                f"the {self._codec.name} codec sends an update as a delta against "
+                "base_aggregate: give the id (an int) of the aggregate it starts from, or None "
+                f"for the initial model; got {base_aggregate!r}"
+            )
         tensors, spec = flatten(data)
         # The codec's state changes only once the update is stored: a failed send leaves
         # what it would have delivered in the residual, for the next try.

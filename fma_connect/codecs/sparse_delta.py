@@ -14,8 +14,8 @@ al., 2018) and Sparse Ternary Compression (Sattler et al., 2019):
   for good, only delayed. It lives in the client's codec state (one float32 copy of the
   model's float tensors) and is kept per tensor name.
 
-Integer and bool tensors, and every tensor of an update without a base, travel whole
-and exact. The receiver rebuilds ``base + sent change``, so what it averages is a full
+Integer and bool tensors, and every tensor when the client holds no base (neither the
+named aggregate nor, without one, the initial model), travel whole and exact. The receiver rebuilds ``base + sent change``, so what it averages is a full
 update; with error feedback, the sum of what a client's updates delivered follows the
 sum of its true changes.
 
@@ -170,7 +170,10 @@ class SparseDeltaCodec:
             negative = chosen < 0
             sent = np.where(negative, -scale, scale).astype(change.dtype)
             return k, positions, np.packbits(negative), scale, sent
-        wire = chosen.astype(VALUE_CODINGS[self.values])
+        coding = np.dtype(VALUE_CODINGS[self.values])
+        # A change beyond float16's range is sent at its limit; error feedback keeps the rest.
+        largest = float(np.finfo(coding).max)
+        wire = np.clip(chosen, -largest, largest).astype(coding)
         return k, positions, wire.view(np.uint8), 0.0, wire.astype(change.dtype)
 
     def decode(

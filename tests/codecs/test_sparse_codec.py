@@ -152,3 +152,13 @@ def test_parameters_are_checked() -> None:
         SparseDeltaCodec(0.0)
     with pytest.raises(ValueError, match="values"):
         SparseDeltaCodec(0.1, "int3")
+
+
+def test_a_change_beyond_float16_is_sent_at_its_limit_and_the_rest_kept() -> None:
+    base = np.zeros(4, np.float32)
+    update = np.array([1e6, 0, 0, 0], np.float32)
+    codec = SparseDeltaCodec(0.25, "float16")
+    context = holding(1, [("w", base)])
+    ((_, got),) = to_wire_and_back(codec, [("w", update)], context=context)
+    assert got[0] == np.float16(65504) and np.isfinite(got).all()
+    assert context.state["residual"]["w"][0] == pytest.approx(1e6 - 65504)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import requests
 
-from fma_connect import APIError, WebClient
+from fma_connect import APIError, ConfigurationError, WebClient
 from fma_connect.admin import AdminClient
 from fma_connect.codecs.msgpack_numpy import MsgpackCodec
 from fma_connect.codecs.xor_delta import XorDeltaCodec
@@ -121,3 +121,16 @@ def test_a_client_without_the_base_says_so_before_sending(
         client.send_update(INITIAL, base_aggregate=42)
     assert not isinstance(refused.value, APIError)
     assert admin.list_updates(model["id"]) == []
+
+
+def test_a_delta_codecs_base_aggregate_must_be_an_id(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    model = admin.create_model("ids", requirement="require_x_updates", requirement_args=[1])
+    client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
+    client.send_update(INITIAL)
+    delta = WebClient(model["id"], url=server.url, uuid=client.uuid, codec="delta", retries=0)
+    with pytest.raises(ConfigurationError, match="give the id"):
+        delta.send_update(INITIAL, base_aggregate="1")  # type: ignore[arg-type]
+    sent = delta.send_update(INITIAL, base_aggregate=np.int64(1))
+    assert sent["base_aggregate"] == 1
