@@ -15,9 +15,10 @@ al., 2018) and Sparse Ternary Compression (Sattler et al., 2019):
   model's float tensors) and is kept per tensor name.
 
 Integer and bool tensors, and every tensor when the client holds no base (neither the
-named aggregate nor, without one, the initial model), travel whole and exact. The receiver rebuilds ``base + sent change``, so what it averages is a full
-update; with error feedback, the sum of what a client's updates delivered follows the
-sum of its true changes.
+named aggregate nor, without one, the initial model), travel whole and exact. The
+receiver rebuilds ``base + sent change``, so what it averages is a full update; with
+error feedback, the sum of what a client's updates delivered follows the sum of its
+true changes.
 
 Layout (format version 1): a ``msgpack`` body (framing, header checksum and a crc32 of
 every block are that codec's) whose first tensor, ``"\\u0000sparse"``, is a uint8 array
