@@ -205,6 +205,7 @@ def _speed_progress(result: SpeedResult) -> str:
         return f"  {result.label}: skipped: {result.skipped}"
     return (
         f"  {result.label}: {result.seconds:.3f} s ({result.throughput:,.0f} MB/s, "
+        f"{result.memcpy_ratio:.1f}x two memcpys of its bytes, "
         f"{result.link_ratio:.2f}x the 1 Gbit/s link time)"
     )
 
