@@ -4,7 +4,8 @@
 slice: the updates it holds are views of memory-mapped blob files, so a round needs
 the result's memory plus a few slices, not a float64 copy of every update. Past
 :data:`FOLD_AT` held updates they are folded into float64 running sums (memory then
-grows with the model, never with the number of updates). An update whose structure
+grows with the model, never with the number of updates); an update that is a copy in
+memory (plain JSON, a rebuilt delta) is folded at once. An update whose structure
 differs from the first accepted one is refused with a reason and the others still
 count.
 
@@ -30,6 +31,7 @@ mean beyond the range of its dtype is kept in float64 instead.
 from __future__ import annotations
 
 import math
+import mmap
 from fractions import Fraction
 from typing import Any
 
@@ -124,8 +126,8 @@ class Accumulator:
         self._held.append((tensors, scale))
         self._weight += scale
         self.count += 1
-        if len(self._held) >= FOLD_AT:
-            self.fold()
+        if len(self._held) >= FOLD_AT or not _views_files(tensors):
+            self._fold()
         return None
 
     def result(self) -> Tensors:
@@ -219,12 +221,8 @@ class Accumulator:
                     if wider.kind in "fc" and wide.kind not in "fc":  # now scaled as floats
                         _pow2(self._sums[i], -self._exps[i])
 
-    def fold(self) -> None:
-        """Fold the updates held so far into running sums (and hold none after).
-
-        :meth:`add` does so every :data:`FOLD_AT` updates; a caller whose updates are
-        copies in memory rather than views of files folds each one at once.
-        """
+    def _fold(self) -> None:
+        """Fold the updates held so far into running sums (and hold none after)."""
         held = self._held
         if self._sums is None:  # from the first update, as in result()
             first, weight = held[0]
@@ -274,6 +272,23 @@ class Accumulator:
                     f"accepted updates have {list(shape)}"
                 )
         return None
+
+
+def _views_files(tensors: Tensors) -> bool:
+    """Whether every array views a memory-mapped file, which costs no memory to hold.
+
+    Anything else (plain JSON parsed, a delta rebuilt) is a copy of an update in memory:
+    :meth:`Accumulator.add` folds such an update into the sums at once.
+    """
+    for _, array in tensors:
+        owner: object = array
+        while isinstance(owner, np.ndarray):
+            owner = owner.base
+        if isinstance(owner, memoryview):
+            owner = owner.obj
+        if not isinstance(owner, mmap.mmap):
+            return False
+    return True
 
 
 def _flat(array: np.ndarray) -> np.ndarray:

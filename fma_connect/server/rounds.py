@@ -14,7 +14,7 @@ import queue
 import threading
 from typing import Literal
 
-from ..codecs.context import uses_context
+from ..codecs.context import CodecContext
 from ..exceptions import CodecError, EncodeError
 from ..registry import CodecRegistry
 from . import store as st
@@ -26,7 +26,7 @@ from .locks import KeyedLocks
 from .mean import Accumulator
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
-from .weights import load, model_context, result_codec, store_tensors
+from .weights import ModelBases, load, result_codec, store_tensors
 
 __all__ = ["AutoAggregate", "Rounds"]
 
@@ -189,7 +189,7 @@ class Rounds:
         if self.store.latest_aggregate(model["id"]) is None and model["current_artifact"] is None:
             pending = self._by_first_round_majority(pending, clients)
         # One context for the round: a base that several updates start from is read once.
-        context = model_context(self.store, self.blobs, self.registry, model["id"])
+        context = CodecContext(bases=ModelBases(self.store, self.blobs, self.registry, model["id"]))
         for update in pending:
             reason = None
             if update["client"] not in clients:
@@ -213,10 +213,6 @@ class Rounds:
                     typed = update["codec"] != "json"
                     reason = accumulator.add(tensors, weight, typed=typed)
                     del tensors
-                    if reason is None and uses_context(self.registry.get(update["codec"])):
-                        # Rebuilt in memory (not views of its file): fold it into the sums
-                        # now rather than hold up to FOLD_AT such copies.
-                        accumulator.fold()
             if reason is None:
                 used.append(update["id"])
                 codecs.append(update["codec"])
@@ -260,8 +256,8 @@ class Rounds:
         for update in pending:
             try:
                 blob = self.store.get_blob(update["blob"])
-                context = model_context(
-                    self.store, self.blobs, self.registry, blob["federated_model"]
+                context = CodecContext(
+                    bases=ModelBases(self.store, self.blobs, self.registry, blob["federated_model"])
                 )
                 tensors = load(self.blobs, blob, self.registry, context)
             except (CodecError, OSError):

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..codecs.context import CodecContext
 from ..exceptions import UnknownCodecError
 from .auth import Identity, authenticate
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
@@ -30,7 +31,7 @@ from .httputil import (
 from .shapes import aggregate_json, artifact_json, score_json, update_json
 from .store import Row
 from .validation import query_fields, register_path_ids
-from .weights import model_context, weights_response
+from .weights import ModelBases, weights_response
 
 __all__ = ["ROUTES"]
 
@@ -230,7 +231,8 @@ def artifact_values(request: Request) -> Response:
 def _weights(request: Request, row: Row) -> Response:
     svc = service(request)
     blob = svc.store.get_blob(row["blob"])
-    context = model_context(svc.store, svc.blobs, svc.registry, row["federated_model"])
+    bases = ModelBases(svc.store, svc.blobs, svc.registry, row["federated_model"])
+    context = CodecContext(bases=bases)
     accept = request.headers.get("accept")
     return weights_response(svc.blobs, blob, svc.registry, accept, context=context)
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from ..codecs.base import Tensors, decode_with, read_tag
-from ..codecs.context import MissingBaseError
+from ..codecs.context import CodecContext, MissingBaseError
 from ..exceptions import CodecError, TooManyTensorsError
 from ..registry import CodecRegistry
 from .blobs import BlobStore, BlobWriter
@@ -42,7 +42,7 @@ from .validation import (
     tensor_names,
     update_fields,
 )
-from .weights import decode_data, load, model_context
+from .weights import ModelBases, decode_data, load
 
 __all__ = ["Service"]
 
@@ -242,7 +242,8 @@ class Service:
         """Store an update whose binary body (checked ``fields``) is in ``body``."""
         codec = self.registry.get(codec_name)
         model_id = fields["federated_model"]
-        context = model_context(self.store, self.blobs, self.registry, model_id)
+        bases = ModelBases(self.store, self.blobs, self.registry, model_id)
+        context = CodecContext(bases=bases)
         try:
             # Counted before the tensors are built, by the codecs that can (see decode_with).
             tensors = decode_with(
@@ -264,7 +265,7 @@ class Service:
         except CodecError as exc:
             body.discard()
             raise bad_request("data", f"The {codec.name} body does not decode: {exc}") from exc
-        other = [base for base in context.state["bases"] if base != fields["base_aggregate"]]
+        other = [base for base in bases.loaded if base != fields["base_aggregate"]]
         if other:
             body.discard()
             what = "the initial model" if other[0] is None else f"aggregate {other[0]}"

@@ -29,9 +29,9 @@ from .structure import positional
 __all__ = [
     "JSON",
     "META_HEADER",
+    "ModelBases",
     "decode_data",
     "load",
-    "model_context",
     "names_to_keep",
     "negotiate",
     "result_codec",
@@ -76,21 +76,32 @@ def decode_data(
     )
 
 
-def model_context(
-    store: Store, blobs: BlobStore, registry: CodecRegistry, model_id: int
-) -> CodecContext:
-    """The context a delta payload of ``model_id`` decodes in: that model's aggregates,
-    and its initial model (the base of an update without ``base_aggregate``).
+class ModelBases:
+    """The bases a delta payload of one model decodes against, for a :class:`CodecContext`.
 
-    ``context.state["bases"]`` lists the aggregates looked up, in order.
+    Called with an aggregate id, it gives that aggregate's tensors (None: the model's
+    initial model, the base of an update without ``base_aggregate``), each read once.
+
+    Attributes:
+        loaded: The bases read so far, by id: those the payloads decoded named.
     """
-    used: list[int | None] = []
-    loaded: dict[int | None, Tensors] = {}  # a base several payloads name is read once
 
-    def bases(aggregate: int | None) -> Tensors:
-        used.append(aggregate)
-        if aggregate in loaded:
-            return loaded[aggregate]
+    def __init__(
+        self, store: Store, blobs: BlobStore, registry: CodecRegistry, model_id: int
+    ) -> None:
+        self._store, self._blobs, self._registry = store, blobs, registry
+        self._model_id = model_id
+        self.loaded: dict[int | None, Tensors] = {}
+
+    def __call__(self, aggregate: int | None) -> Tensors:
+        """The tensors of ``aggregate`` (None: the initial model).
+
+        Raises:
+            MissingBaseError: the model has no such aggregate (or no initial model).
+        """
+        if aggregate in self.loaded:
+            return self.loaded[aggregate]
+        store, model_id = self._store, self._model_id
         row = (
             store.initial_artifact(model_id)
             if aggregate is None
@@ -99,10 +110,9 @@ def model_context(
         if row is None or row["federated_model"] != model_id:
             what = "an initial model" if aggregate is None else "such an aggregate"
             raise MissingBaseError(aggregate, f"federated model {model_id} has no {what}")
-        loaded[aggregate] = load(blobs, store.get_blob(row["blob"]), registry)
-        return loaded[aggregate]
-
-    return CodecContext(bases=bases, state={"bases": used})
+        tensors = load(self._blobs, store.get_blob(row["blob"]), self._registry)
+        self.loaded[aggregate] = tensors
+        return tensors
 
 
 def load(
@@ -114,7 +124,7 @@ def load(
         blobs: The blob store.
         blob: The blob's row.
         registry: The installed codecs.
-        context: The bases of a blob stored in a delta codec (see :func:`model_context`).
+        context: The bases of a blob stored in a delta codec (see :class:`ModelBases`).
 
     Raises:
         CodecError: the blob's codec is not installed or the blob does not decode.
@@ -239,7 +249,7 @@ def weights_response(
         field: Put the weights under this key of a JSON object holding ``meta`` too
             (None: the body is the weights alone).
         meta: The other fields; in a binary answer they go in the ``FMA-Meta`` header.
-        context: The bases of a blob stored in a delta codec (see :func:`model_context`).
+        context: The bases of a blob stored in a delta codec (see :class:`ModelBases`).
     """
     codec = negotiate(accept, registry)
     if codec is not None and not codec.json_native:

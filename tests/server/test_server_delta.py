@@ -88,14 +88,22 @@ def _raw_delta(
     )
 
 
+def _with_aggregates(
+    server: RunningServer, admin: AdminClient, name: str, count: int
+) -> tuple[int, WebClient]:
+    """A model whose every update makes an aggregate, with ``count`` of them made."""
+    model = admin.create_model(name, requirement="require_x_updates", requirement_args=[1])
+    client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
+    for _ in range(count):
+        client.send_update(INITIAL)
+    return model["id"], client
+
+
 def test_a_delta_against_another_base_than_it_names_is_refused(
     server: RunningServer, admin: AdminClient
 ) -> None:
-    model = admin.create_model("names", requirement="require_x_updates", requirement_args=[1])
-    client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
-    client.send_update(INITIAL)
-    client.send_update(INITIAL)  # two aggregates: 1 and 2
-    response = _raw_delta(server, client, model["id"], payload_base=1, field_base=2)
+    model_id, client = _with_aggregates(server, admin, "names", 2)  # aggregates 1 and 2
+    response = _raw_delta(server, client, model_id, payload_base=1, field_base=2)
     assert response.status_code == 400, response.text
     (reason,) = response.json()["base_aggregate"]
     assert "delta against aggregate 1" in reason and "base_aggregate 2" in reason
@@ -104,10 +112,8 @@ def test_a_delta_against_another_base_than_it_names_is_refused(
 def test_a_delta_against_an_aggregate_the_model_lacks_is_refused_naming_it(
     server: RunningServer, admin: AdminClient
 ) -> None:
-    model = admin.create_model("lacks", requirement="require_x_updates", requirement_args=[1])
-    client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
-    client.send_update(INITIAL)
-    response = _raw_delta(server, client, model["id"], payload_base=99, field_base=1)
+    model_id, client = _with_aggregates(server, admin, "lacks", 1)
+    response = _raw_delta(server, client, model_id, payload_base=99, field_base=1)
     assert response.status_code == 400, response.text
     assert "aggregate 99" in response.json()["base_aggregate"][0]
 
@@ -126,10 +132,8 @@ def test_a_client_without_the_base_says_so_before_sending(
 def test_a_delta_codecs_base_aggregate_must_be_an_id(
     server: RunningServer, admin: AdminClient
 ) -> None:
-    model = admin.create_model("ids", requirement="require_x_updates", requirement_args=[1])
-    client = WebClient(model["id"], url=server.url, codec="msgpack", retries=0)
-    client.send_update(INITIAL)
-    delta = WebClient(model["id"], url=server.url, uuid=client.uuid, codec="delta", retries=0)
+    model_id, client = _with_aggregates(server, admin, "ids", 1)
+    delta = WebClient(model_id, url=server.url, uuid=client.uuid, codec="delta", retries=0)
     with pytest.raises(ConfigurationError, match="give the id"):
         delta.send_update(INITIAL, base_aggregate="1")  # type: ignore[arg-type]
     sent = delta.send_update(INITIAL, base_aggregate=np.int64(1))
