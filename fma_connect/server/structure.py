@@ -1,10 +1,12 @@
 """The structure of a model's weights (tensor names and shapes), and how two differ.
 
-A model's structure is established by its initial model, else its latest aggregate,
-else its first update; every later update must have the same number of tensors and
-the same shapes. Names are compared only when both sides carry them: plain JSON
-names tensors by position (``"0"``, ``"1"``...), and then only positions count. When
-both carry names, the tensors are matched by name, in any order.
+A model's structure is established by its initial model, else its latest aggregate
+(before either, its first round's majority); every later update must have the same
+number of tensors and the same shapes. Names are compared only when both sides carry
+them: plain JSON without ``tensor_names`` names tensors by position (``"0"``, ``"1"``...),
+and then only positions count, except that unnamed layers are refused against named
+tensors of which two share a shape, where position alone could pair the wrong ones.
+When both carry names, the tensors are matched by name, in any order.
 """
 
 from __future__ import annotations
@@ -76,6 +78,19 @@ def difference(expected: Structure, got: Structure, source: str) -> str | None:
     for i, ((_, shape), (_, want)) in enumerate(zip(got, expected, strict=True)):
         if shape != want:
             return _shape_message(str(i), shape, want, source)
+    if positional(names) and not positional(expected_names):
+        # Unnamed layers against named tensors pair by position; where two tensors have
+        # one shape, a list in another order would be averaged silently with the wrong one.
+        seen_shapes: dict[tuple[int, ...], str] = {}
+        for name, shape in expected:
+            if shape in seen_shapes:
+                return (
+                    f"the layers carry no names, and {source} has two tensors of shape "
+                    f"{list(shape)} ({seen_shapes[shape]!r} and {name!r}) that position alone "
+                    "cannot tell apart: send the names in tensor_names, in the order of "
+                    "the layers"
+                )
+            seen_shapes[shape] = name
     return None
 
 

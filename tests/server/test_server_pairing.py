@@ -152,3 +152,24 @@ def test_a_first_round_without_a_majority_structure_waits(
     third.send_update({"w": np.full(2, 4.0)})  # the tie is broken: 2 clients against 1
     latest = third.check_for_latest_model()
     assert latest is not None and latest["values"]["w"].tolist() == [2.5, 2.5]
+
+
+def test_unnamed_layers_are_refused_where_position_cannot_tell_named_tensors_apart(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    """A plain list (the original client's form) against ``enc``/``dec`` of one shape."""
+    first, _ = _federation(server, admin, initial_model={"enc": ZEROS, "dec": ZEROS})
+    body = {"federated_model": first.federated_model_id, "data": [TENS.tolist(), ZEROS.tolist()]}
+    response = requests.post(
+        f"{server.url}/api/v1/model_updates/",
+        json=body,
+        headers={"CLIENT-UUID": first.uuid},
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    (reason,) = response.json()["data"]
+    assert "cannot tell apart" in reason and "tensor_names" in reason
+    # A list is still fine where the shapes tell the tensors apart.
+    model = admin.create_model("shapes", initial_model={"w": np.zeros((2, 2)), "b": ZEROS})
+    plain = WebClient(model["id"], url=server.url, retries=0)
+    assert plain.send_update([ZEROS, np.ones((2, 2))])["status"] in (0, 2)  # b, w: sorted
