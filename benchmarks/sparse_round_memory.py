@@ -4,9 +4,11 @@
 
 Ten clients send updates of a 4M-parameter float32 model (16 MB) in msgpack and in the
 sparse codec, for two rounds: the first from the initial model (plain JSON, as
-AdminClient sends it), the second from the first aggregate. The peak is what Python's
-tracemalloc saw (numpy arrays included) while the admin's aggregate call ran, server
-in process.
+AdminClient sends it), the second from the first aggregate. The clients restore what
+they fetch ``like=`` the initial model, so their updates (and the mean) stay float32:
+without it a model that went through plain JSON comes back float64, twice the model.
+The peak is what Python's tracemalloc saw (numpy arrays included) while the admin's
+aggregate call ran, server in process.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main() -> None:
             clients = [WebClient(model, url=url, codec=codec) for _ in range(10)]
             for round_ in (1, 2):
                 for client in clients:
-                    latest = client.check_for_latest_model()
+                    latest = client.check_for_latest_model(like=initial)
                     assert latest is not None
                     step = rng.standard_normal(N).astype(np.float32) * 0.01
                     client.send_update(

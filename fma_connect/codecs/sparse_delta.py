@@ -31,12 +31,18 @@ holding a msgpack manifest::
 
 followed, per tensor, by its blocks: ``whole`` tensors one block of their bytes; ``sparse``
 ones the positions, then the values (packed sign bits, or float16/float32).
+
+A receiver that sums updates a slice at a time (the reference server's mean) need not
+rebuild them whole: :meth:`SparseDeltaCodec.decode_lazily` gives each ``sparse`` tensor
+as a :class:`SparseTensor`, its base and the changes sent, which rebuilds any flat slice
+of what :meth:`~SparseDeltaCodec.decode` returns, bit for bit, from that slice of the
+base alone. A held update then costs its positions and values, not a model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,7 +55,7 @@ from .base import Tensors
 from .context import CodecContext
 from .index_coding import decode_positions, encode_positions
 
-__all__ = ["VALUE_CODINGS", "SparseDeltaCodec"]
+__all__ = ["VALUE_CODINGS", "SparseDeltaCodec", "SparseTensor"]
 
 FORMAT_VERSION = 1
 _ENTRY_KEYS = {"name", "dtype", "shape", "mode", "k", "positions", "scale"}
@@ -187,6 +193,38 @@ class SparseDeltaCodec:
             MissingBaseError: its base is not held here.
             DecodeError: it is corrupt.
         """
+        # Rebuilt one tensor at a time: a tensor's positions and values live only while
+        # it is rebuilt.
+        return [
+            (name, tensor if isinstance(tensor, np.ndarray) else tensor.dense())
+            for name, tensor in self._read(payload, context, max_tensors)
+        ]
+
+    def decode_lazily(
+        self, payload: Any, context: CodecContext, *, max_tensors: int | None = None
+    ) -> list[tuple[str, np.ndarray | SparseTensor]]:
+        """Decode a payload as :meth:`decode` does, without rebuilding its sparse tensors.
+
+        For a receiver that reads tensors a slice at a time (the reference server's
+        mean): ``whole`` tensors come as arrays (views of ``payload`` where it allows),
+        ``sparse`` ones as :class:`SparseTensor`, whose ``dense()`` is what
+        :meth:`decode` returns for them. Every check of :meth:`decode` is made here.
+
+        Raises:
+            TooManyTensorsError: it holds more than ``max_tensors`` tensors.
+            MissingBaseError: its base is not held here.
+            DecodeError: it is corrupt.
+        """
+        return list(self._read(payload, context, max_tensors))
+
+    def _read(
+        self, payload: Any, context: CodecContext, max_tensors: int | None
+    ) -> Iterator[tuple[str, np.ndarray | SparseTensor]]:
+        """The payload's tensors in order: ``whole`` ones as arrays, ``sparse`` ones lazily.
+
+        The manifest, the declared sizes, the block count and the base are checked
+        before the first tensor is given.
+        """
         manifest, blocks = manifested.unpack(
             self.name,
             payload,
@@ -208,8 +246,16 @@ class SparseDeltaCodec:
         if expected != len(blocks):
             raise DecodeError(f"sparse manifest needs {expected} blocks, got {len(blocks)}")
         base = context.base(manifest["base_aggregate"]) if expected > len(entries) else {}
+        return self._tensors(manifest["values"], entries, blocks, base)
+
+    def _tensors(
+        self,
+        coding: str,
+        entries: list[dict[str, Any]],
+        blocks: Tensors,
+        base: dict[str, np.ndarray],
+    ) -> Iterator[tuple[str, np.ndarray | SparseTensor]]:
         rest = iter(blocks)
-        out: Tensors = []
         for entry in entries:
             name, dtype, shape = entry["name"], dtype_from_tag(entry["dtype"]), entry["shape"]
             first_name, first = next(rest)
@@ -218,7 +264,7 @@ class SparseDeltaCodec:
             if entry["mode"] == "whole":
                 if first.nbytes != math.prod(shape) * dtype.itemsize:
                     raise DecodeError(f"sparse tensor {name!r} has the wrong number of bytes")
-                out.append((name, first.view(dtype).reshape(shape)))
+                yield name, first.view(dtype).reshape(shape)
                 continue
             _, values = next(rest)
             reference = base.get(name)
@@ -229,10 +275,9 @@ class SparseDeltaCodec:
                 )
             size = math.prod(shape)
             positions = decode_positions(entry["positions"], first.tobytes(), entry["k"], size)
-            rebuilt = reference.astype(_work_dtype(dtype)).reshape(-1)  # a copy
-            rebuilt[positions] += self._values(manifest["values"], values, entry, rebuilt.dtype)
-            out.append((name, rebuilt.astype(dtype).reshape(shape)))
-        return out
+            work = _work_dtype(dtype)
+            sent = self._values(coding, values, entry, work)
+            yield name, SparseTensor(reference, positions, sent, dtype)
 
     @staticmethod
     def _values(
@@ -253,6 +298,74 @@ class SparseDeltaCodec:
         if not np.isfinite(values).all():
             raise DecodeError(f"sparse tensor {name!r} holds non-finite values")
         return values
+
+
+class SparseTensor:
+    """A ``sparse`` tensor as received: its base and the changes sent, rebuilt on demand.
+
+    :meth:`dense` is what :meth:`SparseDeltaCodec.decode` returns for the tensor, and
+    :meth:`rebuild` any flat slice of it, bit for bit: the slice of the base in the
+    working dtype (float32, or float64 for float64 tensors), the sent changes that fall
+    in it added, the sum cast to the tensor's dtype. Only positions and values are held
+    (the base is shared by every update against it: on the server, a view of its file).
+
+    Attributes:
+        shape: The tensor's shape.
+        dtype: The tensor's dtype (the sender's).
+        size: Its number of elements.
+        held_nbytes: The memory it holds of its own (positions and values).
+    """
+
+    __slots__ = ("_base", "_positions", "_values", "_work", "dtype", "held_nbytes", "shape", "size")
+
+    def __init__(
+        self,
+        base: np.ndarray,
+        positions: np.ndarray,
+        values: np.ndarray,
+        dtype: np.dtype[Any],
+    ) -> None:
+        """Hold a tensor that is ``base`` with ``values`` added at the flat ``positions``.
+
+        Args:
+            base: The base tensor (a float tensor of the tensor's shape); not copied
+                when it is contiguous.
+            positions: The sorted, distinct flat positions of the changes.
+            values: The changes, in the working dtype of ``dtype``.
+            dtype: The tensor's dtype.
+        """
+        self.shape: tuple[int, ...] = tuple(base.shape)
+        self.dtype: np.dtype[Any] = np.dtype(dtype)
+        self.size = int(base.size)
+        self._base = base.reshape(-1)
+        self._work = _work_dtype(self.dtype)
+        # Positions below 2**31 (every tensor smaller than that) are held in half the bytes.
+        small = self.size <= np.iinfo(np.int32).max
+        self._positions = positions.astype(np.int32 if small else np.int64, copy=False)
+        self._values = values
+        copied = 0 if np.may_share_memory(self._base, base) else self._base.nbytes
+        self.held_nbytes = self._positions.nbytes + self._values.nbytes + copied
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseTensor(shape={self.shape}, dtype={self.dtype}, changes={self._positions.size})"
+        )
+
+    def rebuild(self, start: int, stop: int) -> np.ndarray:
+        """Elements ``start`` to ``stop`` (a flat slice) of :meth:`dense`, in a new array."""
+        start, stop = max(0, start), min(self.size, stop)
+        stop = max(start, stop)
+        part = self._base[start:stop].astype(self._work)  # a copy, as the dense rebuild's
+        low, high = np.searchsorted(self._positions, (start, stop))
+        # Distinct positions: the fancy-indexed add is the dense rebuild's, element for
+        # element.
+        part[self._positions[low:high] - start] += self._values[low:high]
+        rebuilt: np.ndarray = part.astype(self.dtype, copy=False)
+        return rebuilt
+
+    def dense(self) -> np.ndarray:
+        """The whole tensor, ``base + sent change`` in its dtype and shape (a new array)."""
+        return self.rebuild(0, self.size).reshape(self.shape)
 
 
 #: Tensors at least this large find their top k through a sampled threshold.

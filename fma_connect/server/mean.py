@@ -1,13 +1,27 @@
 """The weighted mean of a round's updates, exact where it can be and never overflowing.
 
 :class:`Accumulator` averages in float64 (complex128 for complex tensors), slice by
-slice: the updates it holds are views of memory-mapped blob files, so a round needs
-the result's memory plus a few slices, not a float64 copy of every update. Past
-:data:`FOLD_AT` held updates they are folded into float64 running sums (memory then
-grows with the model, never with the number of updates); an update that is a copy in
-memory (plain JSON, a rebuilt delta) is folded at once. An update whose structure
-differs from the first accepted one is refused with a reason and the others still
-count.
+slice (:data:`SLICE` elements), so a round needs the result's memory plus a few slices,
+not a float64 copy of every update. What it holds of an update until it sums them:
+
+* tensors that are views of memory-mapped blob files cost no memory; past
+  :data:`FOLD_AT` updates holding such views they are folded into float64 running sums;
+* :class:`LazyTensor` ones (a ``sparse`` update's tensors: its base, a view of a file,
+  and the changes sent) cost what they hold of their own (their ``held_nbytes``), and
+  are rebuilt a slice at a time as they are summed; when what the held ones hold passes
+  the model's size (the bytes of one update's tensors), they are folded;
+* an update that is a copy in memory (plain JSON parsed) is folded at once.
+
+So memory grows with the model, never with the number of updates: at most the result,
+the held lazy parts (up to the model's size, plus the update just added), float64 running
+sums once anything was folded (8 bytes an element), and a few slices. A round of views
+and sparse updates within that budget never folds: the result, the sparse parts and a
+few slices. Folding earlier or later gives the same bits: the sums are taken in the
+order the updates came, and their scaling by powers of two (:meth:`Accumulator._rescale`)
+is exact (barring subnormal partial sums, and integer sums turned float by a later float
+update of the same tensor, which round once where held ones would round per update). An
+update whose structure differs from the first accepted one is refused with a reason and
+the others still count.
 
 The mean of each tensor is cast to a dtype that holds every update's values, whatever
 their order: numpy's promotion of the senders' dtypes (float16 and float32 make
@@ -32,20 +46,59 @@ from __future__ import annotations
 
 import math
 import mmap
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from ..codecs.base import Tensors
 from .structure import by_name, positional
 
-__all__ = ["FOLD_AT", "SLICE", "Accumulator", "all_finite"]
+__all__ = ["FOLD_AT", "SLICE", "Accumulator", "LazyTensor", "Update", "all_finite"]
 
-#: Elements per slice when checking, summing and casting (8 MiB of float64).
-SLICE = 1 << 20
-#: Updates held as views before they are folded into running sums.
+#: Elements per slice when checking, summing and casting (2 MiB of float64): a few
+#: slices are the working memory of a round beyond its result.
+SLICE = 1 << 18
+#: Updates held as views of their files before they are folded into running sums.
 FOLD_AT = 16
+
+
+class LazyTensor(Protocol):
+    """A tensor held in a compact form, rebuilt a flat slice at a time when it is read.
+
+    What a codec's server-side decode may give instead of an array (the ``sparse``
+    codec's :class:`~fma_connect.codecs.sparse_delta.SparseTensor`), so that a held
+    update costs what it holds, not a model.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The tensor's shape."""
+        ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The tensor's dtype."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Its number of elements."""
+        ...
+
+    @property
+    def held_nbytes(self) -> int:
+        """The memory it holds of its own (not views of files, nor a shared base)."""
+        ...
+
+    def rebuild(self, start: int, stop: int) -> np.ndarray:
+        """Its flat elements ``start`` to ``stop``, in its dtype (a new array)."""
+        ...
+
+
+#: An update as :meth:`Accumulator.add` takes it: arrays, or tensors rebuilt on demand.
+Update = Sequence[tuple[str, np.ndarray | LazyTensor]]
 #: An update's weight, kept exact: integer tensors are averaged without rounding error.
 Weight = int | Fraction
 #: Integer sums (plus the total weight) stay below this to be summed in int64.
@@ -64,7 +117,12 @@ class Accumulator:
         self._span: list[tuple[int, int] | None] = []
         self._shapes: list[tuple[int, ...]] = []
         self._wide: list[np.dtype[Any]] = []
-        self._held: list[tuple[Tensors, Weight]] = []
+        self._held: list[tuple[Update, Weight]] = []
+        #: What the held updates cost: the bytes of their lazy tensors, and how many of
+        #: them hold views of their own files; folded past the model's bytes, or FOLD_AT.
+        self._held_bytes = 0
+        self._held_files = 0
+        self._model_nbytes = 0
         self._sums: list[np.ndarray] | None = None
         self._weight: Weight = 0
         #: Per integer tensor, a bound on the magnitude of its weighted sum.
@@ -76,10 +134,11 @@ class Accumulator:
         self._exps: list[int] = []
         self.count = 0
 
-    def add(self, tensors: Tensors, weight: float = 1.0, *, typed: bool = True) -> str | None:
+    def add(self, tensors: Update, weight: float = 1.0, *, typed: bool = True) -> str | None:
         """Add an update; return why it was refused (and leave the mean unchanged), or None.
 
-        The update's arrays are kept (not copied) until :meth:`result` or a fold.
+        The update's arrays and lazy tensors are kept (not copied) until :meth:`result`
+        or a fold (see the module for when that is).
 
         Args:
             tensors: The update.
@@ -87,8 +146,11 @@ class Accumulator:
             typed: Whether its dtypes are the sender's (False for plain JSON, whose
                 dtypes are guessed from the numbers); see the module for the result's.
         """
+        # Integer and bool sums are bounded from whole tensors (_widen): those are rebuilt.
+        tensors = [(name, _materialised(array)) for name, array in tensors]
         if self._names and not positional(self._names):
-            tensors = by_name(self._names, tensors) or tensors  # named: match by name
+            # Named: match by name (by_name reads the names only, lazy tensors pass).
+            tensors = by_name(self._names, cast(Tensors, tensors)) or tensors
         reason = self._mismatch(tensors)
         if reason is not None:
             return reason
@@ -108,6 +170,7 @@ class Accumulator:
             self._bounds = [0] * len(tensors)
             self._magnitudes = [Fraction(0)] * len(tensors)
             self._exps = [0] * len(tensors)
+            self._model_nbytes = sum(array.size * array.dtype.itemsize for _, array in tensors)
         elif positional(self._names):  # the mean takes the names of any named update
             self._names = [name for name, _ in tensors]
         seen = self._typed if typed else self._plain
@@ -115,6 +178,7 @@ class Accumulator:
             before = seen[i]
             seen[i] = array.dtype if before is None else _promote(before, array.dtype)
             if not typed and array.dtype.kind in "iu" and array.size:
+                assert isinstance(array, np.ndarray)  # lazy integer tensors were rebuilt
                 low, high = int(array.min()), int(array.max())
                 span = self._span[i]
                 self._span[i] = (
@@ -126,7 +190,16 @@ class Accumulator:
         self._held.append((tensors, scale))
         self._weight += scale
         self.count += 1
-        if len(self._held) >= FOLD_AT or not _views_files(tensors):
+        arrays = [array for _, array in tensors if isinstance(array, np.ndarray)]
+        self._held_bytes += sum(
+            array.held_nbytes for _, array in tensors if not isinstance(array, np.ndarray)
+        )
+        self._held_files += bool(arrays)
+        if (
+            not _views_files(arrays)
+            or self._held_files >= FOLD_AT
+            or self._held_bytes > self._model_nbytes
+        ):
             self._fold()
         return None
 
@@ -150,19 +223,19 @@ class Accumulator:
         mean = np.empty(self._shapes[i], dtype)
         flat = mean.reshape(-1)
         for start in range(0, flat.size, SLICE):
-            part = slice(start, start + SLICE)
+            stop = start + SLICE
             held = self._held
             if self._sums is not None:
-                total = self._sums[i][part].copy()
+                total = self._sums[i][start:stop].copy()
             else:  # starts from the first update, not from zeros, to keep -0.0
-                total = _scaled(_flat(held[0][0][i][1])[part], held[0][1], wide, e)
+                total = _scaled(_part(held[0][0][i][1], start, stop), held[0][1], wide, e)
                 held = held[1:]
             for tensors, weight in held:
-                _add_scaled(total, _flat(tensors[i][1])[part], weight, e)
+                _add_scaled(total, _part(tensors[i][1], start, stop), weight, e)
             values = _mean(total, self._weight, dtype, e)
             if values is None:
                 return None
-            flat[part] = values
+            flat[start:stop] = values
         return mean
 
     def _rescale(self, magnitudes: list[Fraction], scale: Weight) -> None:
@@ -192,7 +265,7 @@ class Accumulator:
                     _pow2(self._sums[i], self._exps[i] - needed)
                 self._exps[i] = needed
 
-    def _widen(self, tensors: Tensors, scale: Weight) -> None:
+    def _widen(self, tensors: Update, scale: Weight) -> None:
         """Choose each tensor's sum dtype so that adding ``tensors`` stays exact.
 
         Integer (and bool) tensors are summed exactly: in int64 while a bound on the
@@ -208,6 +281,7 @@ class Accumulator:
             if array.dtype.kind == "c":
                 wider = np.dtype(np.complex128)
             elif array.dtype.kind in "biu":
+                assert isinstance(array, np.ndarray)  # lazy integer tensors were rebuilt
                 self._bounds[i] += _magnitude(array) * scale
                 small = self._bounds[i] + self._weight + scale < _INT64_SAFE
                 exact = isinstance(scale, int) and small and wide.kind != "O"
@@ -232,19 +306,18 @@ class Accumulator:
                 for shape, wide in zip(self._shapes, self._wide, strict=True)
             ]
             for total, (_, array), e in zip(self._sums, first, self._exps, strict=True):
-                source = _flat(array)
                 for start in range(0, total.size, SLICE):
-                    part = slice(start, start + SLICE)
-                    total[part] = _scaled(source[part], weight, total.dtype, e)
+                    stop = start + SLICE
+                    total[start:stop] = _scaled(_part(array, start, stop), weight, total.dtype, e)
         for tensors, weight in held:
             for total, (_, array), e in zip(self._sums, tensors, self._exps, strict=True):
-                source = _flat(array)
                 for start in range(0, total.size, SLICE):
-                    part = slice(start, start + SLICE)
-                    _add_scaled(total[part], source[part], weight, e)
+                    stop = start + SLICE
+                    _add_scaled(total[start:stop], _part(array, start, stop), weight, e)
         self._held = []
+        self._held_bytes = self._held_files = 0
 
-    def _mismatch(self, tensors: Tensors) -> str | None:
+    def _mismatch(self, tensors: Update) -> str | None:
         if not tensors:
             return "the update holds no tensors"
         for name, array in tensors:
@@ -274,13 +347,13 @@ class Accumulator:
         return None
 
 
-def _views_files(tensors: Tensors) -> bool:
+def _views_files(arrays: Sequence[np.ndarray]) -> bool:
     """Whether every array views a memory-mapped file, which costs no memory to hold.
 
-    Anything else (plain JSON parsed, a delta rebuilt) is a copy of an update in memory:
-    :meth:`Accumulator.add` folds such an update into the sums at once.
+    Anything else (plain JSON parsed, a delta rebuilt whole) is a copy of an update in
+    memory: :meth:`Accumulator.add` folds such an update into the sums at once.
     """
-    for _, array in tensors:
+    for array in arrays:
         owner: object = array
         while isinstance(owner, np.ndarray):
             owner = owner.base
@@ -294,6 +367,24 @@ def _views_files(tensors: Tensors) -> bool:
 def _flat(array: np.ndarray) -> np.ndarray:
     # A view for the contiguous arrays codecs produce; a copy only for strided input.
     return array.reshape(-1)
+
+
+def _part(tensor: np.ndarray | LazyTensor, start: int, stop: int) -> np.ndarray:
+    """Flat elements ``start`` to ``stop`` of an array (a view) or a lazy tensor (rebuilt)."""
+    if not isinstance(tensor, np.ndarray):
+        return tensor.rebuild(start, stop)
+    if tensor.flags.c_contiguous:  # the arrays codecs produce
+        return tensor.reshape(-1)[start:stop]
+    # Strided input: a copy of this slice only, not of the whole array per slice.
+    part: np.ndarray = tensor.flat[start:stop]
+    return part
+
+
+def _materialised(tensor: np.ndarray | LazyTensor) -> np.ndarray | LazyTensor:
+    """A lazy integer or bool tensor rebuilt whole; anything else as it is."""
+    if isinstance(tensor, np.ndarray) or tensor.dtype.kind not in "biu":
+        return tensor
+    return tensor.rebuild(0, tensor.size).reshape(tensor.shape)
 
 
 def _scaled(part: np.ndarray, weight: Weight, wide: np.dtype[Any], e: int = 0) -> np.ndarray:
@@ -323,16 +414,15 @@ def _pow2(array: np.ndarray, n: int) -> None:
         np.ldexp(array, n, out=array)
 
 
-def _max_abs(array: np.ndarray) -> Fraction | None:
+def _max_abs(array: np.ndarray | LazyTensor) -> Fraction | None:
     """The largest absolute value in a tensor, exactly; None if it holds NaN or infinity."""
     if array.size == 0:
         return Fraction(0)
-    if array.dtype.kind in "biu":
+    if isinstance(array, np.ndarray) and array.dtype.kind in "biu":
         return Fraction(_magnitude(array))
-    flat = _flat(array)
     largest = 0.0
-    for start in range(0, flat.size, SLICE):
-        part = flat[start : start + SLICE]
+    for start in range(0, array.size, SLICE):
+        part = _part(array, start, start + SLICE)
         if part.dtype.kind == "V":  # ml_dtypes floats: numpy's reductions need a real dtype
             part = part.astype(np.float64)
         pieces = (part.real, part.imag) if part.dtype.kind == "c" else (part,)

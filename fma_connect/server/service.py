@@ -20,8 +20,9 @@ import orjson
 
 from ..codecs.base import Tensors, decode_with, read_tag
 from ..codecs.context import CodecContext, MissingBaseError
-from ..exceptions import CodecError, TooManyTensorsError
+from ..exceptions import CodecError, EncodeError, TooManyTensorsError
 from ..registry import CodecRegistry
+from . import jsonstream
 from .blobs import BlobStore, BlobWriter
 from .datadir import DataDirLock, prepare
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
@@ -42,7 +43,7 @@ from .validation import (
     tensor_names,
     update_fields,
 )
-from .weights import ModelBases, decode_data, load
+from .weights import ModelBases, decode_data, load, store_tensors
 
 __all__ = ["Service"]
 
@@ -152,11 +153,40 @@ class Service:
                 body["initial_model"], "initial_model", names=names
             )
         try:
+            if initial is not None:
+                initial = self._initial_as_binary(initial)
             return self.store.insert_model(fields, clients or [], initial)
         except BaseException:
             if initial is not None:
                 self.blobs.delete([initial[1]])
             raise
+
+    def _initial_as_binary(self, blob: NewBlob) -> NewBlob:
+        """A plain JSON initial model stored again in ``msgpack``, where answers allow.
+
+        Until a model's first aggregate, its initial model is the base of every delta
+        update, read each round: parsed from JSON, that is a float64 copy of the model in
+        memory; in msgpack it is a view of its file. The msgpack blob holds the tensors
+        the JSON decodes to (float64 where a layer holds a float, the names kept), so
+        every answer converted from it is what it was; a plain JSON answer, until now
+        the stored text itself, is then written from those tensors. So the JSON is kept
+        where that would not be the same text byte for byte (a layer mixing ``1`` and
+        ``2.5`` is written back ``1.0``), and when ``msgpack`` is not installed. Models
+        created before keep their JSON blob, which still decodes as it did.
+        """
+        if blob.codec != "json" or "msgpack" not in self.registry:
+            return blob
+        row = {"codec": blob.codec, "filename": blob.filename, "tensor_names": blob.tensor_names}
+        tensors = load(self.blobs, row, self.registry)
+        try:
+            document = self.registry.get("json").encode(tensors)
+            if not _same_json(self.blobs.read(blob.filename), document):
+                return blob
+            binary = store_tensors(self.blobs, tensors, self.registry.get("msgpack"))
+        except (EncodeError, orjson.JSONEncodeError):
+            return blob
+        self.blobs.delete([blob.filename])
+        return binary
 
     def patch_model(self, model_id: int, body: Mapping[str, Any]) -> None:
         """Change a model's fields (its initial model cannot change)."""
@@ -550,6 +580,22 @@ def _same_bytes(first: Any, second: Any) -> bool:
         return False
     step = 1 << 24
     return all(a[i : i + step] == b[i : i + step] for i in range(0, a.nbytes, step))
+
+
+def _same_json(stored: Any, document: Any) -> bool:
+    """Whether the JSON text ``stored`` is what writing ``document`` as an answer gives.
+
+    An answer converted to plain JSON is written by :mod:`.jsonstream`; it is compared
+    here piece by piece, so the other text is never held whole.
+    """
+    view = memoryview(stored).cast("B")
+    offset = 0
+    for piece in jsonstream.pieces(document):
+        end = offset + len(piece)
+        if view[offset:end] != piece:
+            return False
+        offset = end
+    return offset == view.nbytes
 
 
 def _not_finite(tensors: Tensors) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,3 +163,78 @@ def test_a_change_beyond_float16_is_sent_at_its_limit_and_the_rest_kept() -> Non
     ((_, got),) = to_wire_and_back(codec, [("w", update)], context=context)
     assert got[0] == np.float16(65504) and np.isfinite(got).all()
     assert context.state["residual"]["w"][0] == pytest.approx(1e6 - 65504)
+
+
+def _mixed_model(seed: int) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """A base and an update of every kind of tensor the sparse codec meets.
+
+    float16, float32 and float64 tensors (one of them against a float64 base, as a plain
+    JSON initial model is held), an int tensor and a bool one (sent whole), an empty
+    and a 0-d tensor.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = {"h": (3, 5), "f": (200,), "d": (4, 6), "j": (7, 3), "e": (0, 3), "s": ()}
+    dtypes = {"h": np.float16, "f": np.float32, "d": np.float64, "j": np.float32}
+    dtypes.update(e=np.float32, s=np.float32)
+    base, update = [], []
+    for name, shape in shapes.items():
+        dtype = dtypes[name]
+        start = rng.standard_normal(shape).astype(dtype)
+        base.append((name, start.astype(np.float64) if name == "j" else start))
+        update.append((name, (start + rng.standard_normal(shape) * 0.1).astype(dtype)))
+    base.append(("n", np.arange(5, dtype=np.int32)))
+    update.append(("n", rng.integers(-9, 9, 5).astype(np.int32)))
+    update.append(("b", rng.random(4) < 0.5))
+    return base, update
+
+
+def _body(codec: SparseDeltaCodec, tensors: list[tuple[str, np.ndarray]], context: Any) -> bytes:
+    return b"".join(bytes(memoryview(c).cast("B")) for c in codec.encode(tensors, context))
+
+
+@pytest.mark.parametrize("values", ["ternary", "float16", "float32"])
+def test_lazy_decode_rebuilds_what_decode_gives_bit_for_bit(values: str) -> None:
+    base, update = _mixed_model(7)
+    codec = SparseDeltaCodec(0.2, values)
+    body = _body(codec, update, holding(1, base))
+    dense = codec.decode(bytearray(body), holding(1, base))
+    lazy = codec.decode_lazily(bytearray(body), holding(1, base))
+    assert [name for name, _ in lazy] == [name for name, _ in dense] == [n for n, _ in update]
+    rebuilt = set()
+    for (name, want), (_, got) in zip(dense, lazy, strict=True):
+        if isinstance(got, np.ndarray):  # sent whole
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), name
+            continue
+        rebuilt.add(name)
+        assert (got.shape, got.dtype, got.size) == (want.shape, want.dtype, want.size)
+        dense_again = got.dense()
+        assert dense_again.shape == want.shape and dense_again.dtype == want.dtype
+        assert dense_again.tobytes() == want.tobytes(), name
+        flat, n = want.reshape(-1), want.size
+        for start, stop in [(0, 0), (0, 3), (2, 9), (5, n), (n - 1, n + 10), (-5, 2), (n, n)]:
+            part = got.rebuild(start, stop)
+            assert part.dtype == want.dtype
+            assert part.tobytes() == flat[max(0, start) : max(0, stop)].tobytes(), (start, stop)
+    assert rebuilt == {"h", "f", "d", "j", "e", "s"}
+
+
+def test_a_lazy_sparse_tensor_holds_its_changes_not_a_model() -> None:
+    base, update = _update(8, 100_000)
+    codec = SparseDeltaCodec(0.01, "float32")
+    body = _body(codec, [("w", update)], holding(1, [("w", base)]))
+    ((_, lazy),) = codec.decode_lazily(bytearray(body), holding(1, [("w", base)]))
+    assert not isinstance(lazy, np.ndarray)
+    assert lazy.held_nbytes == 1000 * (4 + 4)  # int32 positions, float32 values
+    assert "changes=1000" in repr(lazy)
+
+
+def test_a_lazy_decode_checks_what_decode_checks() -> None:
+    base, update = _update(9)
+    codec = SparseDeltaCodec()
+    body = _body(codec, [("w", update)], holding(3, [("w", base)]))
+    with pytest.raises(MissingBaseError):
+        codec.decode_lazily(bytearray(body), holding(4, [("w", base)]))
+    with pytest.raises(DecodeError):  # a base of another shape
+        codec.decode_lazily(bytearray(body), holding(3, [("w", base[:-1])]))
+    with pytest.raises(DecodeError):
+        codec.decode_lazily(bytearray(body[:-3]), holding(3, [("w", base)]))
