@@ -123,6 +123,8 @@ class AdminClient:
         update_schema: Any = None,
         client_agg_results_schema: Any = None,
         furthest_base_agg: int | None = None,
+        aggregate_fraction: float | None = None,
+        aggregate_values: str | None = None,
         clients: list[str] | None = None,
     ) -> dict[str, Any]:
         """Create a federated model and return it.
@@ -144,6 +146,14 @@ class AdminClient:
             update_schema: JSON Schema that each update's ``data`` must match.
             client_agg_results_schema: JSON Schema for clients' validation results.
             furthest_base_agg: How many recent aggregates an update may be based on.
+            aggregate_fraction: (reference server) The share of each float tensor's
+                entries an aggregate may change from the previous one, in (0, 1]; the
+                rest of the change carries over to the next round. With a delta codec
+                (``delta``, ``sparse``), clients then download about that share of the
+                model per round. None (the default): every aggregate is the full mean.
+            aggregate_values: (reference server) How the changed values of such an
+                aggregate are coded: ``float32`` (None: the default), ``float16`` or
+                ``ternary`` (one magnitude per tensor, as the ``sparse`` codec's values).
             clients: UUIDs of clients to register with it.
 
         Raises:
@@ -160,6 +170,10 @@ class AdminClient:
             "client_agg_results_schema": client_agg_results_schema,
             "furthest_base_agg": furthest_base_agg,
         }
+        if aggregate_fraction is not None:  # the stock service knows no such field
+            body["aggregate_fraction"] = aggregate_fraction
+        if aggregate_values is not None:
+            body["aggregate_values"] = aggregate_values
         if clients is not None:
             body["clients"] = clients
         if initial_model is not None:

@@ -53,6 +53,10 @@ _JSON = "application/json"
 META_HEADER = "FMA-Meta"
 #: What a delta codec's client asks answers in: whole and lossless, its next base.
 _BASE_MEDIA = MsgpackCodec.media_type
+#: What a delta codec's client receives aggregates in, as deltas from the one it holds:
+#: a sparse step the server stored (exact: the aggregate is what it decodes to), else
+#: the lossless delta.
+_DOWNSTREAM = ("sparse", "delta")
 #: The JSON-native codec a ``json`` client asks for to receive tensors with their names.
 _NAMED = "npz-b64"
 #: JSON bodies larger than this are sent in slices with progress, like binary ones.
@@ -146,6 +150,8 @@ class WebClient:
         self._retry_updates = retry_updates
         self._spec: Spec | None = None
         self._last_aggregate: int | None = None
+        #: The media types the service lists for updates (None: not asked yet).
+        self._accepted: set[str] | None = None
         #: For a delta codec: the last aggregate received (id, tensors as received, a
         #: copy), the base of the next update; and the codec's own state.
         self._held: tuple[int | None, Tensors] | None = None
@@ -265,6 +271,8 @@ class WebClient:
                 "base_aggregate: give the id (an int) of the aggregate it starts from, or None "
                 f"for the initial model; got {base_aggregate!r}"
             )
+        if uses_context(self._codec):
+            self._check_service_decodes()
         tensors, spec = flatten(data)
         # The codec's state changes only once the update is stored: a failed send leaves
         # what it would have delivered in the residual, for the next try.
@@ -474,6 +482,45 @@ class WebClient:
             )
         return None
 
+    def _check_service_decodes(self) -> None:
+        """Refuse, before anything is sent, a codec the service does not decode.
+
+        Asked once per client: ``OPTIONS model_updates/`` answers the media types an
+        update may be sent in (``Accept-Post``) on the reference server; the stock
+        service, which averages only plain JSON, lists none.
+
+        Raises:
+            ConfigurationError: the service does not list this client's codec.
+        """
+        if self._accepted is None:
+            try:
+                response = self._call(
+                    "OPTIONS", f"{_API}model_updates/", headers=self._client_headers(), resend=True
+                )
+                listed = response.headers.get("Accept-Post", "")
+            except APIError:
+                listed = ""
+            self._accepted = {
+                part.split(";")[0].strip().lower() for part in listed.split(",") if part.strip()
+            }
+        if self._codec.media_type.lower() in self._accepted:
+            return
+        json_codecs = ", ".join(i.codec.name for i in self._registry if i.codec.json_native)
+        if not self._accepted:
+            raise ConfigurationError(
+                f"the {self._codec.name!r} codec sends updates as deltas that only a service "
+                "which decodes them can average, and this service lists no codecs it "
+                "decodes (the stock FMA service averages plain JSON only): nothing was sent. "
+                f"Use the reference server (fma-connect serve), or a JSON-native codec: "
+                f"{json_codecs}"
+            )
+        raise ConfigurationError(
+            f"this service does not decode the {self._codec.name!r} codec "
+            f"({self._codec.media_type}); it accepts {', '.join(sorted(self._accepted))}: "
+            "nothing was sent. Install the plugin that provides it where the server runs "
+            "and restart it, or use one of those codecs"
+        )
+
     def _unsupported_codec_hint(self, exc: APIError) -> str:
         """Why a service refused a binary body (415), and what to do about it."""
         detail = exc.detail if isinstance(exc.detail, dict) else {}
@@ -512,8 +559,13 @@ class WebClient:
             return _JSON
         if self._codec.json_native:
             return f"{_JSON}; codec={self._codec.name}"
-        if uses_context(self._codec):  # answers come whole (the base of the next delta)
-            return f"{_BASE_MEDIA}, {_JSON};q=0.9"
+        if uses_context(self._codec):  # whole, or as a delta from the aggregate held
+            whole = f"{_BASE_MEDIA}, {_JSON};q=0.9"
+            if self._held is None:
+                return whole
+            base = "initial" if self._held[0] is None else self._held[0]
+            deltas = [self._registry.get(n) for n in _DOWNSTREAM if n in self._registry]
+            return ", ".join([*(f"{c.media_type}; base={base}" for c in deltas), whole])
         return f"{self._codec.media_type}, {_JSON};q=0.9"
 
     def _is_new(self, aggregate_id: Any, update_after: int | np.integer[Any] | None) -> bool:

@@ -187,6 +187,7 @@ def run_scheme(
                     aggregator="fed_avg",
                     requirement="all_clients",
                     initial_model=data.initial,
+                    **scheme.model_options,
                 )["id"]
             )
         clients = [WebClient(model_id, url=proxy.url, codec=codec) for codec in codecs]

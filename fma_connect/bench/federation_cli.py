@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="SCHEME",
         help="schemes to run: presets "
-        f"({', '.join(s.label for s in DEFAULT_SCHEMES)}: the default), installed codec names, "
+        # Labels hold "%", which argparse reads as a format: doubled.
+        f"({'; '.join(s.label.replace('%', '%%') for s in DEFAULT_SCHEMES)}: the default), "
+        "installed codec names, "
         "or LABEL=module:Callable(key=value, ...) for a codec object with parameters",
     )
     parser.add_argument(

@@ -41,11 +41,15 @@ class Scheme:
         server_options: Extra keyword arguments of the reference server's
             :func:`~fma_connect.server.create_app` (e.g. ``registry=``), for codecs the
             default registry does not hold.
+        model_options: Extra keyword arguments of the model's
+            :meth:`~fma_connect.admin.AdminClient.create_model` (e.g.
+            ``aggregate_fraction=``).
     """
 
     label: str
     codec: str | Callable[[], Codec | ContextCodec]
     server_options: Mapping[str, Any] = field(default_factory=dict)
+    model_options: Mapping[str, Any] = field(default_factory=dict)
 
     def make_codec(self, registry: CodecRegistry) -> Codec | ContextCodec:
         """A codec for one client: the registered one, or a fresh object from the factory.
@@ -94,6 +98,22 @@ DEFAULT_SCHEMES = (
     Scheme(
         "sparse 1% ternary, no error feedback",
         lambda: SparseDeltaCodec(0.01, "ternary", error_feedback=False),
+    ),
+    # Sparse aggregates: each aggregate changes that share of the model, and clients
+    # download it as the stored sparse step from the one they hold.
+    Scheme("delta, aggregates 5%", "delta", model_options={"aggregate_fraction": 0.05}),
+    *(
+        Scheme(
+            f"sparse 2% ternary, aggregates {percent}% {values}",
+            lambda: SparseDeltaCodec(0.02, "ternary"),
+            model_options={"aggregate_fraction": percent / 100, "aggregate_values": values},
+        )
+        for percent, values in ((5, "float16"), (5, "ternary"), (10, "ternary"), (2, "float16"))
+    ),
+    Scheme(
+        "sparse 5% float16, aggregates 5% float16",
+        lambda: SparseDeltaCodec(0.05, "float16"),
+        model_options={"aggregate_fraction": 0.05, "aggregate_values": "float16"},
     ),
 )
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from ..codecs.context import CodecContext
+import numpy as np
+
+from ..codecs.base import Tensors
+from ..codecs.context import CodecContext, MissingBaseError
 from ..exceptions import CodecError, EncodeError
 from ..registry import CodecRegistry
 from . import store as st
@@ -24,11 +27,12 @@ from .errors import HTTPError, bad_request, not_found
 from .limits import PausePoint
 from .locks import KeyedLocks
 from .mean import Accumulator
+from .sparse_aggregates import Step, sparse_step
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
 from .weights import ModelBases, load, result_codec, store_tensors
 
-__all__ = ["AutoAggregate", "Rounds"]
+__all__ = ["AutoAggregate", "Result", "Rounds"]
 
 AutoAggregate = Literal["sync", "background", "off"]
 log = logging.getLogger("fma_connect.server")
@@ -202,7 +206,8 @@ class Rounds:
             else:
                 try:
                     row = self.store.get_blob(update["blob"])
-                    tensors = load(self.blobs, row, self.registry, context)
+                    # Sparse updates are held as their changes (see mean.Accumulator).
+                    tensors = load(self.blobs, row, self.registry, context, lazy=True)
                 except CodecError as exc:
                     reason = f"the stored update does not decode: {exc}"
                 except OSError as exc:  # no server path in a reason clients can read
@@ -226,16 +231,26 @@ class Rounds:
                 self.store.set_update_status(used, st.PENDING, only=st.RUNNING)
                 return None, invalid
         self._pause.reached("round-running")
-        blob = self._store_result(accumulator, codecs) if used else None
+        result = self._store_result(accumulator, codecs, model, context) if used else None
         self._pause.reached("round-stored")
+        stale = model["residual_blob"]
+        stale_file = None if stale is None else self.store.get_blob(stale)["filename"]
         try:
             aggregate_id = self.store.record_round(
-                model["id"], blob, model["aggregator"], used, invalid
+                model["id"],
+                None if result is None else result.aggregate,
+                model["aggregator"],
+                used,
+                invalid,
+                step=None if result is None else result.step,
+                residual=None if result is None else result.residual,
             )
         except BaseException:
-            if blob is not None:
-                self.blobs.delete([blob[1]])
+            if result is not None:
+                self.blobs.delete([new.filename for new in result if new is not None])
             raise
+        if result is not None and stale_file is not None:  # the round replaced it
+            self.blobs.delete([stale_file])
         return aggregate_id, invalid
 
     def _by_first_round_majority(self, pending: list[Row], clients: set[str]) -> list[Row]:
@@ -284,15 +299,66 @@ class Rounds:
             )
         return [update for _, _, members in ordered for update in members] + unread
 
-    def _store_result(self, accumulator: Accumulator, codecs: list[str]) -> NewBlob:
-        result = accumulator.result()
+    def _store_result(
+        self, accumulator: Accumulator, codecs: list[str], model: Row, context: CodecContext
+    ) -> Result:
+        """Store the round's aggregate; with ``aggregate_fraction``, as a sparse step from
+        the previous one (see :mod:`.sparse_aggregates`), with the step and the residual."""
+        aggregate = accumulator.result()
+        step = None
+        if model["aggregate_fraction"] is not None:
+            step = self._sparse_step(aggregate, model, context)
+            if step is not None:
+                aggregate = step.aggregate
         errors = []
         for codec in result_codec(codecs, self.registry):
             try:
-                return store_tensors(self.blobs, result, codec)
+                blob = store_tensors(self.blobs, aggregate, codec)
             except EncodeError as exc:
                 errors.append(f"{codec.name}: {exc}")
+                continue
+            if step is None:
+                return Result(blob)
+            written = [blob]
+            try:
+                written.append(NewBlob("sparse", *self.blobs.write([step.payload])))
+                residual = sorted(step.residual.items())
+                written.append(store_tensors(self.blobs, residual, self.registry.get("msgpack")))
+            except BaseException:
+                self.blobs.delete([new.filename for new in written])
+                raise
+            return Result(*written)
         raise EncodeError(f"no installed codec can store the aggregate: {'; '.join(errors)}")
+
+    def _sparse_step(self, mean: Tensors, model: Row, context: CodecContext) -> Step | None:
+        """The sparse step from the model's latest aggregate; None for its first one."""
+        latest = self.store.latest_aggregate(model["id"])
+        previous = None if latest is None else latest["id"]
+        carried: dict[str, np.ndarray] = {}
+        if model["residual_blob"] is not None:
+            row = self.store.get_blob(model["residual_blob"])
+            carried = dict(load(self.blobs, row, self.registry))
+        assert context.bases is not None
+        try:
+            return sparse_step(
+                mean,
+                previous,
+                context.bases,
+                carried,
+                model["aggregate_fraction"],
+                model["aggregate_values"] or "float32",
+            )
+        except MissingBaseError:  # the first aggregate of a model without initial model
+            return None
+
+
+class Result(NamedTuple):
+    """The blobs a round wrote: the aggregate's, and for a sparse step its payload and
+    the model's new residual."""
+
+    aggregate: NewBlob
+    step: NewBlob | None = None
+    residual: NewBlob | None = None
 
 
 def _describe(structure: Structure) -> str:

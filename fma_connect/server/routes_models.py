@@ -11,13 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..codecs.context import CodecContext
 from .auth import authenticate
 from .httputil import JSONResponse, paginate, read_json, service
 from .limits import MODEL_BODY_BYTES
 from .shapes import aggregate_json, artifact_json, model_json
 from .store import Row
 from .validation import register_path_ids
-from .weights import weights_response
+from .weights import ModelBases, stored_step, weights_response
 
 __all__ = ["ROUTES"]
 
@@ -117,8 +118,10 @@ def latest_model(request: Request) -> Response:
     model = _readable_model(request)
     svc = service(request)
     aggregate = svc.store.latest_aggregate(model["id"])
+    step = None
     if aggregate is not None:
         blob_id, aggregate_id = aggregate["blob"], aggregate["id"]
+        step = stored_step(svc.store, aggregate)
     elif model["current_artifact"] is not None:
         artifact = svc.store.get_artifact(model["current_artifact"])
         assert artifact is not None
@@ -132,6 +135,8 @@ def latest_model(request: Request) -> Response:
         request.headers.get("accept"),
         field="values",
         meta={"aggregate": aggregate_id},
+        context=CodecContext(bases=ModelBases(svc.store, svc.blobs, svc.registry, model["id"])),
+        step=step,
     )
 
 

@@ -31,7 +31,7 @@ from .httputil import (
 from .shapes import aggregate_json, artifact_json, score_json, update_json
 from .store import Row
 from .validation import query_fields, register_path_ids
-from .weights import ModelBases, weights_response
+from .weights import ModelBases, StoredStep, stored_step, weights_response
 
 __all__ = ["ROUTES"]
 
@@ -52,6 +52,18 @@ def _identity(request: Request) -> Identity:
 
 
 # -- updates ----------------------------------------------------------------------------
+
+
+def updates_options(request: Request) -> Response:
+    """OPTIONS /model_updates/: the media types an update may be sent in (``Accept-Post``).
+
+    A client checks this before it sends an update in a codec that only this server
+    decodes (a delta codec): the stock service lists none, so nothing is sent in vain.
+    """
+    svc = service(request)
+    types = [JSON, *(info.codec.media_type for info in svc.registry if not info.codec.json_native)]
+    headers = {"Allow": "GET, POST, OPTIONS", "Accept-Post": ", ".join(types)}
+    return Response(status_code=204, headers=headers)
 
 
 async def post_update(request: Request) -> Response:
@@ -193,12 +205,18 @@ def get_aggregate(request: Request) -> Response:
         request.headers.get("accept"),
         field="result",
         meta=meta,
+        context=CodecContext(
+            bases=ModelBases(svc.store, svc.blobs, svc.registry, row["federated_model"])
+        ),
+        step=stored_step(svc.store, row),
     )
 
 
 def aggregate_result(request: Request) -> Response:
     """GET /model_aggregates/<id>/result/: the aggregate's weights."""
-    return _weights(request, _owned(request, service(request).store.get_aggregate))
+    svc = service(request)
+    row = _owned(request, svc.store.get_aggregate)
+    return _weights(request, row, stored_step(svc.store, row))
 
 
 async def publish_aggregate(request: Request) -> Response:
@@ -228,13 +246,13 @@ def artifact_values(request: Request) -> Response:
     return _weights(request, _owned(request, service(request).store.get_artifact))
 
 
-def _weights(request: Request, row: Row) -> Response:
+def _weights(request: Request, row: Row, step: StoredStep | None = None) -> Response:
     svc = service(request)
     blob = svc.store.get_blob(row["blob"])
     bases = ModelBases(svc.store, svc.blobs, svc.registry, row["federated_model"])
     context = CodecContext(bases=bases)
     accept = request.headers.get("accept")
-    return weights_response(svc.blobs, blob, svc.registry, accept, context=context)
+    return weights_response(svc.blobs, blob, svc.registry, accept, context=context, step=step)
 
 
 # -- scores -----------------------------------------------------------------------------
@@ -270,6 +288,7 @@ register_path_ids()  # {id:id}: 1 to 19 digits, else no route matches (404)
 ROUTES = [
     Route("/api/v1/model_updates/", post_update, methods=["POST"]),
     Route("/api/v1/model_updates/", list_updates, methods=["GET"]),
+    Route("/api/v1/model_updates/", updates_options, methods=["OPTIONS"]),
     Route("/api/v1/model_updates/{id:id}/", get_update, methods=["GET"]),
     Route("/api/v1/model_updates/{id:id}/data/", update_data, methods=["GET"]),
     Route("/api/v1/model_aggregates/", list_aggregates, methods=["GET"]),

@@ -48,6 +48,8 @@ def model_json(row: Row, clients: list[str]) -> dict[str, Any]:
         "update_schema": row["update_schema"],
         "client_agg_results_schema": row["client_agg_results_schema"],
         "furthest_base_agg": row["furthest_base_agg"],
+        "aggregate_fraction": row["aggregate_fraction"],
+        "aggregate_values": row["aggregate_values"],
         "created_on": row["created_on"],
         "last_modified": row["last_modified"],
         "developer": row["developer"],

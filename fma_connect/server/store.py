@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS models (
     update_schema TEXT,
     client_agg_results_schema TEXT,
     furthest_base_agg INTEGER,
+    aggregate_fraction REAL,
+    aggregate_values TEXT,
+    residual_blob INTEGER,
     current_artifact INTEGER,
     created_on TEXT NOT NULL,
     last_modified TEXT NOT NULL
@@ -87,6 +90,7 @@ CREATE TABLE IF NOT EXISTS aggregates (
     federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
     blob INTEGER NOT NULL REFERENCES blobs(id),
     parent INTEGER,
+    step_blob INTEGER,
     aggregator TEXT NOT NULL,
     validation_score REAL,
     created_on TEXT NOT NULL
@@ -127,6 +131,8 @@ MODEL_FIELDS = (
     "update_schema",
     "client_agg_results_schema",
     "furthest_base_agg",
+    "aggregate_fraction",
+    "aggregate_values",
 )
 
 
@@ -181,6 +187,15 @@ class Store:
         columns = {row["name"] for row in self.all("PRAGMA table_info(blobs)")}
         if "tensor_names" not in columns:  # before names of plain JSON tensors were kept
             self._conn.execute("ALTER TABLE blobs ADD COLUMN tensor_names TEXT")
+        columns = {row["name"] for row in self.all("PRAGMA table_info(models)")}
+        if "aggregate_fraction" not in columns:  # before sparse aggregates
+            for column in (
+                "aggregate_fraction REAL",
+                "aggregate_values TEXT",
+                "residual_blob INTEGER",
+            ):
+                self._conn.execute(f"ALTER TABLE models ADD COLUMN {column}")
+            self._conn.execute("ALTER TABLE aggregates ADD COLUMN step_blob INTEGER")
 
     def close(self) -> None:
         """Close the connection."""
@@ -446,6 +461,9 @@ class Store:
         aggregator: str,
         used: Sequence[int],
         invalid: Mapping[int, str],
+        *,
+        step: NewBlob | None = None,
+        residual: NewBlob | None = None,
     ) -> int | None:
         """Commit an aggregation round in one transaction; return the new aggregate's id.
 
@@ -455,6 +473,11 @@ class Store:
             aggregator: The aggregator's name.
             used: Updates averaged into the result (marked COMPLETE).
             invalid: Updates refused, with the reason (marked INVALID).
+            step: The ``sparse`` payload from the previous aggregate (the parent; None:
+                the initial model) that decodes to the result, for a sparse step.
+            residual: The model's new residual (see ``aggregate_fraction``), which
+                replaces the one it had (its row is deleted; the caller deletes its file);
+                None: it has none after this round.
 
         Raises:
             HTTPError: 404, the model was deleted during the round.
@@ -471,16 +494,24 @@ class Store:
                 "SELECT MAX(id) AS id FROM aggregates WHERE federated_model = ?", (model_id,)
             ).fetchone()["id"]
             blob_id = _insert_blob(conn, model_id, blob)
+            step_id = None if step is None else _insert_blob(conn, model_id, step)
             cursor = conn.execute(
-                "INSERT INTO aggregates (federated_model, blob, parent, aggregator, created_on) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (model_id, blob_id, parent, aggregator, now()),
+                "INSERT INTO aggregates (federated_model, blob, parent, step_blob, aggregator, "
+                "created_on) VALUES (?, ?, ?, ?, ?, ?)",
+                (model_id, blob_id, parent, step_id, aggregator, now()),
             )
             aggregate_id = int(cursor.lastrowid or 0)
             conn.executemany(
                 "UPDATE updates SET status = ?, applied_aggregate = ? WHERE id = ?",
                 [(COMPLETE, aggregate_id, i) for i in used],
             )
+            old = conn.execute(
+                "SELECT residual_blob FROM models WHERE id = ?", (model_id,)
+            ).fetchone()["residual_blob"]
+            new = None if residual is None else _insert_blob(conn, model_id, residual)
+            conn.execute("UPDATE models SET residual_blob = ? WHERE id = ?", (new, model_id))
+            if old is not None:
+                conn.execute("DELETE FROM blobs WHERE id = ?", (old,))
             return aggregate_id
 
     # -- aggregates, artifacts, scores ---------------------------------------------

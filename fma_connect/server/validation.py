@@ -19,6 +19,7 @@ import orjson
 from starlette.convertors import Convertor, register_url_convertor
 
 from ..codecs.base import read_tag
+from ..codecs.sparse_delta import VALUE_CODINGS
 from ..exceptions import DecodeError
 from .aggregation import AGGREGATORS, REQUIREMENTS, check_requirement_args
 from .errors import HTTPError, bad_request
@@ -49,6 +50,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "update_schema": None,
     "client_agg_results_schema": None,
     "furthest_base_agg": None,
+    "aggregate_fraction": None,
+    "aggregate_values": None,
 }
 _REQUIRED = "This field is required."
 #: Ids and counts are SQLite integers: 64-bit.
@@ -112,6 +115,16 @@ def model_fields(
         errors["furthest_base_agg"] = [
             f"Expected null or an integer from 1 to {INT64_MAX}, got {shown(furthest)}."
         ]
+    fraction = merged["aggregate_fraction"]
+    if fraction is not None and (
+        type(fraction) not in (int, float) or not 0 < fraction <= 1 or fraction != fraction
+    ):
+        errors["aggregate_fraction"] = [
+            f"Expected null or a number greater than 0 and at most 1, got {shown(fraction)}."
+        ]
+    coding = merged["aggregate_values"]
+    if coding is not None and (not isinstance(coding, str) or coding not in VALUE_CODINGS):
+        errors["aggregate_values"] = [_choice(coding, VALUE_CODINGS)]
     for key in _SCHEMA_FIELDS:
         problem = schema_problem(merged[key])
         if problem:

@@ -11,7 +11,7 @@ object, which keeps names and dtypes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple, overload
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -23,6 +23,7 @@ from ..registry import CodecRegistry
 from . import jsonstream
 from .blobs import CHUNK, BlobStore
 from .errors import detail
+from .mean import Update
 from .store import NewBlob, Row, Store
 from .structure import positional
 
@@ -30,12 +31,15 @@ __all__ = [
     "JSON",
     "META_HEADER",
     "ModelBases",
+    "StoredStep",
     "decode_data",
+    "downstream_bases",
     "load",
     "names_to_keep",
     "negotiate",
     "result_codec",
     "store_tensors",
+    "stored_step",
     "weights_response",
 ]
 
@@ -115,9 +119,36 @@ class ModelBases:
         return tensors
 
 
+@overload
 def load(
-    blobs: BlobStore, blob: Row, registry: CodecRegistry, context: CodecContext | None = None
-) -> Tensors:
+    blobs: BlobStore,
+    blob: Row,
+    registry: CodecRegistry,
+    context: CodecContext | None = None,
+    *,
+    lazy: Literal[False] = False,
+) -> Tensors: ...
+
+
+@overload
+def load(
+    blobs: BlobStore,
+    blob: Row,
+    registry: CodecRegistry,
+    context: CodecContext | None = None,
+    *,
+    lazy: bool,
+) -> Update: ...
+
+
+def load(
+    blobs: BlobStore,
+    blob: Row,
+    registry: CodecRegistry,
+    context: CodecContext | None = None,
+    *,
+    lazy: bool = False,
+) -> Tensors | Update:
     """Decode a stored blob into tensors (binary ones view a read-only memory map).
 
     Args:
@@ -125,6 +156,11 @@ def load(
         blob: The blob's row.
         registry: The installed codecs.
         context: The bases of a blob stored in a delta codec (see :class:`ModelBases`).
+        lazy: Let a codec that can give tensors rebuilt on demand
+            (:class:`~.mean.LazyTensor`) instead of arrays, for a reader that takes them
+            a slice at a time (:class:`~.mean.Accumulator`): a codec with a
+            ``decode_lazily(payload, context)`` method, as ``sparse`` has, whose
+            updates are then held as their changes, not rebuilt whole.
 
     Raises:
         CodecError: the blob's codec is not installed or the blob does not decode.
@@ -133,6 +169,10 @@ def load(
     codec = registry.get(blob["codec"])
     raw = blobs.read(blob["filename"])
     if not codec.json_native:
+        decode_lazily = getattr(codec, "decode_lazily", None) if lazy else None
+        if callable(decode_lazily):
+            lazily: Update = decode_lazily(raw, context if context is not None else CodecContext())
+            return lazily
         return decode_with(codec, raw, context=context)
     try:
         value = orjson.loads(memoryview(raw))
@@ -224,9 +264,59 @@ def negotiate(accept: str | None, registry: CodecRegistry) -> Codec | None:
             found = registry.for_media_type(media)
         except UnknownCodecError:
             continue
-        if not uses_context(found):  # answers are written whole (no deltas downstream yet)
+        if not uses_context(found):  # deltas downstream: see downstream_bases
             return found
     return None
+
+
+class StoredStep(NamedTuple):
+    """A stored payload that decodes, against ``base``, to an aggregate (a sparse step)."""
+
+    base: int | None
+    blob: Row
+
+
+def stored_step(store: Store, aggregate: Row) -> StoredStep | None:
+    """The sparse step stored with an aggregate row (see ``aggregate_fraction``), if any."""
+    if aggregate.get("step_blob") is None:
+        return None
+    return StoredStep(aggregate["parent"], store.get_blob(aggregate["step_blob"]))
+
+
+def downstream_bases(accept: str | None, registry: CodecRegistry) -> list[tuple[Any, int | None]]:
+    """The delta codecs and bases ``accept`` asks weights to be sent against, in its order.
+
+    A client that holds an aggregate lists delta codecs' media types with a ``base``
+    parameter first: ``Accept: application/vnd.fma-connect.delta; base=7, ...``
+    (``base=initial``: the model's initial model). The answer is then a delta from that
+    base if the server can write one (a lossless delta codec, while the model holds the
+    base) or has stored one (a sparse step); the other entries of ``Accept`` say what to
+    send otherwise.
+
+    Returns:
+        ``(codec, base)`` pairs, the base as an aggregate id (None: the initial model).
+    """
+    wanted: list[tuple[Any, int | None]] = []
+    for part in (accept or "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        values = {}
+        for param in params:
+            key, _, value = param.partition("=")
+            values[key.strip().lower()] = value.strip().strip('"')
+        base = values.get("base")
+        if base is None:
+            continue
+        try:
+            codec = registry.for_media_type(media.lower())
+        except UnknownCodecError:
+            continue
+        if not uses_context(codec):
+            continue
+        if base == "initial":
+            wanted.append((codec, None))
+        elif base.isascii() and base.isdigit() and len(base) < 19:
+            wanted.append((codec, int(base)))
+    return wanted
 
 
 def weights_response(
@@ -238,6 +328,7 @@ def weights_response(
     field: str | None = None,
     meta: Mapping[str, Any] | None = None,
     context: CodecContext | None = None,
+    step: StoredStep | None = None,
 ) -> StreamingResponse:
     """Answer with a blob's weights, streamed, in the codec ``accept`` asks for.
 
@@ -249,8 +340,19 @@ def weights_response(
         field: Put the weights under this key of a JSON object holding ``meta`` too
             (None: the body is the weights alone).
         meta: The other fields; in a binary answer they go in the ``FMA-Meta`` header.
-        context: The bases of a blob stored in a delta codec (see :class:`ModelBases`).
+        context: The model's bases (see :class:`ModelBases`): those of a blob stored in
+            a delta codec, and those a download may be sent as a delta from (see
+            :func:`downstream_bases`).
+        step: The sparse step stored with an aggregate, sent to a client that holds its
+            base.
     """
+    delta = _downstream(blobs, blob, registry, accept, context, step)
+    if delta is not None:
+        media_type, chunks, nbytes = delta
+        headers = {"Content-Length": str(nbytes)}
+        if field is not None:
+            headers[META_HEADER] = orjson.dumps(dict(meta or {})).decode()
+        return StreamingResponse(chunks, headers=headers, media_type=media_type)
     codec = negotiate(accept, registry)
     if codec is not None and not codec.json_native:
         chunks, nbytes = _binary(blobs, blob, codec, registry, context)
@@ -311,6 +413,35 @@ def _binary(
     except EncodeError as exc:
         raise detail(406, f"these weights cannot be written as {codec.name}: {exc}") from exc
     return _sliced(chunks), sum(c.nbytes for c in chunks)
+
+
+def _downstream(
+    blobs: BlobStore,
+    blob: Row,
+    registry: CodecRegistry,
+    accept: str | None,
+    context: CodecContext | None,
+    step: StoredStep | None,
+) -> tuple[str, AsyncIterator[Any], int] | None:
+    """A blob's weights as a delta from a base ``accept`` names, if there is one to send.
+
+    Returns:
+        The media type, the body's chunks and its length; None to answer as usual.
+    """
+    for codec, base in downstream_bases(accept, registry):
+        if step is not None and step.base == base and step.blob["codec"] == codec.name:
+            stream = blobs.stream_file(step.blob["filename"])
+            return codec.media_type, stream, int(step.blob["nbytes"])
+        if not codec.lossless or context is None or context.bases is None:
+            continue
+        tensors = _load(blobs, blob, registry, context)
+        try:
+            encoded = codec.encode(tensors, CodecContext(base, context.bases))
+        except (MissingBaseError, EncodeError):  # not held (any more): the next choice
+            continue
+        chunks = [memoryview(c).cast("B") for c in encoded]
+        return codec.media_type, _sliced(chunks), sum(c.nbytes for c in chunks)
+    return None
 
 
 def _codec(blob: Row, registry: CodecRegistry) -> Codec:

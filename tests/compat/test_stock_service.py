@@ -15,7 +15,13 @@ import pytest
 import requests
 from stock_server import StockServer
 
-from fma_connect import APIException, TokenAuth, WebClient, default_codec_registry
+from fma_connect import (
+    APIException,
+    ConfigurationError,
+    TokenAuth,
+    WebClient,
+    default_codec_registry,
+)
 from fma_connect._transport import dumps_json
 
 
@@ -115,6 +121,19 @@ def test_a_binary_codec_is_refused_with_the_codecs_that_would_work(stock: StockS
     client = WebClient(create_model(stock), url=stock.url, codec="msgpack")
     with pytest.raises(APIException, match="status_code=415.*JSON-native codecs: json, npz-b64"):
         client.send_update(weights(3))
+
+
+@pytest.mark.parametrize("codec", ["delta", "sparse"])
+def test_a_delta_codec_is_refused_before_anything_is_sent(stock: StockServer, codec: str) -> None:
+    model = create_model(stock)
+    client = WebClient(model, url=stock.url, codec=codec)
+    with pytest.raises(ConfigurationError, match="lists no codecs.*nothing was sent"):
+        client.send_update(weights(3))
+    response = requests.get(
+        f"{stock.url}/api/v1/model_updates/", auth=TokenAuth(stock.admin_token), timeout=10
+    )
+    assert response.status_code == 200, response.text
+    assert not [u for u in response.json() if u["federated_model"] == model]
 
 
 def test_auth_failures_keep_the_seed_error_format(stock: StockServer) -> None:
