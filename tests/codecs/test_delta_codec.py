@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
 import msgpack
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fma_connect import DecodeError, EncodeError
 from fma_connect.codecs.context import CodecContext, MissingBaseError
+from fma_connect.codecs.index_coding import BITMAP, ELIAS_FANO, encode_positions
 from fma_connect.codecs.msgpack_numpy import MsgpackCodec
 from fma_connect.codecs.xor_delta import XorDeltaCodec
+from fma_connect.exceptions import TooManyTensorsError
 from fma_connect.testing import holding, to_wire_and_back
 
 CODEC = XorDeltaCodec()
@@ -115,3 +124,166 @@ def test_all_zero_and_random_deltas_round_trip_bit_for_bit(seed: int, dtype: typ
     ):
         back = to_wire_and_back(CODEC, [("t", update)], context=holding(1, [("t", base)]))
         assert back[0][1].tobytes() == update.tobytes() and back[0][1].dtype == update.dtype
+
+
+# A version-1 body, as the codec wrote it before version 2: "w" (float32, xor against
+# aggregate 3), "b" (int16, xor), "new" (float64 0-d, raw, no base tensor).
+_VERSION_1 = (
+    "eNprXpqcn5KavDy3OL0gMTl7XVp+UW5iSXxZalFxZn4e0/KS1Lzi/KLiKW1L8hJzU5cxpKTmlCQuTSmpLEhdWpqZV2Kx"
+    "tDgjsSB14pkzy/LT0opTSxiW5SVVlqQWnzmzNLko2djo3Hy5j1MhuheWY9HoDdV3lhGm0xuqMbPrZxFUYxIWjfxwjQ1Q"
+    "jfxQjeEi/UchGhfnpWKzUxCu9QBUqyBUa4p/+PQNcprFDMSCFkj4LQWHC1roMa5LSixOjU9MTy9KTU8sSWWGhebkVpTw"
+    "WJ6Wk59YYmwEcd0kFrYluUAzF1fkF0Fd9TCBO7gVNSSAvjE0g3qHGV29tccSl1a0AIBYYmYC0TMBoqUosRyqpXxS9F8G"
+    "MoDGVv2/CgmiTAxTmPPzheq6Z34/et499ujp6qS0ResePdsHpITYWucePn5IQUFRPfFxooCAgLBBoQGQamYE6mdksGJg"
+    "YnA4aM6swUC2/WyGIJOYyNbP4QjjsjgAANb09iY="
+)
+
+
+def test_a_version_1_body_still_decodes() -> None:
+    body = zlib.decompress(base64.b64decode(_VERSION_1))
+    weights = (np.arange(24, dtype=np.float32) / 7).reshape(4, 6)
+    (w, b, new) = CODEC.decode(body, holding(3, [("w", weights), ("b", np.zeros(3, np.int16))]))
+    assert w[1].tobytes() == (weights + np.float32(0.001)).tobytes()
+    assert b[1].tolist() == [0, 1, 2] and b[1].dtype == np.int16
+    assert new[1].shape == () and new[1].dtype == np.float64 and float(new[1]) == 2.5
+
+
+def _parts(body: bytes) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
+    """A delta body's manifest and its blocks (copies, free to change)."""
+    blocks = MsgpackCodec().decode(body)
+    manifest = msgpack.unpackb(blocks[0][1].tobytes())
+    return manifest, [(name, block.copy()) for name, block in blocks[1:]]
+
+
+def _repacked(manifest: dict[str, Any], blocks: list[tuple[str, np.ndarray]]) -> bytes:
+    packed = np.frombuffer(msgpack.packb(manifest), np.uint8)
+    chunks = MsgpackCodec().encode([("\u0000delta", packed), *blocks])
+    return b"".join(bytes(memoryview(c).cast("B")) for c in chunks)
+
+
+def _aggregate(changed: float, size: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """A base, and a new aggregate with ``changed`` of its values moved a little."""
+    rng = np.random.default_rng(11)
+    base = (0.05 * rng.standard_normal(size)).astype(np.float32)
+    new = base.copy()
+    where = rng.choice(size, int(changed * size), replace=False)
+    new[where] += (0.001 * rng.standard_normal(where.size)).astype(np.float32)
+    return base, new
+
+
+@pytest.mark.parametrize(("changed", "most"), [(0.01, 4.0), (0.03, 3.8), (0.2, 3.5)])
+def test_an_aggregate_that_changed_a_few_values_costs_about_4_bytes_a_change(
+    changed: float, most: float
+) -> None:
+    base, new = _aggregate(changed)
+    body = _body([("w", new)], holding(7, [("w", base)]))
+    assert _parts(body)[0]["tensors"][0]["mode"] == "sparse"
+    assert len(body) / int(changed * base.size) <= most
+    back = CODEC.decode(body, holding(7, [("w", base)]))
+    assert back[0][1].tobytes() == new.tobytes()
+
+
+def test_an_update_that_changed_every_value_goes_as_a_dense_xor() -> None:
+    base, update = _trained(6, 0.01)
+    manifest, blocks = _parts(_body([("w", update)], holding(7, [("w", base)])))
+    assert manifest["format_version"] == 2 and manifest["tensors"][0]["mode"] == "xor"
+    assert len(blocks) == 1  # 800 kB: one chunk
+
+
+def test_a_tensor_of_several_chunks_round_trips_and_each_chunk_is_a_block() -> None:
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((3, 500_000), dtype=np.float32)  # 6 MB: two 4 MiB chunks
+    update = base + np.float32(1e-3) * rng.standard_normal(base.shape, dtype=np.float32)
+    tensors = [("w", update), ("plain", update.astype(np.float64)[:, :200_000])]
+    body = _body(tensors, holding(7, [("w", base)]))
+    assert [name for name, _ in _parts(body)[1]] == ["w", "w", "plain", "plain"]
+    back = CODEC.decode(body, holding(7, [("w", base)]), max_tensors=2)
+    assert [b.tobytes() for _, b in back] == [a.tobytes() for _, a in tensors]
+    with pytest.raises(TooManyTensorsError):
+        CODEC.decode(body, holding(7, [("w", base)]), max_tensors=1)
+
+
+#: A change to a body's manifest and blocks (in place).
+Change = Callable[[dict[str, Any], list[tuple[str, np.ndarray]]], object]
+
+
+def _sparse_body() -> tuple[bytes, np.ndarray, np.ndarray]:
+    base, new = _aggregate(0.01, 20_000)
+    return _body([("w", new)], holding(7, [("w", base)])), base, new
+
+
+def _damaged(change: Change) -> bytes:
+    body, _, _ = _sparse_body()
+    manifest, blocks = _parts(body)
+    assert manifest["tensors"][0]["mode"] == "sparse"
+    change(manifest, blocks)
+    return _repacked(manifest, blocks)
+
+
+def _prefix(blocks: list[tuple[str, np.ndarray]], kind: int, count: int) -> None:
+    name, head = blocks[0]
+    blocks[0] = (
+        name,
+        np.concatenate([np.frombuffer(struct.pack("<BQ", kind, count), np.uint8), head[9:]]),
+    )
+
+
+def _positions(blocks: list[tuple[str, np.ndarray]], positions: list[int], n: int) -> None:
+    kind, coded = encode_positions(np.array(positions), n)
+    head = struct.pack("<BQ", [BITMAP, ELIAS_FANO].index(kind), len(positions)) + coded
+    blocks[0] = (blocks[0][0], np.frombuffer(head, np.uint8))
+
+
+def _frame(blocks: list[tuple[str, np.ndarray]], at: int, data: bytes) -> None:
+    blocks[at] = (blocks[at][0], np.frombuffer(zstandard.compress(data), np.uint8))
+
+
+HOSTILE: dict[str, tuple[Change, str]] = {
+    "unknown position kind": (lambda m, b: _prefix(b, 7, 200), "positions of kind 7"),
+    "more changes than values": (lambda m, b: _prefix(b, 1, 20_001), "20001 of 20000 values"),
+    "count other than coded": (lambda m, b: _prefix(b, 1, 199), "Elias-Fano positions of"),
+    "positions out of order": (lambda m, b: _positions(b, [5, 3], 20_000), "not distinct"),
+    "a repeated position": (lambda m, b: _positions(b, [4, 4, 9], 20_000), "not distinct"),
+    "a position past the end": (lambda m, b: _positions(b, [19_999, 20_003], 20_000), "range"),
+    "a bitmap of another size": (
+        lambda m, b: _prefix(b, 0, 200),  # Elias-Fano bytes read as a bitmap
+        "bitmap of",
+    ),
+    "positions block cut short": (
+        lambda m, b: b.__setitem__(0, (b[0][0], b[0][1][:5])),
+        "positions block is truncated",
+    ),
+    "values frame cut short": (
+        lambda m, b: b.__setitem__(1, (b[1][0], b[1][1][:-7])),
+        "does not decompress",
+    ),
+    "values frame holding more than declared": (
+        lambda m, b: _frame(b, 1, bytes(4 * 200 + 4)),
+        "states 804 bytes for a chunk of 800",
+    ),
+    "values frame missing": (lambda m, b: b.pop(1), "ends before the blocks"),
+    "a block no tensor uses": (lambda m, b: b.append(b[1]), "1 blocks no tensor uses"),
+    "sparse mode in a version-1 body": (
+        lambda m, b: m.__setitem__("format_version", 1),
+        "malformed",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_sparse_body_is_a_decode_error(case: str) -> None:
+    change, message = HOSTILE[case]
+    body = _damaged(change)
+    _, base, _ = _sparse_body()
+    with pytest.raises(DecodeError, match=message):
+        CODEC.decode(body, holding(7, [("w", base)]))
+
+
+def test_a_frame_claiming_more_than_its_chunk_is_refused_before_it_is_decompressed() -> None:
+    # zstd allocates what a frame's header states (1 GiB here), whatever max_output_size.
+    body = _body([("w", np.zeros(1024, np.float32))], CodecContext())
+    manifest, blocks = _parts(body)
+    stream = zstandard.ZstdCompressor().compressobj(size=1 << 30)
+    frame = stream.compress(bytes(4096)) + stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    blocks[0] = ("w", np.frombuffer(frame, np.uint8))
+    with pytest.raises(DecodeError, match="states 1073741824 bytes for a chunk of 4096"):
+        CODEC.decode(_repacked(manifest, blocks), CodecContext())
