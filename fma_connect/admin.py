@@ -20,6 +20,7 @@ from . import settings
 from ._transport import API_PREFIX, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Transport, dumps_json
 from .auth import TokenAuth
 from .codecs.json_lists import JsonListsCodec
+from .dtypes import tag_of
 from .exceptions import APIError, ConfigurationError, DecodeError
 from .spec import flatten
 
@@ -142,7 +143,9 @@ class AdminClient:
             developer: The developer's user id (1 is the reference server's admin).
             initial_model: Initial weights (any tree ``send_update`` takes), sent as
                 plain JSON lists in the layer order ``send_update`` uses, with their
-                names; they become the current artifact.
+                names and dtypes (the reference server keeps both, so a float32 model
+                is served as float32; the stock service stores the lists); they become
+                the current artifact.
             update_schema: JSON Schema that each update's ``data`` must match.
             client_agg_results_schema: JSON Schema for clients' validation results.
             furthest_base_agg: How many recent aggregates an update may be based on.
@@ -181,6 +184,9 @@ class AdminClient:
             body["initial_model"] = JsonListsCodec().encode(tensors)
             if not spec.positional:  # as WebClient.send_update sends tensor_names
                 body["initial_model_tensor_names"] = spec.names
+            # Plain JSON numbers carry no dtype: the reference server keeps these (a
+            # float32 model stays float32); the stock service ignores the field.
+            body["initial_model_dtypes"] = [tag_of(array.dtype, name) for name, array in tensors]
         return self._object(self._post(f"{_API}models/", body))
 
     def get_model(self, model_id: int) -> dict[str, Any]:

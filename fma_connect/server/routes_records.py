@@ -59,7 +59,9 @@ def updates_options(request: Request) -> Response:
 
     A client checks this before it sends an update in a codec that only this server
     decodes (a delta codec): the stock service lists none, so nothing is sent in vain.
+    Any known client or the admin may ask.
     """
+    _identity(request)
     svc = service(request)
     types = [JSON, *(info.codec.media_type for info in svc.registry if not info.codec.json_native)]
     headers = {"Allow": "GET, POST, OPTIONS", "Accept-Post": ", ".join(types)}

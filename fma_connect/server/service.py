@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from ..codecs.base import Tensors, decode_with, read_tag
@@ -35,17 +36,22 @@ from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
 from .validation import (
     UPDATE_FIELDS,
+    cast_layers,
     check_against_schema,
     check_depth,
     json_object,
     model_fields,
     reference,
+    tensor_dtypes,
     tensor_names,
     update_fields,
 )
 from .weights import ModelBases, decode_data, load, store_tensors
 
 __all__ = ["Service"]
+
+#: The field holding the dtype tags of an initial model's plain layers.
+_INITIAL_DTYPES = "initial_model_dtypes"
 
 TOKEN_ENV = "FMA_CONNECT_ADMIN_TOKEN"
 _NO_TENSORS = "The update holds no tensors; send at least one."
@@ -149,19 +155,20 @@ class Service:
         initial = None
         if body.get("initial_model") is not None:
             names = tensor_names(body, "initial_model_tensor_names", body["initial_model"])
+            dtypes = tensor_dtypes(body, _INITIAL_DTYPES)
             initial, _ = self._store_json_weights(
                 body["initial_model"], "initial_model", names=names
             )
         try:
             if initial is not None:
-                initial = self._initial_as_binary(initial)
+                initial = self._initial_as_binary(initial, dtypes)
             return self.store.insert_model(fields, clients or [], initial)
         except BaseException:
             if initial is not None:
                 self.blobs.delete([initial[1]])
             raise
 
-    def _initial_as_binary(self, blob: NewBlob) -> NewBlob:
+    def _initial_as_binary(self, blob: NewBlob, dtypes: list[np.dtype[Any]] | None) -> NewBlob:
         """A plain JSON initial model stored again in ``msgpack``, where answers allow.
 
         Until a model's first aggregate, its initial model is the base of every delta
@@ -173,14 +180,23 @@ class Service:
         where that would not be the same text byte for byte (a layer mixing ``1`` and
         ``2.5`` is written back ``1.0``), and when ``msgpack`` is not installed. Models
         created before keep their JSON blob, which still decodes as it did.
+
+        With ``dtypes`` (``initial_model_dtypes``, which AdminClient sends), the layers
+        are stored in those dtypes instead (a float32 model stays float32), and JSON
+        answers are written from them.
+
+        Raises:
+            HTTPError: 400, the layers do not fit ``dtypes``.
         """
         if blob.codec != "json" or "msgpack" not in self.registry:
             return blob
         row = {"codec": blob.codec, "filename": blob.filename, "tensor_names": blob.tensor_names}
         tensors = load(self.blobs, row, self.registry)
+        if dtypes is not None:
+            tensors = cast_layers(tensors, dtypes, _INITIAL_DTYPES)
         try:
             document = self.registry.get("json").encode(tensors)
-            if not _same_json(self.blobs.read(blob.filename), document):
+            if dtypes is None and not _same_json(self.blobs.read(blob.filename), document):
                 return blob
             binary = store_tensors(self.blobs, tensors, self.registry.get("msgpack"))
         except (EncodeError, orjson.JSONEncodeError):

@@ -15,21 +15,25 @@ import uuid as uuid_module
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.convertors import Convertor, register_url_convertor
 
-from ..codecs.base import read_tag
+from ..codecs.base import Tensors, read_tag
 from ..codecs.sparse_delta import VALUE_CODINGS
+from ..dtypes import dtype_from_tag
 from ..exceptions import DecodeError
 from .aggregation import AGGREGATORS, REQUIREMENTS, check_requirement_args
 from .errors import HTTPError, bad_request
 from .jsonvalues import MAX_JSON_DEPTH, deeper_than, shown
+from .mean import all_finite
 from .schemas import check_against_schema, schema_problem
 from .store import MODEL_FIELDS, Store
 
 __all__ = [
     "MODEL_DEFAULTS",
     "UPDATE_FIELDS",
+    "cast_layers",
     "check_against_schema",
     "check_depth",
     "json_object",
@@ -38,6 +42,7 @@ __all__ = [
     "query_fields",
     "reference",
     "register_path_ids",
+    "tensor_dtypes",
     "update_fields",
 ]
 
@@ -358,3 +363,59 @@ def tensor_names(body: Mapping[str, Any], key: str, data: Any) -> list[str] | No
             raise bad_request(key, f"Tensor names must be unique; {name!r} appears twice.")
         seen.add(name)
     return names
+
+
+def tensor_dtypes(body: Mapping[str, Any], key: str) -> list[np.dtype[Any]] | None:
+    """Read the dtypes of plain layer lists sent next to them (``initial_model_dtypes``).
+
+    Plain JSON numbers carry no dtype: parsed, a float32 model becomes float64 (twice the
+    bytes in every answer). fma_connect's AdminClient sends each layer's dtype tag in
+    this field (the stock service ignores it).
+
+    Returns:
+        The dtypes, or None when the field is absent or null.
+
+    Raises:
+        HTTPError: 400 when it is not a list of dtype tags.
+    """
+    tags = body.get(key)
+    if tags is None:
+        return None
+    if not isinstance(tags, list):
+        raise bad_request(key, f"Expected a list of dtype tags, one per layer, got {shown(tags)}.")
+    try:
+        return [dtype_from_tag(tag) for tag in tags]
+    except DecodeError as exc:
+        raise bad_request(key, f"{exc}.") from exc
+
+
+def cast_layers(tensors: Tensors, dtypes: list[np.dtype[Any]], key: str) -> Tensors:
+    """Plain layers in the dtypes sent for them (see :func:`tensor_dtypes`).
+
+    A float dtype takes the nearest value of each number, as ``np.array(layer, dtype)``
+    does; an integer or bool dtype takes the numbers only if each is one of its values.
+
+    Raises:
+        HTTPError: 400 when the counts differ or a layer's numbers do not fit its dtype.
+    """
+    if len(dtypes) != len(tensors):
+        raise bad_request(
+            key, f"Expected one dtype per layer: {len(tensors)} layers, got {len(dtypes)} dtypes."
+        )
+    out: Tensors = []
+    for i, ((name, array), dtype) in enumerate(zip(tensors, dtypes, strict=True)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = array.astype(dtype)
+        if dtype.kind in "biu":
+            fits = array.dtype.kind in "biu" and np.array_equal(cast.astype(array.dtype), array)
+        else:
+            fits = array.dtype.kind != "c" or dtype.kind == "c"
+            fits = fits and all_finite(cast)
+        if not fits:
+            raise bad_request(
+                key,
+                f"Layer {i} ({name}) holds numbers that are not {dtype.name} values "
+                f"(it holds {array.dtype.name} ones): send its dtype or other numbers.",
+            )
+        out.append((name, cast))
+    return out

@@ -35,6 +35,7 @@ READERS = "admin, or a client registered with the model"
 SENDER = "admin, or the client that sent the update"
 CLIENT = "a client registered with the model"
 ANYONE = "anyone (a new client), or a client re-registering"
+KNOWN = "admin, or any known client"
 
 #: Every route of the app and who may call it. A route missing here fails the test.
 ACCESS = {
@@ -49,6 +50,7 @@ ACCESS = {
     ("GET", "/api/v1/models/{model_id:id}/get_current_artifact/"): READERS,
     ("POST", "/api/v1/models/{model_id:id}/aggregate/"): ADMIN,
     ("POST", "/api/v1/model_updates/"): CLIENT,
+    ("OPTIONS", "/api/v1/model_updates/"): KNOWN,
     ("GET", "/api/v1/model_updates/"): ADMIN,
     ("GET", "/api/v1/model_updates/{id:id}/"): SENDER,
     ("GET", "/api/v1/model_updates/{id:id}/data/"): SENDER,
@@ -227,6 +229,10 @@ def test_callers_with_the_right_get_through(world: World) -> None:
         for headers in allowed:
             response = world.call(method, template, headers)
             assert response.status_code == 200, (method, template, headers, response.text[:200])
+    # Which codecs an update may be sent in: any known client may ask.
+    for headers in ({"Authorization": f"Token {world.token}"}, {"CLIENT-UUID": world.outsider}):
+        listed = world.call("OPTIONS", "/api/v1/model_updates/", headers)
+        assert listed.status_code == 204 and "application/json" in listed.headers["Accept-Post"]
     # Registering is open: a new client, or one of another model joining this one.
     assert world.call("POST", "/api/v1/models/{model_id:id}/register_client/", {}).ok
     joined = world.call(

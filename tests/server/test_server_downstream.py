@@ -262,11 +262,17 @@ def test_the_residual_survives_a_restart_and_replaced_ones_are_deleted(tmp_path:
     assert len(list((data / "blobs").iterdir())) == 14
 
 
-def test_an_update_in_a_codec_the_service_lists_nothing_for_is_refused_before_sending(
+def test_the_server_lists_the_codecs_it_decodes_and_a_listed_one_is_sent(
     server: RunningServer, admin: AdminClient
 ) -> None:
     model_id = admin.create_model("listed", initial_model=_initial())["id"]
-    response = requests.options(f"{server.url}/api/v1/model_updates/", timeout=10)
+    anonymous = requests.options(f"{server.url}/api/v1/model_updates/", timeout=10)
+    assert anonymous.status_code == 401
+    response = requests.options(
+        f"{server.url}/api/v1/model_updates/",
+        headers={"Authorization": f"Token {server.admin_token}"},
+        timeout=10,
+    )
     assert response.status_code == 204
     listed = [part.strip() for part in response.headers["Accept-Post"].split(",")]
     assert {"application/json", MSGPACK, XorDeltaCodec.media_type} <= set(listed)

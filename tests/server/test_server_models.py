@@ -64,3 +64,54 @@ def test_delete_removes_the_model_and_its_blobs(
     assert gone.value.status_code == 404
     assert len(list((data_dir / "blobs").iterdir())) == 1
     assert len(admin.list_updates(keep["id"])) == 1
+
+
+def test_an_initial_model_keeps_the_dtypes_the_admin_sent(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    rng = np.random.default_rng(0)
+    initial = {
+        "w": rng.standard_normal((20, 3)).astype(np.float32),
+        "h": rng.standard_normal(7).astype(np.float16),
+        "steps": np.arange(4, dtype=np.int32),
+        "mask": np.array([True, False]),
+    }
+    model = admin.create_model("typed", initial_model=initial)["id"]
+    client = WebClient(model, url=server.url, codec="msgpack")
+    latest = client.check_for_latest_model()  # no like=: what the server holds
+    assert latest is not None
+    for name, array in initial.items():
+        assert latest["values"][name].dtype == array.dtype
+        assert latest["values"][name].tobytes() == array.tobytes()
+    plain = WebClient(model, url=server.url).check_for_latest_model()
+    assert plain is not None  # plain lists, in the order send_update uses (sorted names)
+    assert np.array_equal(np.array(plain["values"][3], np.float32), initial["w"])
+
+
+@pytest.mark.parametrize(
+    ("layers", "dtypes", "expected"),
+    [
+        ([[0.5, 1.0]], ["int32"], "Layer 0 (0) holds numbers that are not int32 values"),
+        ([[1, 300]], ["uint8"], "not uint8 values"),
+        ([[1e6]], ["float16"], "not float16 values"),
+        ([[1.0]], ["float32", "float32"], "1 layers, got 2 dtypes"),
+        ([[1.0]], ["object"], "unsupported dtype 'object'"),
+        ([[1.0]], "float32", "Expected a list of dtype tags"),
+    ],
+)
+def test_initial_model_dtypes_that_do_not_fit_are_refused(
+    server: RunningServer, layers: list[object], dtypes: object, expected: str
+) -> None:
+    response = requests.post(
+        f"{server.url}/api/v1/models/",
+        json={
+            "name": "bad",
+            "developer": 1,
+            "initial_model": layers,
+            "initial_model_dtypes": dtypes,
+        },
+        headers={"Authorization": f"Token {server.admin_token}"},
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["initial_model_dtypes"][0]

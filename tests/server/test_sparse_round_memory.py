@@ -267,7 +267,7 @@ def test_a_json_initial_model_of_an_older_server_is_still_a_base(
     with running_server(tmp_path / "new") as server:
         stored_in_msgpack = _sparse_round(server, initial)
     # As servers stored it before: the JSON as it came.
-    monkeypatch.setattr(Service, "_initial_as_binary", lambda self, blob: blob)
+    monkeypatch.setattr(Service, "_initial_as_binary", lambda self, blob, dtypes: blob)
     with running_server(tmp_path / "old") as server:
         stored_in_json = _sparse_round(server, initial)
     assert _initial_blob(tmp_path / "old", 1)[0] == "json"
