@@ -55,39 +55,31 @@ most its size, its positions strictly increasing, below its size and ``k`` of th
 (decoded, they take 8 bytes each: up to 8x the tensor for 1-byte values).
 
 Speed (encode + decode of a 100M float32 update in the benchmark's harness, 2 cores:
-1.8 s as one frame per tensor, 0.65 s in chunks): chunks are coded on two threads (numpy
-and zstd release the GIL), each with buffers of its own, so XOR, planes and zstd of a
-chunk run while it is in cache; byte planes are made and undone with word shifts
-(contiguous passes: 2x a strided byte copy to make float32 planes, 5x to undo them);
-decoding decompresses and rebuilds chunk by chunk into the one output array; the crc32
-of each chunk is taken as its job completes, while it is in cache.
+1.8 s as one frame per tensor, 0.65 s in chunks): the chunks are coded by
+:mod:`.byte_planes`, on two threads (numpy and zstd release the GIL), so XOR, planes
+and zstd of a chunk run while it is in cache; decoding decompresses and rebuilds chunk
+by chunk into the one output array.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numpy as np
-import zstandard
 
 from ..dtypes import dtype_from_tag, tag_of, to_wire_array
 from ..exceptions import DecodeError
 from ..hookspecs import hookimpl
-from . import manifested
+from . import byte_planes, manifested
 from .base import Tensors
+from .byte_planes import Pool, as_words, chunk_bytes, decode_frames, encode_frames
 from .context import CodecContext
 from .index_coding import BITMAP, ELIAS_FANO, decode_positions, encode_positions
 from .msgpack_numpy import crc32
-
-#: zlib's and ISA-L's crc32 both go on from a running value (the annotation omits it).
-_crc32_from = cast(Callable[[Any, int], int], crc32)
 
 __all__ = ["XorDeltaCodec"]
 
@@ -98,17 +90,6 @@ _ENTRY_KEYS = {"name", "dtype", "shape", "mode", "crc32"}
 _MODES = {1: ("xor", "raw"), 2: ("xor", "sparse", "raw")}
 #: The default bound on the bytes a payload's tensors may declare (as the zstd plugin's).
 DEFAULT_MAX_OUTPUT_SIZE = 8 << 30
-#: zstd level 1: as small as level 3 on XORed byte planes (0.533 against 0.532 of raw,
-#: measured on 100M float32 values) and faster. Its parameters for a chunk's size (hash
-#: log 14, min match 7, where ``level=1`` alone takes 13 and 6) compress a chunk of
-#: planes in 0.6x the time, to the same size: the nearly-zero high planes hold many
-#: short matches that min match 6 stops to take.
-_LEVEL = 1
-_THREADS = 2
-#: Tensor bytes per frame: as small as one frame per tensor on 100M float32 values, and
-#: each chunk's buffers stay in the caches of a core.
-_CHUNK_BYTES = 4 << 20
-_PARAMETERS = zstandard.ZstdCompressionParameters.from_level(_LEVEL, source_size=_CHUNK_BYTES)
 #: Values sampled to tell a tensor where nearly every value changed.
 _SAMPLES = 1 << 14
 _XOR_FROM = 0.9
@@ -116,10 +97,6 @@ _SPARSE_UP_TO = 0.25
 #: A sparse tensor's positions block starts with the coding's kind and how many.
 _KINDS = (BITMAP, ELIAS_FANO)
 _PREFIX = struct.Struct("<BQ")
-
-_In = TypeVar("_In")
-_Out = TypeVar("_Out")
-Span = tuple[int, int]
 
 
 class XorDeltaCodec:
@@ -149,7 +126,7 @@ class XorDeltaCodec:
         base = context.starting_base()
         entries: list[dict[str, Any]] = []
         blocks: Tensors = []
-        with _Pool() as pool:
+        with Pool() as pool:
             for name, array in tensors:
                 array = to_wire_array(array, name)
                 reference = _matching(base.get(name), array.dtype, array.shape)
@@ -199,7 +176,7 @@ class XorDeltaCodec:
             # A tensor has at most two blocks beyond one per chunk of its bytes.
             max_blocks=None
             if max_tensors is None
-            else 2 * max_tensors + self.max_output_size // _CHUNK_BYTES + 1,
+            else 2 * max_tensors + self.max_output_size // byte_planes.CHUNK_BYTES + 1,
         )
         version = manifest["format_version"]
         entries = manifest["tensors"]
@@ -217,7 +194,7 @@ class XorDeltaCodec:
         base = context.base(aggregate) if needs_base else {}
         reader = _Blocks(blocks)
         out: Tensors = []
-        with _Pool() as pool:
+        with Pool() as pool:
             for entry, size in zip(entries, sizes, strict=True):
                 name, dtype, shape = entry["name"], dtype_from_tag(entry["dtype"]), entry["shape"]
                 reference = None
@@ -237,8 +214,8 @@ class XorDeltaCodec:
                     crc = crc32(own)
                 else:
                     own = np.empty(size, np.uint8)
-                    chunk = max(size, 1) if version == 1 else _chunk_bytes(dtype.itemsize)
-                    crc = _decode_frames(
+                    chunk = max(size, 1) if version == 1 else chunk_bytes(dtype.itemsize)
+                    crc = decode_frames(
                         blocks_of, name, own, reference, dtype.itemsize, chunk, pool
                     )
                 if crc != entry["crc32"]:
@@ -254,21 +231,21 @@ class XorDeltaCodec:
 
 
 def _encode_tensor(
-    own: np.ndarray, reference: np.ndarray | None, itemsize: int, pool: _Pool
+    own: np.ndarray, reference: np.ndarray | None, itemsize: int, pool: Pool
 ) -> tuple[str, int, list[bytes]]:
     """A tensor's mode, the crc32 of its bytes and its blocks (see the module notes)."""
     if reference is None:
-        frames, crc = _encode_frames(own, None, itemsize, pool)
+        frames, crc = encode_frames(own, None, itemsize, pool)
         return "raw", crc, frames
     count = own.size // itemsize
     if count == 0 or _changed_share(own, reference, itemsize) >= _XOR_FROM:
-        frames, crc = _encode_frames(own, reference, itemsize, pool)
+        frames, crc = encode_frames(own, reference, itemsize, pool)
         return "xor", crc, frames
     sparse, changed = _encode_sparse(own, reference, itemsize, pool)
     crc = crc32(own)
     if changed <= _SPARSE_UP_TO * count:
         return "sparse", crc, sparse
-    dense, _ = _encode_frames(own, reference, itemsize, pool)
+    dense, _ = encode_frames(own, reference, itemsize, pool)
     if sum(map(len, dense)) < sum(map(len, sparse)):
         return "xor", crc, dense
     return "sparse", crc, sparse
@@ -278,21 +255,21 @@ def _changed_share(own: np.ndarray, reference: np.ndarray, itemsize: int) -> flo
     """The share of values that differ from the reference's, from an evenly strided
     sample of :data:`_SAMPLES` values (~1 ms for 100M float32 values)."""
     step = max(1, own.size // itemsize // _SAMPLES)
-    changed = _words(own, itemsize)[::step] != _words(reference, itemsize)[::step]
+    changed = as_words(own, itemsize)[::step] != as_words(reference, itemsize)[::step]
     if changed.ndim == 2:
         changed = changed.any(axis=1)
     return float(changed.mean())
 
 
 def _encode_sparse(
-    own: np.ndarray, reference: np.ndarray, itemsize: int, pool: _Pool
+    own: np.ndarray, reference: np.ndarray, itemsize: int, pool: Pool
 ) -> tuple[list[bytes], int]:
     """The blocks of a tensor in ``sparse`` mode, and how many of its values changed."""
-    xored = np.bitwise_xor(_words(own, itemsize), _words(reference, itemsize))
+    xored = np.bitwise_xor(as_words(own, itemsize), as_words(reference, itemsize))
     positions = np.flatnonzero(xored if xored.ndim == 1 else xored.any(axis=1))
     kind, coded = encode_positions(positions, own.size // itemsize)
     values = np.ascontiguousarray(xored[positions]).reshape(-1).view(np.uint8)
-    frames, _ = _encode_frames(values, None, itemsize, pool)
+    frames, _ = encode_frames(values, None, itemsize, pool)
     return [_PREFIX.pack(_KINDS.index(kind), positions.size) + coded, *frames], positions.size
 
 
@@ -301,7 +278,7 @@ def _decode_sparse(
     name: str,
     reference: np.ndarray,
     itemsize: int,
-    pool: _Pool,
+    pool: Pool,
 ) -> np.ndarray:
     """A ``sparse`` tensor's bytes: ``reference``'s, with the changed values XORed back."""
     head = blocks()
@@ -318,140 +295,11 @@ def _decode_sparse(
     except DecodeError as exc:
         raise DecodeError(f"delta tensor {name!r}: {exc}") from exc
     values = np.empty(changed * itemsize, np.uint8)
-    _decode_frames(blocks, name, values, None, itemsize, _chunk_bytes(itemsize), pool)
+    decode_frames(blocks, name, values, None, itemsize, chunk_bytes(itemsize), pool)
     own = np.empty_like(reference)
     np.copyto(own, reference)
-    _words(own, itemsize)[positions] ^= _words(values, itemsize)
+    as_words(own, itemsize)[positions] ^= as_words(values, itemsize)
     return own
-
-
-def _encode_frames(
-    data: np.ndarray, reference: np.ndarray | None, itemsize: int, pool: _Pool
-) -> tuple[list[bytes], int]:
-    """zstd frames of ``data``'s bytes (XORed with ``reference``'s) in planes, chunk by
-    chunk, and the crc32 of ``data``."""
-    spans = _spans(data.size, _chunk_bytes(itemsize))
-    frames = []
-    crc = 0
-    job = partial(_encode_chunk, pool, data, reference, itemsize)
-    for (lo, hi), frame in zip(spans, pool.map(job, spans), strict=True):
-        crc = _crc32_from(data[lo:hi], crc)  # the chunk was just read: it is in cache
-        frames.append(frame)
-    return frames, crc
-
-
-def _encode_chunk(
-    pool: _Pool, data: np.ndarray, reference: np.ndarray | None, itemsize: int, span: Span
-) -> bytes:
-    lo, hi = span
-    buffers = pool.buffers()
-    words = _words(data[lo:hi], itemsize)
-    if reference is not None:
-        xored = _words(buffers.scratch("words", hi - lo), itemsize)
-        words = np.bitwise_xor(words, _words(reference[lo:hi], itemsize), out=xored)
-    planes = buffers.scratch("planes", hi - lo).reshape(itemsize, -1)
-    _to_planes(words, planes, buffers.scratch("words", hi - lo))
-    if planes.shape[1] >= zstandard.BLOCKSIZE_MAX:
-        return buffers.compressor.compress(planes.data)
-    # Planes shorter than a zstd block would share one block's Huffman table (random
-    # low bytes with nearly-zero high bytes): a block per plane saves ~6% (1% changed).
-    stream = buffers.compressor.compressobj(size=planes.nbytes)
-    parts = []
-    for plane in planes:
-        parts += [stream.compress(plane.data), stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)]
-    return b"".join([*parts, stream.flush()])
-
-
-def _decode_frames(
-    blocks: Callable[[], np.ndarray],
-    name: str,
-    out: np.ndarray,
-    reference: np.ndarray | None,
-    itemsize: int,
-    chunk: int,
-    pool: _Pool,
-) -> int:
-    """Fill ``out`` from the frames of its chunks (XORed with ``reference``); its crc32."""
-    spans = _spans(out.size, chunk)
-    jobs = [(span, blocks()) for span in spans]
-    crc = 0
-    work = partial(_decode_chunk, pool, name, out, reference, itemsize)
-    for (lo, hi), _ in zip(spans, pool.map(work, jobs), strict=True):
-        crc = _crc32_from(out[lo:hi], crc)  # just written: in cache
-    return crc
-
-
-def _decode_chunk(
-    pool: _Pool,
-    name: str,
-    out: np.ndarray,
-    reference: np.ndarray | None,
-    itemsize: int,
-    job: tuple[Span, np.ndarray],
-) -> None:
-    (lo, hi), frame = job
-    try:
-        declared = zstandard.frame_content_size(frame.data)
-        if declared not in (hi - lo, zstandard.CONTENTSIZE_UNKNOWN):
-            raise DecodeError(
-                f"delta tensor {name!r}: a frame states {declared} bytes for a chunk of {hi - lo}"
-            )
-        planes = pool.buffers().decompressor.decompress(frame.data, max_output_size=hi - lo)
-    except zstandard.ZstdError as exc:
-        raise DecodeError(f"delta tensor {name!r} does not decompress: {exc}") from exc
-    if len(planes) != hi - lo:
-        raise DecodeError(
-            f"delta tensor {name!r}: a frame holds {len(planes)} bytes, its chunk {hi - lo}"
-        )
-    target = _words(out[lo:hi], itemsize)
-    _from_planes(np.frombuffer(planes, np.uint8).reshape(itemsize, -1), target)
-    if reference is not None:
-        np.bitwise_xor(target, _words(reference[lo:hi], itemsize), out=target)
-
-
-def _to_planes(words: np.ndarray, planes: np.ndarray, scratch: np.ndarray) -> None:
-    """Byte ``j`` of every word into ``planes[j]`` (``scratch``: as many bytes as words,
-    may be ``words`` itself, whose values are then lost)."""
-    itemsize = planes.shape[0]
-    if words.ndim == 2 or itemsize == 1:  # 16-byte values: a strided copy
-        np.copyto(planes, words.reshape(-1).view(np.uint8).reshape(-1, itemsize).T)
-        return
-    # Shifts and truncating casts are contiguous SIMD passes: 2-5x a strided byte copy.
-    np.copyto(planes[0], words, casting="unsafe")
-    shifted = _words(scratch, itemsize)
-    for j in range(1, itemsize):
-        np.right_shift(words, 8, out=shifted)
-        np.copyto(planes[j], shifted, casting="unsafe")
-        words = shifted
-
-
-def _from_planes(planes: np.ndarray, words: np.ndarray) -> None:
-    """Undo :func:`_to_planes`: the words whose byte ``j`` is in ``planes[j]``."""
-    itemsize = planes.shape[0]
-    if words.ndim == 2 or itemsize == 1:
-        np.copyto(words.reshape(-1).view(np.uint8).reshape(-1, itemsize), planes.T)
-        return
-    np.copyto(words, planes[-1], casting="unsafe")
-    for plane in planes[-2::-1]:
-        np.left_shift(words, 8, out=words)
-        np.bitwise_or(words, plane, out=words)
-
-
-def _chunk_bytes(itemsize: int) -> int:
-    """The bytes of a chunk of a tensor whose values have ``itemsize`` bytes."""
-    return _CHUNK_BYTES // itemsize * itemsize
-
-
-def _spans(size: int, chunk: int) -> list[Span]:
-    """The chunks of ``size`` bytes, as [start, end) spans: one, empty, when ``size`` is 0."""
-    return [(lo, min(lo + chunk, size)) for lo in range(0, size, chunk)] or [(0, 0)]
-
-
-def _words(data: np.ndarray, itemsize: int) -> np.ndarray:
-    """Flat bytes as one unsigned word per value (16-byte values: rows of two words)."""
-    if itemsize in (1, 2, 4, 8):
-        return data.view(f"<u{itemsize}")
-    return data.view("<u8").reshape(-1, itemsize // 8)
 
 
 class _Blocks:
@@ -477,61 +325,6 @@ class _Blocks:
         if block.dtype != np.uint8 or block.ndim != 1:
             raise DecodeError(f"delta block of {name!r} must be flat uint8, not {block.dtype}")
         return block
-
-
-class _Buffers:
-    """One thread's zstd contexts and scratch arrays (reused from chunk to chunk)."""
-
-    def __init__(self) -> None:
-        self.compressor = zstandard.ZstdCompressor(compression_params=_PARAMETERS)
-        self.decompressor = zstandard.ZstdDecompressor()
-        self._scratch: dict[str, np.ndarray] = {}
-
-    def scratch(self, key: str, size: int) -> np.ndarray:
-        """A flat uint8 array of ``size`` bytes, kept for the next chunk."""
-        array = self._scratch.get(key)
-        if array is None or array.size < size:
-            array = self._scratch[key] = np.empty(max(size, 1), np.uint8)
-        return array[:size]
-
-
-class _Pool:
-    """Chunk jobs on :data:`_THREADS` threads (inline when one job), for one call.
-
-    Threads and buffers live as long as the call: nothing outlives it into a forked
-    child, and an idle client keeps no scratch memory.
-    """
-
-    def __init__(self) -> None:
-        self._executor: ThreadPoolExecutor | None = None
-        self._local = threading.local()
-
-    def __enter__(self) -> _Pool:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def buffers(self) -> _Buffers:
-        """The calling thread's buffers."""
-        buffers: _Buffers | None = getattr(self._local, "buffers", None)
-        if buffers is None:
-            buffers = self._local.buffers = _Buffers()
-        return buffers
-
-    def map(self, job: Callable[[_In], _Out], items: Sequence[_In]) -> Iterator[_Out]:
-        """``job`` of each item, in order, on the pool's threads when there are several."""
-        if len(items) < 2:
-            return map(job, items)
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="fma-delta")
-        return self._executor.map(job, items)
 
 
 def _bytes(array: np.ndarray) -> np.ndarray:

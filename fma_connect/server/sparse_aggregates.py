@@ -23,6 +23,7 @@ first aggregate of a model without an initial model are published whole.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -74,7 +75,8 @@ def sparse_step(
     Raises:
         MissingBaseError: ``previous`` is not held.
     """
-    codec = SparseDeltaCodec(fraction, values)
+    # The server's own payload, of a model it already holds: no bound on its size.
+    codec = SparseDeltaCodec(fraction, values, max_output_size=sys.maxsize)
     state = {_RESIDUAL: dict(residual)}
     payload = b"".join(codec.encode(mean, CodecContext(previous, bases, state)))
     aggregate = codec.decode(bytearray(payload), CodecContext(bases=bases))

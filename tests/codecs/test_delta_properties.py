@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fma_connect.codecs import xor_delta
+from fma_connect.codecs import byte_planes
 from fma_connect.codecs.context import CodecContext
 from fma_connect.codecs.xor_delta import XorDeltaCodec
 from fma_connect.testing import holding, lossless_dtypes, to_wire_and_back
@@ -22,7 +22,7 @@ from fma_connect.testing import holding, lossless_dtypes, to_wire_and_back
 CODEC = XorDeltaCodec()
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: Bytes per chunk: the format's own, or a few values' worth.
-CHUNKS = st.sampled_from([xor_delta._CHUNK_BYTES, 16, 48, 256])
+CHUNKS = st.sampled_from([byte_planes.CHUNK_BYTES, 16, 48, 256])
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7)
 
 
@@ -72,7 +72,7 @@ def test_updates_against_their_base_round_trip_bit_for_bit(
 ) -> None:
     base = [(f"t{i}", array) for i, array in enumerate(bases)]
     sent = [(name, data.draw(changed(array))) for name, array in base]
-    with mock.patch.object(xor_delta, "_CHUNK_BYTES", chunk):
+    with mock.patch.object(byte_planes, "CHUNK_BYTES", chunk):
         _same(sent, to_wire_and_back(CODEC, sent, context=holding(4, base)))
 
 
@@ -92,7 +92,7 @@ def test_bases_that_do_not_match_still_round_trip(
         elif kind == "other dtype":
             other = np.int8 if array.dtype != np.int8 else np.uint16
             base.append((name, np.zeros(array.shape, other)))
-    with mock.patch.object(xor_delta, "_CHUNK_BYTES", chunk):
+    with mock.patch.object(byte_planes, "CHUNK_BYTES", chunk):
         _same(sent, to_wire_and_back(CODEC, sent, context=holding(4, base)))
         _same(sent, to_wire_and_back(CODEC, sent, context=CodecContext()))  # no base at all
 
@@ -106,7 +106,7 @@ def test_damaged_or_truncated_bodies_decode_to_what_was_sent_or_a_decode_error(
 
     sent = [("w", data.draw(changed(base)))]
     context = holding(4, [("w", base)])
-    with mock.patch.object(xor_delta, "_CHUNK_BYTES", chunk):
+    with mock.patch.object(byte_planes, "CHUNK_BYTES", chunk):
         body = b"".join(bytes(memoryview(c).cast("B")) for c in CODEC.encode(sent, context))
         cut = data.draw(st.integers(0, len(body) - 1))
         flip = data.draw(st.integers(0, len(body) - 1))
