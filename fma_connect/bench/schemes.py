@@ -95,6 +95,10 @@ DEFAULT_SCHEMES = (
     Scheme("sparse 5% ternary", lambda: SparseDeltaCodec(0.05, "ternary")),
     Scheme("sparse 1% float16", lambda: SparseDeltaCodec(0.01, "float16")),
     Scheme("sparse 5% float16", lambda: SparseDeltaCodec(0.05, "float16")),
+    # 4-bit stochastic values (unseeded: each client's rounding is its own), and the same
+    # with its positions and values blocks zstd-compressed.
+    Scheme("sparse 5% q4", lambda: SparseDeltaCodec(0.05, "q4")),
+    Scheme("sparse 5% q4, zstd", lambda: SparseDeltaCodec(0.05, "q4", compress=True)),
     Scheme(
         "sparse 1% ternary, no error feedback",
         lambda: SparseDeltaCodec(0.01, "ternary", error_feedback=False),
