@@ -155,8 +155,9 @@ class AdminClient:
                 (``delta``, ``sparse``), clients then download about that share of the
                 model per round. None (the default): every aggregate is the full mean.
             aggregate_values: (reference server) How the changed values of such an
-                aggregate are coded: ``float32`` (None: the default), ``float16`` or
-                ``ternary`` (one magnitude per tensor, as the ``sparse`` codec's values).
+                aggregate are coded, as the ``sparse`` codec's values: ``float32``
+                (None: the default), ``float16``, ``q2`` to ``q8`` (b-bit stochastic
+                quantization) or ``ternary`` (one magnitude per tensor).
             clients: UUIDs of clients to register with it.
 
         Raises:

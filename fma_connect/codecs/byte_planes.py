@@ -122,9 +122,10 @@ def _decode_chunk(
     (lo, hi), frame = job
     try:
         declared = zstandard.frame_content_size(frame.data)
-        if declared not in (hi - lo, zstandard.CONTENTSIZE_UNKNOWN):
+        if declared != hi - lo:  # the encoder states every frame's size
+            stated = "no size" if declared < 0 else f"{declared} bytes"
             raise DecodeError(
-                f"delta tensor {name!r}: a frame states {declared} bytes for a chunk of {hi - lo}"
+                f"delta tensor {name!r}: a frame states {stated} for a chunk of {hi - lo} bytes"
             )
         planes = pool.buffers().decompressor.decompress(frame.data, max_output_size=hi - lo)
     except zstandard.ZstdError as exc:

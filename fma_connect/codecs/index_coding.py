@@ -94,10 +94,12 @@ def _elias_fano(positions: np.ndarray, n: int, low: int) -> bytes:
     high_bits[high + np.arange(k)] = 1
     parts = [np.packbits(high_bits)]
     if low:
-        lows = positions & ((1 << low) - 1)
-        shifts = np.arange(low - 1, -1, -1, dtype=np.int64)
-        fields = ((lows[:, None] >> shifts) & 1).astype(np.uint8)
-        parts.insert(0, np.packbits(fields.reshape(-1)))
+        # Each low part's bits, most significant first: its big-endian bytes unpacked,
+        # the leading zero bits dropped (one byte per bit, not a word per bit).
+        width = next(w for w in (8, 16, 32, 64) if w >= low)
+        lows = (positions & ((1 << low) - 1)).astype(f">u{width // 8}")
+        fields = np.unpackbits(lows.view(np.uint8).reshape(k, width // 8), axis=1)
+        parts.insert(0, np.packbits(fields[:, width - low :].reshape(-1)))
     return b"".join(part.tobytes() for part in parts)
 
 

@@ -6,7 +6,8 @@ aggregate a *sparse step* from the previous one, as Sparse Ternary Compression d
 downstream (Sattler et al., 2019): the round's mean is encoded with the ``sparse``
 codec against the previous aggregate (or the initial model), keeping the largest
 ``aggregate_fraction`` of each float tensor's changes with values coded as
-``aggregate_values`` (``float32``, ``float16`` or ``ternary``), and the new aggregate is
+``aggregate_values`` (``float32``, ``float16``, ``q2`` to ``q8`` or ``ternary``: the
+codec's value codings), and the new aggregate is
 what that payload decodes to. What the step left out is the model's *residual*, added to
 the next round's change (server-side error feedback), so nothing is lost, only delayed.
 

@@ -258,7 +258,7 @@ HOSTILE: dict[str, tuple[Change, str]] = {
     ),
     "values frame holding more than declared": (
         lambda m, b: _frame(b, 1, bytes(4 * 200 + 4)),
-        "states 804 bytes for a chunk of 800",
+        "states 804 bytes for a chunk of 800 bytes",
     ),
     "values frame missing": (lambda m, b: b.pop(1), "ends before the blocks"),
     "a block no tensor uses": (lambda m, b: b.append(b[1]), "1 blocks no tensor uses"),
@@ -285,5 +285,5 @@ def test_a_frame_claiming_more_than_its_chunk_is_refused_before_it_is_decompress
     stream = zstandard.ZstdCompressor().compressobj(size=1 << 30)
     frame = stream.compress(bytes(4096)) + stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
     blocks[0] = ("w", np.frombuffer(frame, np.uint8))
-    with pytest.raises(DecodeError, match="states 1073741824 bytes for a chunk of 4096"):
+    with pytest.raises(DecodeError, match="states 1073741824 bytes for a chunk of 4096 bytes"):
         CODEC.decode(_repacked(manifest, blocks), CodecContext())

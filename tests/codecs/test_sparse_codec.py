@@ -238,3 +238,25 @@ def test_a_lazy_decode_checks_what_decode_checks() -> None:
         codec.decode_lazily(bytearray(body), holding(3, [("w", base[:-1])]))
     with pytest.raises(DecodeError):
         codec.decode_lazily(bytearray(body[:-3]), holding(3, [("w", base)]))
+
+
+@pytest.mark.parametrize("n", [10, 1 << 20, 3 << 20])
+def test_top_k_picks_k_of_the_largest_in_order_even_among_ties(n: int) -> None:
+    from fma_connect.codecs.sparse_delta import _top_k
+
+    rng = np.random.default_rng(n)
+    for magnitude in (np.ones(n, np.float32), np.abs(rng.standard_normal(n)).astype(np.float32)):
+        for k in (1, max(1, n // 50), n // 2):
+            positions = _top_k(magnitude, k)
+            assert positions.size == k and (np.diff(positions) > 0).all()
+            kth = np.sort(magnitude)[-k]
+            assert (magnitude[positions] >= kth).all()
+            assert np.count_nonzero(magnitude > kth) <= k
+
+
+@pytest.mark.parametrize("n", [2**20, 2**33, 2**45])
+def test_elias_fano_low_bits_of_every_width_round_trip(n: int) -> None:
+    positions = np.array([0, 3, n // 3, n // 2 + 1, n - 1], dtype=np.int64)
+    kind, coded = encode_positions(positions, n)
+    assert kind == ELIAS_FANO
+    assert decode_positions(kind, coded, positions.size, n).tolist() == positions.tolist()
