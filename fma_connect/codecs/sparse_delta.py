@@ -479,7 +479,8 @@ def _top_k(magnitude: np.ndarray, k: int) -> np.ndarray:
         threshold = np.partition(sample, rank)[rank]
         candidates = np.flatnonzero(magnitude >= threshold)
         if candidates.size >= k:
-            return candidates[_largest(magnitude[candidates], k)]
+            chosen: np.ndarray = candidates[_largest(magnitude[candidates], k)]
+            return chosen
     return np.flatnonzero(_largest(magnitude, k))
 
 
@@ -487,7 +488,7 @@ def _largest(values: np.ndarray, k: int) -> np.ndarray:
     """A mask of ``k`` of the largest ``values``: those above the k-th largest, and as
     many equal to it as make k. A mask keeps the positions in order (no sort)."""
     kth = np.partition(values, values.size - k)[values.size - k]
-    mask = values > kth
+    mask: np.ndarray = values > kth
     ties = np.flatnonzero(values == kth)
     mask[ties[: k - int(np.count_nonzero(mask))]] = True
     return mask
@@ -507,7 +508,7 @@ def _change(array: np.ndarray, reference: np.ndarray | None) -> np.ndarray | Non
     work = _work_dtype(array.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         # Cast while subtracting: no copy of either operand.
-        change = np.subtract(array.reshape(-1), reference.reshape(-1), dtype=work)
+        change: np.ndarray = np.subtract(array.reshape(-1), reference.reshape(-1), dtype=work)
     if change.size and not (math.isfinite(change.min()) and math.isfinite(change.max())):
         return None  # min and max: two reductions, no mask of the tensor
     return change
