@@ -3,8 +3,9 @@
     python benchmarks/sparse_round_memory.py
 
 Ten clients send updates of a 4M-parameter float32 model (16 MB) in msgpack and in the
-sparse codec, for two rounds: the first from the initial model (plain JSON, as
-AdminClient sends it), the second from the first aggregate. The clients restore what
+sparse codec (also to a model with ``aggregate_fraction``, whose round adds a sparse
+step), for two rounds: the first from the initial model, the second from the first
+aggregate. The clients restore what
 they fetch ``like=`` the initial model, so their updates (and the mean) stay float32:
 without it a model that went through plain JSON comes back float64, twice the model.
 The peak is what Python's tracemalloc saw (numpy arrays included) while the admin's
@@ -31,13 +32,15 @@ def main() -> None:
     initial = {"w": rng.standard_normal(N).astype(np.float32)}
     with tempfile.TemporaryDirectory() as data, running_server(data) as (url, token):
         admin = AdminClient(url, token)
-        for codec in ("msgpack", "sparse"):
+        for codec, fraction in (("msgpack", None), ("sparse", None), ("sparse", 0.1)):
             model = admin.create_model(
                 codec,
                 initial_model=initial,
                 requirement="require_x_updates",
                 requirement_args=[10**6],  # rounds run when the admin asks
+                aggregate_fraction=fraction,
             )["id"]
+            label = codec if fraction is None else f"{codec}, aggregate_fraction {fraction}"
             clients = [WebClient(model, url=url, codec=codec) for _ in range(10)]
             for round_ in (1, 2):
                 for client in clients:
@@ -52,7 +55,7 @@ def main() -> None:
                 _, peak = tracemalloc.get_traced_memory()
                 tracemalloc.stop()
                 print(
-                    f"{codec} round {round_}: peak {peak / 1e6:.1f} MB = "
+                    f"{label} round {round_}: peak {peak / 1e6:.1f} MB = "
                     f"{peak / (4 * N):.2f}x the model"
                 )
 

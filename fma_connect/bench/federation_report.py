@@ -204,17 +204,24 @@ def write_plot(runs: Sequence[SchemeRun], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 6.4), sharey=True)
+    shown = [run for run in runs if run.ran]
+    # A colour and a marker per scheme: 20 colours, then the markers tell them apart.
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^v"
     for axis, direction in zip(axes, ("up", "down"), strict=True):
-        for run in runs:
-            if not run.ran:
-                continue
+        for i, run in enumerate(shown):
             total, xs = 0, []
             for r in run.rounds:
                 total += r.up if direction == "up" else r.down
                 xs.append(total / 1e6)
             axis.plot(
-                xs, [r.accuracy for r in run.rounds], marker="o", markersize=3, label=run.label
+                xs,
+                [r.accuracy for r in run.rounds],
+                color=colours[i % len(colours)],
+                marker=markers[i // len(colours) % len(markers)],
+                markersize=3,
+                label=run.label,
             )
         # Log scale: compressed schemes sit orders of magnitude left of msgpack. Ticks at
         # 1-2-5 steps, written as plain numbers, read at any span (a decade or six).
@@ -226,7 +233,9 @@ def write_plot(runs: Sequence[SchemeRun], path: Path) -> None:
         axis.set_title(f"accuracy against {'upload' if direction == 'up' else 'download'} bytes")
         axis.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("held-out accuracy")
-    axes[1].legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
+    # Below both plots: inside one, it hides the curves that matter.
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    figure.tight_layout(rect=(0, 0.03 + 0.035 * -(-len(shown) // 3), 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
