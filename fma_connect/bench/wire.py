@@ -1,0 +1,300 @@
+"""The wire benchmark's measuring pieces: alternating best-of-N runs and the bare peers.
+
+A comparison is a few :class:`Contender` s doing the same job by different paths;
+:func:`alternate` runs them in turns, rotating which goes first each round (A B, B A,
+A B, ...), so a drift of the machine (page cache, dirty pages being written back, another
+user's load) cannot favour one path, and keeps each one's best time. That makes a ratio
+of two figures from one run trustworthy on a shared machine, where the figures
+themselves are not. Timing and the client's peak memory come from :func:`.measure.timed`,
+a server's peak anonymous memory from :class:`fma_connect.bench.MemoryWatch`.
+
+The bare peers move the same bytes with nothing in the way: :func:`bare_post` and
+:func:`bare_get_into` speak HTTP/1.1 over a plain socket, :func:`durable_write` writes a
+file the way the server stores a blob (:class:`~fma_connect.server.blobs.BlobWriter`:
+fsync the file, rename, fsync the directory) from memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .measure import timed
+
+__all__ = [
+    "Best",
+    "Caller",
+    "Contender",
+    "Stages",
+    "address",
+    "alternate",
+    "bare_caller",
+    "bare_get_into",
+    "bare_post",
+    "durable_write",
+    "hammer",
+    "percentile",
+    "send_sliced",
+]
+
+#: The slices :func:`durable_write` writes (the disk's ceiling was measured with these).
+WRITE_SLICE = 16 << 20
+#: The slices a bare GET reads into its buffer (as the client's transport does).
+READ_SLICE = 16 << 20
+#: The slices the bare peers send. On loopback here one ``sendall`` of 1 GiB ran at
+#: ~2.5 GB/s and 1-4 MiB slices at ~4.3 GB/s (64 KiB: ~1.7 GB/s): a ceiling sends these.
+SEND_SLICE = 1 << 20
+
+
+class Stages(dict[str, float]):
+    """Seconds per stage, as a :class:`Contender`'s run returns them to have them kept."""
+
+
+@dataclass
+class Contender:
+    """One path of a comparison.
+
+    Attributes:
+        name: Its key in :func:`alternate`'s answer.
+        run: The timed work. When it returns :class:`Stages`, those of its fastest run
+            are kept as :attr:`Best.stages`.
+        setup: Untimed work before each run (a fresh model to send to, say).
+        teardown: Untimed work after each run (delete what it stored).
+        watch_pid: A server process whose resident anonymous memory is sampled while
+            ``run`` runs (None: no server is watched).
+    """
+
+    name: str
+    run: Callable[[], Any]
+    setup: Callable[[], object] | None = None
+    teardown: Callable[[], object] | None = None
+    watch_pid: int | None = None
+
+
+@dataclass
+class Best:
+    """A contender's figures over its timed runs.
+
+    Attributes:
+        seconds: The fastest run's wall time.
+        runs: Every timed run's wall time, in order.
+        client_peak: This process's largest extra resident memory during a run, bytes.
+        server_anon: The watched server's largest extra anonymous memory, bytes.
+        exact: Whether the client peak is exact (``VmHWM`` could be reset).
+        stages: The fastest run's seconds per stage, when ``run`` reports them.
+    """
+
+    seconds: float = float("inf")
+    runs: list[float] = field(default_factory=list)
+    client_peak: int = 0
+    server_anon: int = 0
+    exact: bool = True
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _watching(pid: int | None) -> Iterator[Any]:
+    from . import MemoryWatch  # the main benchmark's sampler (RssAnon every 5 ms)
+
+    watch = MemoryWatch(pid)
+    with watch.watching():
+        yield watch
+
+
+def alternate(contenders: Sequence[Contender], repeat: int, warmup: bool) -> dict[str, Best]:
+    """Run the contenders in turns, ``repeat`` timed runs each; return each one's best.
+
+    Args:
+        contenders: The paths; each round starts one further along the list.
+        repeat: Timed runs of each.
+        warmup: Run each once, untimed, first (first touches of memory, connections,
+            the server's caches are then out of the figures, as in a long-running process).
+    """
+    best = {c.name: Best() for c in contenders}
+    if warmup:
+        for contender in contenders:
+            _once(contender, None)
+    for round_index in range(max(repeat, 1)):
+        shift = round_index % len(contenders)
+        for contender in [*contenders[shift:], *contenders[:shift]]:
+            _once(contender, best[contender.name])
+    return best
+
+
+def _once(contender: Contender, best: Best | None) -> None:
+    if contender.setup is not None:
+        contender.setup()
+    try:
+        with _watching(contender.watch_pid) as watch:
+            figures, result = timed(contender.run, 1, warmup=False)
+        if best is None:
+            return
+        best.runs.append(figures.seconds)
+        best.client_peak = max(best.client_peak, figures.peak_extra)
+        best.server_anon = max(best.server_anon, watch.peak_anon)
+        best.exact = best.exact and figures.exact
+        if figures.seconds < best.seconds:
+            best.seconds = figures.seconds
+            if isinstance(result, Stages):
+                best.stages = dict(result)
+        del result
+    finally:
+        if contender.teardown is not None:
+            contender.teardown()
+
+
+def address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``http://`` URL."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+def _response_head(reader: Any) -> int:
+    """Read a 2xx response head; return its Content-Length."""
+    status = reader.readline()
+    if not status.startswith(b"HTTP/1.1 2"):
+        raise RuntimeError(f"bare peer answered {status!r}")
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return length
+
+
+def send_sliced(sock: socket.socket, view: memoryview) -> None:
+    """``sendall`` a buffer in :data:`SEND_SLICE` slices (views, no copies)."""
+    for start in range(0, view.nbytes, SEND_SLICE):
+        sock.sendall(view[start : start + SEND_SLICE])
+
+
+def bare_post(url: str, body: Any, path: str = "/") -> None:
+    """POST ``body`` (bytes-like) to ``path`` over a bare socket and read the answer."""
+    view = memoryview(body).cast("B")
+    head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {view.nbytes}\r\n\r\n"
+    with socket.create_connection(address(url)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head.encode("ascii"))
+        send_sliced(sock, view)
+        with sock.makefile("rb") as reader:
+            reader.read(_response_head(reader))
+
+
+def bare_get_into(url: str, target: memoryview, prefix: str = "/") -> int:
+    """``GET <prefix><n>`` over a bare socket, ``n`` the size of ``target``, read into it."""
+    with socket.create_connection(address(url)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(f"GET {prefix}{target.nbytes} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        with sock.makefile("rb") as reader:
+            length = _response_head(reader)
+            got = 0
+            while got < length:
+                n = reader.readinto(target[got : min(got + READ_SLICE, length)])
+                if not n:
+                    raise RuntimeError(f"bare GET ended after {got} of {length} bytes")
+                got += n
+    return length
+
+
+def bare_caller(url: str, path: str, headers: dict[str, str]) -> Caller:
+    """A ``GET path`` over one kept-alive bare socket, for :func:`hammer`: (call, close).
+
+    It costs the client far less than ``requests`` does, so that many of them in one
+    Python process load the server, not themselves.
+    """
+    sock = socket.create_connection(address(url))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = sock.makefile("rb")
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n{lines}\r\n".encode("latin-1")
+
+    def call() -> None:
+        sock.sendall(request)
+        reader.read(_response_head(reader))
+
+    def close() -> None:
+        reader.close()
+        sock.close()
+
+    return call, close
+
+
+def durable_write(directory: Path, body: Any) -> Callable[[], None]:
+    """Write ``body`` to a file in ``directory`` durably; return what deletes it.
+
+    The server's own writer does it (:class:`~fma_connect.server.blobs.BlobWriter`), so
+    the fsync policy is the server's whatever it becomes; only the slices written
+    (:data:`WRITE_SLICE`, from memory) and the absence of a network differ.
+    """
+    from ..server.blobs import BlobWriter
+
+    view = memoryview(body).cast("B")
+    with BlobWriter(directory) as writer:
+        for start in range(0, view.nbytes, WRITE_SLICE):
+            writer.write(view[start : start + WRITE_SLICE])
+        name = writer.commit()
+    path = directory / name
+    return lambda: path.unlink(missing_ok=True)
+
+
+def percentile(samples: Sequence[float], share: float) -> float:
+    """The ``share`` (0-1) percentile of ``samples`` (linear interpolation)."""
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), share * 100))
+
+
+#: What :func:`hammer` gives each thread: the call to repeat, and what closes its client.
+Caller = tuple[Callable[[], Any], Callable[[], None]]
+
+
+def hammer(threads: int, calls: int, make_caller: Callable[[], Caller]) -> float:
+    """Seconds for ``threads`` threads to make ``calls`` calls each, all started together.
+
+    Each thread gets its own call from ``make_caller`` (its own client and connection)
+    and makes it once before the start, so connecting is not timed.
+
+    Raises:
+        RuntimeError: a call failed (the first failure is chained).
+    """
+    start = threading.Barrier(threads + 1)
+    done = threading.Barrier(threads + 1)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        caller: Caller | None = None
+        try:
+            caller = make_caller()
+            caller[0]()
+        except Exception as exc:
+            failures.append(exc)
+        start.wait()
+        try:
+            if caller is not None and not failures:
+                for _ in range(calls):
+                    caller[0]()
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            done.wait()
+            if caller is not None:
+                caller[1]()
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    began = time.perf_counter()
+    done.wait()
+    seconds = time.perf_counter() - began
+    for worker in workers:
+        worker.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {threads} clients failed") from failures[0]
+    return seconds

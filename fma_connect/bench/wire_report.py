@@ -1,0 +1,397 @@
+"""The wire benchmark's report: one row per comparison, judged against issue 13's targets.
+
+Rates are megabytes (10**6 bytes) of payload (the raw tensor bytes) per second of the
+best run; a ratio is always ours over the peer's rate, so 1.0 means "at the peer" and a
+target is a lower bound on it (the round trip's "time <= 1.5x the ceilings" is a ratio
+>= 1/1.5). Peaks are extra resident memory as a multiple of the payload: the client's
+(``VmHWM``) and the server's anonymous memory (``RssAnon`` sampled every 5 ms).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .wire_breakdown import breakdown, mbs, rate_text, table
+
+__all__ = ["COLUMNS", "Row", "as_json", "render", "rows"]
+
+Results = Mapping[str, Any]
+
+
+@dataclass
+class Row:
+    """One comparison of the report.
+
+    Attributes:
+        key: A stable name (the JSON's and the tests').
+        path: What ours does.
+        bounds: What the comparison bounds: what the gap to the peer is made of.
+        ours: Our rate (MB/s, or requests/s), or a latency's p50 as a rate (1/s).
+        ours_text: How the report shows ours.
+        peer: The peer's path.
+        peer_rate: The peer's rate, in ours' unit.
+        peer_text: How the report shows the peer.
+        ratio: ``ours / peer_rate``.
+        target: The lowest ratio issue 13 accepts (None: reported only).
+        target_text: How the report shows the target.
+        peaks: The peaks, shown as they are.
+        peak_ok: Whether the row's peak targets hold (None: none apply).
+    """
+
+    key: str
+    path: str
+    bounds: str
+    ours: float
+    ours_text: str
+    peer: str
+    peer_rate: float
+    peer_text: str
+    ratio: float
+    target: float | None
+    target_text: str
+    peaks: str
+    peak_ok: bool | None = None
+
+    def met(self, judged: bool) -> str:
+        """``yes``/``no`` (with what failed), ``-`` for a reported row or a smoke run."""
+        if not judged or (self.target is None and self.peak_ok is None):
+            return "-"
+        ratio_ok = self.target is None or self.ratio >= self.target
+        if ratio_ok and self.peak_ok is not False:
+            return "yes"
+        return (
+            "no ("
+            + ", ".join(
+                what for what, ok in (("ratio", ratio_ok), ("peak", self.peak_ok)) if ok is False
+            )
+            + ")"
+        )
+
+
+def _x(nbytes: float, payload: int) -> str:
+    return f"{nbytes / payload:.2f}x"
+
+
+def _transfer(
+    key: str,
+    results: Results,
+    op: str,
+    peer_name: str,
+    texts: tuple[str, str, str],
+    target: float | None,
+) -> Row:
+    figures = results[op]
+    payload, paths = figures["payload"], figures["paths"]
+    ours = mbs(payload, paths["ours"]["seconds"])
+    peer = mbs(payload, paths[peer_name]["seconds"])
+    return Row(
+        key,
+        texts[0],
+        texts[2],
+        ours,
+        rate_text(ours),
+        texts[1],
+        peer,
+        rate_text(peer),
+        ours / peer if peer else 0.0,
+        target,
+        "report" if target is None else f">= {target:g}",
+        "",
+    )
+
+
+def rows(results: Results) -> list[Row]:
+    """The report's rows from the figures of a run (as :mod:`.wire_cli` collects them)."""
+    out: list[Row] = []
+    up = _transfer(
+        "client_upload",
+        results,
+        "client_upload",
+        "peer",
+        (
+            "client upload: `send_update` (msgpack) to a bare-socket sink",
+            "`requests.post` of the same encoded bytes, same sink",
+            "the client's own cost (flatten, encode, crc32, chunked send) over its HTTP library",
+        ),
+        0.9,
+    )
+    payload = results["client_upload"]["payload"]
+    peak = results["client_upload"]["paths"]["ours"]["client_peak"]
+    up.peaks, up.peak_ok = f"client +{_x(peak, payload)} (<= 0.1x)", peak <= 0.1 * payload
+    out.append(up)
+    up_bare = _transfer(
+        "client_upload_bare",
+        results,
+        "client_upload",
+        "bare",
+        (
+            up.path,
+            "a bare-socket POST of the same bytes in 1 MiB slices, same sink",
+            "the client and its HTTP library over the loopback socket's ceiling",
+        ),
+        None,
+    )
+    up_bare.peaks = up.peaks.split(" (")[0]
+    out.append(up_bare)
+
+    down = _transfer(
+        "client_download",
+        results,
+        "client_download",
+        "peer",
+        (
+            "client download: `check_for_latest_model` (msgpack) from a bare-socket source",
+            "`http.client` `readinto` a preallocated buffer, same source",
+            "the client's own cost (fresh buffer, crc32 check, decode) over reading the socket",
+        ),
+        0.9,
+    )
+    payload = results["client_download"]["payload"]
+    peak = results["client_download"]["paths"]["ours"]["client_peak"]
+    down.peaks, down.peak_ok = f"client +{_x(peak, payload)} (<= 1.1x)", peak <= 1.1 * payload
+    out.append(down)
+
+    ingest = results["server_ingest"]
+    payload = ingest["payload"]
+    anon = ingest["paths"]["ours"]["server_anon"]
+    ingest_path = "server ingest: `send_update` into `fma-connect serve` (acknowledged = durable)"
+    durable = _transfer(
+        "server_ingest_durable",
+        results,
+        "server_ingest",
+        "durable",
+        (
+            ingest_path,
+            "the same bytes written from memory to a file in the server's blob directory, "
+            "fsync file + directory (the server's BlobWriter), no network",
+            "the server's cost over the disk (socket and disk not overlapped, "
+            "per-chunk writes, HTTP parsing, the database)",
+        ),
+        0.8,
+    )
+    durable.peaks = f"server anon +{_x(anon, payload)} (<= 0.1x)"
+    durable.peak_ok = anon <= 0.1 * payload
+    out.append(durable)
+    discard = _transfer(
+        "server_ingest_discard",
+        results,
+        "server_ingest",
+        "discard",
+        (
+            ingest_path,
+            "a raw POST of the same bytes to the discarding bare-socket sink",
+            "everything the server adds to the loopback network, the disk included",
+        ),
+        None,
+    )
+    discard.peaks = f"server anon +{_x(anon, payload)}"
+    out.append(discard)
+    asgi = _transfer(
+        "server_ingest_asgi",
+        results,
+        "server_ingest",
+        "asgi",
+        (
+            ingest_path,
+            "a bare-socket POST of the same bytes to an empty Starlette route that drops "
+            "them, same ASGI server and options",
+            "the ASGI server's own ceiling for a request body: what our route, the disk and "
+            "the database add over it",
+        ),
+        None,
+    )
+    asgi.peaks = discard.peaks
+    out.append(asgi)
+
+    egress = _transfer(
+        "server_egress",
+        results,
+        "server_egress",
+        "peer",
+        (
+            "server egress: `check_for_latest_model` from `fma-connect serve`",
+            "a bare-socket GET of as many bytes into a preallocated buffer",
+            "the server's send path and the client's receive path over the loopback network",
+        ),
+        0.6,
+    )
+    figures = results["server_egress"]
+    payload = figures["payload"]
+    egress.peaks = (
+        f"server anon +{_x(figures['paths']['ours']['server_anon'], payload)}, "
+        f"client +{_x(figures['paths']['ours']['client_peak'], payload)}"
+    )
+    out.append(egress)
+    egress_asgi = _transfer(
+        "server_egress_asgi",
+        results,
+        "server_egress",
+        "asgi",
+        (
+            egress.path,
+            "a bare-socket GET of as many bytes streamed from memory by a Starlette route in "
+            "the server's 1 MiB chunks, same ASGI server and options",
+            "the ASGI server's own ceiling for a response body: what reading the blob and "
+            "the client add over it",
+        ),
+        None,
+    )
+    egress_asgi.peaks = egress.peaks
+    out.append(egress_asgi)
+
+    trip = _transfer(
+        "round_trip",
+        results,
+        "round_trip",
+        "peer",
+        (
+            "round trip: `send_update`, the server's round over it (admin aggregate), "
+            "`check_for_latest_model`",
+            "the sum of its stages' ceilings: bare POST + durable write + the mean at memcpy "
+            "speed + durable write of the result + bare GET",
+            "everything end to end against each stage at its own ceiling",
+        ),
+        1 / 1.5,
+    )
+    trip.target_text = ">= 0.67 (time <= 1.5x)"
+    trip.ours_text += f" ({1 / trip.ratio:.1f}x the ceilings' time)" if trip.ratio else ""
+    figures = results["round_trip"]
+    trip.peaks = f"server anon +{_x(figures['paths']['ours']['server_anon'], figures['payload'])}"
+    out.append(trip)
+    out.extend(_small_rows(results["small_requests"]))
+    return out
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def _small_rows(small: Results) -> list[Row]:
+    out = []
+    same_server = "same ASGI server and options"
+    for key, what, peer in (
+        (
+            "poll_latency",
+            "poll latency: `check_for_new_model_aggregate` (nothing new) on `fma-connect serve`",
+            f"GET of an empty Starlette route, {same_server}",
+        ),
+        (
+            "update_latency",
+            "1 MB update latency: `send_update` (msgpack) into `fma-connect serve`, durable",
+            f"`requests.post` of the same body to an empty route that drops it, {same_server}",
+        ),
+    ):
+        figures = small["polls" if key == "poll_latency" else "updates"]
+        ours, theirs = figures["ours"], figures["peer"]
+        out.append(
+            Row(
+                key,
+                what,
+                "our routes, storage and client over the ASGI server's floor, per request",
+                1 / ours["p50"],
+                f"p50 {_ms(ours['p50'])}, p99 {_ms(ours['p99'])}",
+                peer,
+                1 / theirs["p50"],
+                f"p50 {_ms(theirs['p50'])}, p99 {_ms(theirs['p99'])}",
+                theirs["p50"] / ours["p50"],
+                None,
+                "report (ratio of p50s)",
+                "",
+            )
+        )
+    rates, threads = small["rates"], small["threads"]
+    for key, what, mine, peer, bounds in (
+        (
+            "polls_per_second",
+            f"polls/s, {threads} client threads: `check_for_new_model_aggregate` "
+            "on `fma-connect serve`",
+            "ours",
+            f"`requests` GET of the empty route, {same_server}",
+            "our server and client over the ASGI server's empty route",
+        ),
+        (
+            "server_polls_per_second",
+            f"polls/s, {threads} bare-socket client threads: GET of the poll URL "
+            "on `fma-connect serve`",
+            "server",
+            f"the same bare-socket clients' GET of the empty route, {same_server}",
+            "our server's overhead alone (a cheap client, the same on both sides)",
+        ),
+    ):
+        ours_rate, peer_rate = rates[mine], rates["peer" if mine == "ours" else "server_peer"]
+        out.append(
+            Row(
+                key,
+                what,
+                bounds,
+                ours_rate,
+                rate_text(ours_rate, "req/s"),
+                peer,
+                peer_rate,
+                rate_text(peer_rate, "req/s"),
+                ours_rate / peer_rate if peer_rate else 0.0,
+                None,
+                "report",
+                "",
+            )
+        )
+    return out
+
+
+#: The main table's columns.
+COLUMNS = ["path", "bounds", "ours", "peer", "peer figure", "ratio", "target", "met", "peaks"]
+
+
+def render(results: Results, *, judged: bool) -> str:
+    """The markdown report: the main table, then where the time goes (stages, profile)."""
+    report_rows = rows(results)
+    parts = [
+        "## Ours against a peer that is not the bottleneck",
+        "",
+        table(
+            COLUMNS,
+            [
+                [
+                    r.path,
+                    r.bounds,
+                    r.ours_text,
+                    r.peer,
+                    r.peer_text,
+                    f"{r.ratio:.2f}",
+                    r.target_text,
+                    r.met(judged),
+                    r.peaks or "-",
+                ]
+                for r in report_rows
+            ],
+        ),
+        "",
+        "Every timed run (seconds, in the order run), and the ratios of the medians: where "
+        "one path's runs scatter (a shared disk's fsyncs), its best run may be a lucky one.",
+        "",
+    ]
+    for op in ("client_upload", "client_download", "server_ingest", "server_egress", "round_trip"):
+        paths = results[op]["paths"]
+        runs = "; ".join(
+            f"{name} " + ", ".join(f"{s:.3f}" for s in path["runs"]) for name, path in paths.items()
+        )
+        ours = statistics.median(paths["ours"]["runs"])
+        medians = ", ".join(
+            f"{name} {statistics.median(path['runs']) / ours:.2f}"
+            for name, path in paths.items()
+            if name != "ours"
+        )
+        parts.append(f"- {op}: {runs} (ratios of medians: {medians})")
+    parts += ["", *breakdown(results)]
+    return "\n".join(parts) + "\n"
+
+
+def as_json(results: Results, *, judged: bool) -> dict[str, Any]:
+    """The rows (as dicts, with ``met``) and the raw figures, for wire_speed.json."""
+    return {
+        "rows": [{**asdict(r), "met": r.met(judged)} for r in rows(results)],
+        "results": dict(results),
+    }

@@ -1,0 +1,72 @@
+"""The wire-speed benchmark (benchmarks/wire_speed.py, issue 13): its --quick smoke run.
+
+The run is real (bare-socket peers, ``fma-connect serve`` in a subprocess, a worker
+process per comparison) on a few MiB, so it checks that every comparison runs and reports
+figures that make sense: each rate positive, each ratio to its peer within a plausible
+range. No wall-clock figure is checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette")
+
+from fma_connect.bench.wire_cli import main
+from fma_connect.bench.wire_report import COLUMNS
+
+#: Every comparison the report promises, by its JSON key.
+ROWS = (
+    "client_upload",
+    "client_upload_bare",
+    "client_download",
+    "server_ingest_durable",
+    "server_ingest_discard",
+    "server_ingest_asgi",
+    "server_egress",
+    "server_egress_asgi",
+    "round_trip",
+    "poll_latency",
+    "update_latency",
+    "polls_per_second",
+    "server_polls_per_second",
+)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("wire")
+    assert main(["--quick", "--output", str(output), "--data-root", str(output)]) == 0
+    return output
+
+
+def test_quick_run_reports_every_comparison_with_plausible_figures(quick_run: Path) -> None:
+    document = json.loads((quick_run / "wire_speed.json").read_text(encoding="utf-8"))
+    assert document["quick"] is True
+    rows = {row["key"]: row for row in document["rows"]}
+    assert set(rows) == set(ROWS)
+    for key, row in rows.items():
+        assert row["ours"] > 0, key
+        assert row["peer_rate"] > 0, key
+        # Against a peer that is not the bottleneck, ours is slower or about as fast.
+        assert 0 < row["ratio"] < 5, (key, row["ratio"])
+        assert row["met"] == "-", key  # a smoke run judges no target
+    assert rows["client_upload"]["target"] == 0.9
+    assert rows["round_trip"]["target"] == pytest.approx(1 / 1.5)
+    assert rows["poll_latency"]["target"] is None
+    # The comparisons moved the payload (4 MiB of float32), not an empty body.
+    for op in ("client_upload", "client_download", "server_ingest", "round_trip"):
+        assert document["results"][op]["payload"] == 4 << 20, op
+
+
+def test_quick_report_is_a_marked_smoke_run_with_the_table(quick_run: Path) -> None:
+    report = (quick_run / "wire_speed.md").read_text(encoding="utf-8")
+    assert report.startswith("# Wire speed (issue 13) (smoke run: no target judged)")
+    assert "| " + " | ".join(COLUMNS) + " |" in report
+    table = report.split("| " + " | ".join(COLUMNS) + " |", 1)[1].split("\n\n", 1)[0]
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == len(ROWS)
+    assert "### Where the client upload's time goes" in report
+    assert "The msgpack codec's crc32 in the run's processes: " in report
