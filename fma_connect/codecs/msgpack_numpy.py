@@ -18,8 +18,8 @@ writable (a ``bytearray`` or writable mmap, as the client provides), read-only o
 ``bytes``. There is no size limit per tensor (msgpack's 4 GiB ``bin`` limit does not
 apply). ``crc32`` (zlib) of each tensor's bytes is checked on decode, so truncation
 and corruption in transit are reported as such. The checksum is computed with ISA-L
-(the ``isal`` package, ~30 GB/s) when it is installed, else with zlib (~4 GB/s):
-``pip install 'fma-connect[fast]'``.
+(the ``isal`` dependency, ~12 GB/s on this project's 2-core benchmark machine), else,
+where it cannot be installed, with zlib (~3.7 GB/s): the same values.
 
 The header's checksum makes every single flipped bit before the data region a
 ``DecodeError`` (the names, dtypes and shapes are the header's):
