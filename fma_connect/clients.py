@@ -492,14 +492,16 @@ class WebClient:
         Raises:
             ConfigurationError: the service does not list this client's codec.
         """
+        answer = ""
         if self._accepted is None:
             try:
                 response = self._call(
                     "OPTIONS", f"{_API}model_updates/", headers=self._client_headers(), resend=True
                 )
                 listed = response.headers.get("Accept-Post", "")
-            except APIError:
-                listed = ""
+            except APIError as exc:  # the stock service may refuse OPTIONS: none listed
+                said = str(exc.detail)[:200]
+                listed, answer = "", f" (OPTIONS answered {exc.status_code}: {said})"
             self._accepted = {
                 part.split(";")[0].strip().lower() for part in listed.split(",") if part.strip()
             }
@@ -507,12 +509,13 @@ class WebClient:
             return
         json_codecs = ", ".join(i.codec.name for i in self._registry if i.codec.json_native)
         if not self._accepted:
+            self._accepted = None  # asked again next time: the answer may have been an error
             raise ConfigurationError(
                 f"the {self._codec.name!r} codec sends updates as deltas that only a service "
-                "which decodes them can average, and this service lists no codecs it "
-                "decodes (the stock FMA service averages plain JSON only): nothing was sent. "
-                f"Use the reference server (fma-connect serve), or a JSON-native codec: "
-                f"{json_codecs}"
+                f"which decodes them can average, and this service lists no codecs it "
+                f"decodes{answer} (the stock FMA service averages plain JSON only): nothing "
+                f"was sent. Use the reference server (fma-connect serve), or a JSON-native "
+                f"codec: {json_codecs}"
             )
         raise ConfigurationError(
             f"this service does not decode the {self._codec.name!r} codec "

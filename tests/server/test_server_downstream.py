@@ -323,3 +323,20 @@ def test_a_database_from_before_sparse_aggregates_is_upgraded_in_place(tmp_path:
         )
         assert response.status_code == 200, response.text
         assert admin.get_model(model_id)["aggregate_fraction"] == 0.5
+
+
+def test_a_refused_options_request_is_named_and_asked_again() -> None:
+    responses = pytest.importorskip("responses")
+    url = "http://stock.invalid"
+    client = WebClient(1, "3f2b6c1e-8d4a-4f0b-9c1d-2e5a7b9c0d1f", url, codec="sparse", retries=0)
+    with responses.RequestsMock() as mock:
+        mock.add(
+            responses.OPTIONS,
+            f"{url}/api/v1/model_updates/",
+            json={"detail": "Invalid UUID"},
+            status=401,
+        )
+        for _ in range(2):
+            with pytest.raises(ConfigurationError, match="OPTIONS answered 401.*Invalid UUID"):
+                client.send_update(_initial())
+        assert [call.request.method for call in mock.calls] == ["OPTIONS", "OPTIONS"]
