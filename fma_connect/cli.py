@@ -98,6 +98,8 @@ def _cmd_admin(args: argparse.Namespace) -> int:
                     requirement_args=args.requirement_args,
                     developer=args.developer,
                     initial_model=initial,
+                    aggregate_fraction=args.aggregate_fraction,
+                    aggregate_values=args.aggregate_values,
                 )
             elif args.admin_command == "models":
                 result = admin.list_models()
@@ -282,6 +284,19 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     create.add_argument("--developer", type=int, default=1, help="developer user id (default 1)")
     create.add_argument("--initial-model", metavar="FILE", help="JSON file: a list of layers")
+    create.add_argument(
+        "--aggregate-fraction",
+        type=float,
+        metavar="F",
+        help="(reference server) each aggregate changes only this share of each float "
+        "tensor's entries, in (0, 1]; the rest carries to the next round, and delta/sparse "
+        "clients download about that share of the model. Default: the full mean",
+    )
+    create.add_argument(
+        "--aggregate-values",
+        metavar="CODING",
+        help="how those changes are coded: float32 (default), float16, q2..q8 or ternary",
+    )
     _action(actions, "models", "list the federated models")
     delete = _action(
         actions, "delete-model", "delete a model with its updates, aggregates and artifacts"

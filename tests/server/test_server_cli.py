@@ -66,3 +66,26 @@ def test_admin_without_token_fails_cleanly(
     wrong = main(["admin", "--url", server.url, "--token", "wrong", "updates", "1"])
     assert wrong == 1
     assert "Invalid token" in capsys.readouterr().err
+
+
+def test_create_model_takes_sparse_aggregates(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["create-model", "sparse-cli", "--aggregate-fraction", "0.05"]
+    model = _run(capsys, server, *args, "--aggregate-values", "q4")
+    assert isinstance(model, dict)
+    assert (model["aggregate_fraction"], model["aggregate_values"]) == (0.05, "q4")
+    code = main(
+        [
+            "admin",
+            "--url",
+            server.url,
+            "--token",
+            server.admin_token,
+            *args[:2],
+            "--aggregate-fraction",
+            "2",
+        ]
+    )
+    assert code == 1
+    assert "aggregate_fraction" in capsys.readouterr().err
