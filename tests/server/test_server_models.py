@@ -70,7 +70,7 @@ def test_an_initial_model_keeps_the_dtypes_the_admin_sent(
     server: RunningServer, admin: AdminClient
 ) -> None:
     rng = np.random.default_rng(0)
-    initial = {
+    initial: dict[str, np.ndarray] = {
         "w": rng.standard_normal((20, 3)).astype(np.float32),
         "h": rng.standard_normal(7).astype(np.float16),
         "steps": np.arange(4, dtype=np.int32),
@@ -80,12 +80,14 @@ def test_an_initial_model_keeps_the_dtypes_the_admin_sent(
     client = WebClient(model, url=server.url, codec="msgpack")
     latest = client.check_for_latest_model()  # no like=: what the server holds
     assert latest is not None
+    values: dict[str, np.ndarray] = latest["values"]
     for name, array in initial.items():
-        assert latest["values"][name].dtype == array.dtype
-        assert latest["values"][name].tobytes() == array.tobytes()
+        assert values[name].dtype == array.dtype
+        assert values[name].tobytes() == array.tobytes()
     plain = WebClient(model, url=server.url).check_for_latest_model()
     assert plain is not None  # plain lists, in the order send_update uses (sorted names)
-    assert np.array_equal(np.array(plain["values"][3], np.float32), initial["w"])
+    layers: list[list[list[float]]] = plain["values"]
+    assert np.array_equal(np.array(layers[3], np.float32), initial["w"])
 
 
 @pytest.mark.parametrize(

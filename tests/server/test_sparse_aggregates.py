@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fma_connect.codecs.context import CodecContext
+from fma_connect.codecs.base import Tensors
+from fma_connect.codecs.context import CodecContext, MissingBaseError
 from fma_connect.codecs.sparse_delta import SparseDeltaCodec
 from fma_connect.server.sparse_aggregates import sparse_step
 
@@ -17,8 +20,22 @@ _FLOATS = st.sampled_from([np.float16, np.float32, np.float64])
 _SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12)
 
 
+_WIDTHS: dict[type, Literal[16, 32, 64]] = {np.float16: 16, np.float32: 32, np.float64: 64}
+
+
 def _finite(dtype: type) -> st.SearchStrategy[float]:
-    return st.floats(-100, 100, width=np.dtype(dtype).itemsize * 8)
+    return st.floats(-100, 100, width=_WIDTHS[dtype])
+
+
+def _held(tensors: Tensors) -> Callable[[int | None], Tensors]:
+    """The bases of a model whose only base is ``tensors`` (its initial model)."""
+
+    def bases(aggregate: int | None) -> Tensors:
+        if aggregate is not None:
+            raise MissingBaseError(aggregate)
+        return tensors
+
+    return bases
 
 
 @st.composite
@@ -49,8 +66,8 @@ def test_a_step_changes_at_most_the_fraction_and_its_payload_decodes_to_it(
     values: str,
 ) -> None:
     previous, mean = tensors
-    bases = {None: previous}
-    step = sparse_step(mean, None, bases.__getitem__, {}, fraction, values)
+    bases = _held(previous)
+    step = sparse_step(mean, None, bases, {}, fraction, values)
     published = dict(step.aggregate)
     assert list(published) == [name for name, _ in mean]
     for (name, before), (_, after) in zip(previous, mean, strict=True):
@@ -63,7 +80,7 @@ def test_a_step_changes_at_most_the_fraction_and_its_payload_decodes_to_it(
         assert changed <= max(1, math.ceil(fraction * after.size))
         assert np.isfinite(out).all()
     # What a client holding the previous aggregate decodes from the payload: the same bits.
-    decoded = SparseDeltaCodec().decode(bytearray(step.payload), CodecContext(bases=bases.get))
+    decoded = SparseDeltaCodec().decode(bytearray(step.payload), CodecContext(bases=bases))
     for name, array in decoded:
         assert array.dtype == published[name].dtype
         assert array.tobytes() == published[name].tobytes()
@@ -75,10 +92,10 @@ def test_nothing_is_lost_only_delayed(n: int, fraction: float, seed: int) -> Non
     """The published change plus the residual is the change asked for (float32 rounding)."""
     rng = np.random.default_rng(seed)
     previous = [("w", rng.standard_normal(n).astype(np.float32))]
-    bases = {None: previous}
+    bases = _held(previous)
     carried = {"w": (rng.standard_normal(n) * 0.01).astype(np.float32)}
     mean = [("w", previous[0][1] + (rng.standard_normal(n) * 0.1).astype(np.float32))]
-    step = sparse_step(mean, None, bases.__getitem__, carried, fraction, "float32")
+    step = sparse_step(mean, None, bases, carried, fraction, "float32")
     asked = mean[0][1].astype(np.float64) - previous[0][1] + carried["w"]
     applied = dict(step.aggregate)["w"].astype(np.float64) - previous[0][1]
     owed = step.residual["w"].astype(np.float64)
