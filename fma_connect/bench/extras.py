@@ -14,7 +14,7 @@ __all__ = ["INSTALL", "SERVER_MODULES", "missing"]
 #: The one command that installs everything the benchmark can use.
 INSTALL = "pip install 'fma-connect[bench]'"
 #: Third-party modules the benchmark cannot run without (the reference server's stack).
-SERVER_MODULES = ("starlette", "uvicorn")
+SERVER_MODULES = ("starlette", "uvicorn", "httptools")
 
 
 def missing(module: str) -> str | None:

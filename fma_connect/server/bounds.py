@@ -12,7 +12,7 @@ What each bound means does not depend on the ASGI server; enforcing it partly do
 
 The connection-level bounds (request head timeout, send stalls, connection caps,
 malformed HTTP in JSON) need hooks inside the HTTP server. :mod:`.protocol` provides them
-for uvicorn's h11 protocol; a server that replaces uvicorn must provide the same:
+for uvicorn's httptools protocol; a server that replaces uvicorn must provide the same:
 
 * ``header_timeout``: a request head (request line and headers) must arrive whole
   within this many seconds of the connection opening or of the previous response
@@ -61,7 +61,7 @@ DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 60.0
 #: Connections one client address may hold at once (a WebClient holds one or two).
 DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 64
-#: Largest request head (h11's default): more gets 431.
+#: Largest request head (h11's default, kept from when the server ran on h11): more gets 431.
 DEFAULT_MAX_HEADER_BYTES = 16 << 10
 #: Seconds a refused client is told to wait (``Retry-After``).
 RETRY_AFTER = 2

@@ -1,11 +1,14 @@
-"""The HTTP/1.1 connections of the reference server: uvicorn's h11 protocol, bounded.
+"""The HTTP/1.1 connections of the reference server: uvicorn's httptools protocol, bounded.
 
-uvicorn (0.54, h11) leaves these open: no timeout on a request head (a connection that
-sends nothing is kept for good), none on sending (a client that stops reading pins the
-response's buffers for as long as it stays connected, and closing such a connection
-waits for a flush that never comes), connections counted only once their request has
-arrived (``limit_concurrency``, answered in text/plain), and malformed HTTP answered in
-text/plain with the status dropped (a head too large gets 400, not 431).
+uvicorn (0.54, httptools) leaves these open: no timeout on a request head (a connection
+that sends nothing is kept for good), no bound on its size (httptools parses a head of
+any length), none on sending (a client that stops reading pins the response's buffers
+for as long as it stays connected, and closing such a connection waits for a flush that
+never comes), connections counted only once their request has arrived
+(``limit_concurrency``, answered in text/plain), and malformed HTTP answered in
+text/plain, its reason dropped. httptools (a C parser, llhttp) is also laxer than h11
+where the server relies on it: it takes an HTTP/1.1 request without ``Host`` and hands
+the app a body in a transfer coding other than ``chunked``.
 
 :class:`BoundedProtocol` adds the connection-level bounds of :mod:`.bounds`, and
 :func:`server_config` builds the uvicorn config that runs an app with them. Nothing else
@@ -22,6 +25,11 @@ seconds (between 10 ms and 1 s), that checks, depending on where the connection 
 * always: the response bytes buffered for the client. While they do not shrink (the
   client reads nothing) for ``idle_timeout``, the connection is aborted, which drops
   them; a slow reader that takes any of them keeps its connection.
+
+A head is measured as it arrives: a whole one from its parts when httptools reports it
+complete, an incomplete one by the bytes read since it began. The read in which a
+pipelined head begins is not counted (where in it the head starts is not known), so a
+head is refused at most one read (256 KiB) past ``max_header_bytes``.
 """
 
 from __future__ import annotations
@@ -31,11 +39,11 @@ import copy
 import logging
 from typing import Any, ClassVar
 
-import h11
+import httptools
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG, Config
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from .bounds import Bounds, ConnectionLimiter, error_response, refusal
@@ -44,43 +52,22 @@ __all__ = ["BoundedProtocol", "server_config"]
 
 #: Seconds a refused connection may take to send its head (it is answered 503 at once).
 _REFUSED_HEAD_TIMEOUT = 1.0
+#: Bytes of a request head beyond its method, target and headers ("HTTP/1.1", CRLFs).
+_HEAD_OVERHEAD = 14
 log = logging.getLogger("fma_connect.server")
 
 
-class _Connection(h11.Connection):
-    """h11's connection, refusing large heads and keeping its last protocol error.
+class _Refused(Exception):
+    """A request refused below the app: its status and the detail of the JSON answer."""
 
-    h11 bounds only a head still incomplete (``max_incomplete_event_size``): one that
-    arrives whole in a single read passes whatever its size, so its size is checked here.
-    uvicorn keeps only a message of the error, not its status.
-    """
-
-    error: h11.RemoteProtocolError | None = None
-
-    def __init__(self, max_head_bytes: int) -> None:
-        super().__init__(h11.SERVER, max_head_bytes)
-        self.max_head_bytes = max_head_bytes
-
-    def next_event(self) -> Any:
-        """h11's next event; a protocol error is kept in :attr:`error`, then raised."""
-        try:
-            event = super().next_event()
-            if isinstance(event, h11.Request) and _head_size(event) > self.max_head_bytes:
-                raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
-        except h11.RemoteProtocolError as exc:
-            self.error = exc
-            raise
-        return event
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
-def _head_size(request: h11.Request) -> int:
-    """About the bytes of a request's head (h11 drops the whitespace it trimmed)."""
-    size = len(request.method) + len(request.target) + 12
-    return size + sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items())
-
-
-class BoundedProtocol(H11Protocol):
-    """uvicorn's h11 protocol with the bounds of :mod:`.bounds` (see the module).
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds of :mod:`.bounds` (see the module).
 
     Use a subclass made by :func:`server_config`, which sets :attr:`bounds` and gives
     the server its own :attr:`limiter`.
@@ -97,20 +84,23 @@ class BoundedProtocol(H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._h11 = _Connection(self.bounds.max_header_bytes)
-        self.conn = self._h11
         self._peer = ""
         self._counted = False
         self._head_limit = self.bounds.header_timeout
         self._head_since = self._last_byte = self._progress = 0.0
         self._buffered = 0
+        # Where the parser is: in a head (begun, not whole), in a body, or between requests.
+        self._in_head = self._in_body = False
+        self._head_bytes = 0
+        self._began = self._ended = False  # a request began / ended in the current read
+        self._refused: _Refused | None = None
         shortest = min(self.bounds.header_timeout, self.bounds.idle_timeout)
         self._period = min(1.0, max(0.01, shortest / 8))
         self._watch: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Count the connection; past a cap, answer its request 503 without the app."""
-        super().connection_made(transport)  # type: ignore[arg-type]
+        super().connection_made(transport)
         self._peer = self.client[0] if self.client else ""
         reason = self.limiter.admit(self._peer)
         if reason is None:
@@ -132,12 +122,58 @@ class BoundedProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Feed h11; the end of an answered request's body starts the wait for a head."""
+        """Feed httptools; bound the head that is still incomplete after this read."""
         self._last_byte = self.loop.time()
-        discarding = self._discarding()
-        super().data_received(data)
-        if discarding and not self._discarding():
-            self._head_since = self._last_byte
+        self._unset_keepalive_if_required()
+        between = not (self._in_head or self._in_body)
+        self._began = self._ended = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            self.logger.warning("Invalid HTTP request received.")
+            if self._refused is None:
+                self._refused = _Refused(400, f"Malformed HTTP request: {exc}")
+            self.send_400_response(str(exc))
+            return
+        if self._in_head:
+            if not self._began:  # the whole read is part of the head
+                self._head_bytes += len(data)
+            elif between and not self._ended:  # it began the read, but for CRLFs before it
+                self._head_bytes = len(data)
+            if self._head_bytes > self.bounds.max_header_bytes:
+                self.logger.warning("Invalid HTTP request received.")
+                self._refused = self._too_large()
+                self.send_400_response("request head too large")
+
+    # -- parser callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A request head begins."""
+        self._in_head, self._began, self._head_bytes = True, True, 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        """Check the whole head (size, ``Host``, transfer coding) before the app sees it."""
+        self._in_head, self._in_body = False, True
+        try:
+            self._check_head()
+        except _Refused as refused:
+            self._refused = refused
+            raise  # httptools stops parsing: data_received answers it
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """The end of an answered request's body starts the wait for the next head."""
+        self._in_body, self._ended = False, True
+        if self.cycle is None or self.cycle.response_complete:
+            self._head_since = self.loop.time()
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         """Start the wait for the next request head."""
@@ -150,14 +186,8 @@ class BoundedProtocol(H11Protocol):
         super().resume_writing()
 
     def send_400_response(self, msg: str) -> None:
-        """Answer malformed HTTP in JSON, with h11's status (431 for a head too large)."""
-        error = self._h11.error
-        status = error.error_status_hint if error is not None else 400
-        if status == 431:
-            limit = self.bounds.max_header_bytes
-            detail = f"The request head is larger than this server accepts ({limit} bytes)."
-        else:
-            detail = f"Malformed HTTP request: {error if error is not None else msg}"
+        """Answer malformed HTTP in JSON, with its status (431 for a head too large)."""
+        refused = self._refused or _Refused(400, f"Malformed HTTP request: {msg}")
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # A request in progress: the app's answer must not follow this one.
@@ -166,13 +196,28 @@ class BoundedProtocol(H11Protocol):
             if cycle.response_started:
                 self.transport.close()
                 return
-        self.transport.write(error_response(status, detail))
+        self.transport.write(error_response(refused.status, refused.detail))
         self.transport.close()
 
-    def _discarding(self) -> bool:
-        """An answered request's body is still arriving (uvicorn reads and drops it)."""
-        answered = self.cycle is None or self.cycle.response_complete
-        return answered and self.conn.their_state is h11.SEND_BODY
+    # -- the bounds -----------------------------------------------------------------------
+
+    def _check_head(self) -> None:
+        """Refuse a head too large, an HTTP/1.1 one without ``Host``, a coding not chunked."""
+        size = _HEAD_OVERHEAD + len(self.parser.get_method()) + len(self.url)
+        size += sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.bounds.max_header_bytes:
+            raise self._too_large()
+        names = [name for name, _ in self.headers]
+        if self.parser.get_http_version() == "1.1" and b"host" not in names:
+            raise _Refused(400, "Malformed HTTP request: Missing mandatory Host: header")
+        for name, value in self.headers:
+            if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                raise _Refused(501, "Only Transfer-Encoding: chunked is supported")
+
+    def _too_large(self) -> _Refused:
+        limit = self.bounds.max_header_bytes
+        detail = f"The request head is larger than this server accepts ({limit} bytes)."
+        return _Refused(431, detail)
 
     def _check(self) -> None:
         now = self.loop.time()
@@ -192,7 +237,7 @@ class BoundedProtocol(H11Protocol):
             transport.abort()
             return
         if not transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
-            if self.conn.their_state is h11.SEND_BODY:
+            if self._in_body:  # an answered request's body, read and dropped
                 if now - self._last_byte >= idle:
                     log.info("%s: an answered request's body stalled for %g s", self._peer, idle)
                     transport.close()
@@ -202,7 +247,7 @@ class BoundedProtocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         limit = self._head_limit
-        if self.conn.trailing_data[0]:  # part of a head arrived: say why it is cut off
+        if self._in_head:  # part of a head arrived: say why it is cut off
             log.info("%s: no whole request head within %g s; answered 408", self._peer, limit)
             detail = f"The request head did not arrive whole within {limit:g} s."
             self.transport.write(error_response(408, detail))
@@ -225,9 +270,7 @@ def server_config(app: Starlette, **options: Any) -> uvicorn.Config:
     Protocol.limiter = ConnectionLimiter(bounds.max_connections, bounds.max_connections_per_client)
     if "log_config" not in options:
         options["log_config"] = _log_config(options.get("log_level") or "info")
-    return uvicorn.Config(
-        app, http=Protocol, h11_max_incomplete_event_size=bounds.max_header_bytes, **options
-    )
+    return uvicorn.Config(app, http=Protocol, **options)
 
 
 def _log_config(level: str | int) -> dict[str, Any]:
