@@ -18,7 +18,12 @@ def test_a_blob_synced_as_it_is_written_holds_every_byte(
     monkeypatch.setattr(blobs, "SYNC_EVERY", 1000)
     synced: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(blobs.os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
     store = BlobStore(tmp_path)
     chunks = [bytes([i]) * 700 for i in range(40)]
     name, nbytes = store.write(chunks)
@@ -36,7 +41,7 @@ def test_a_background_sync_error_fails_the_commit(
     def failing(fd: int) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(blobs.os, "fdatasync", failing)
+    monkeypatch.setattr(os, "fdatasync", failing)
     store = BlobStore(tmp_path)
     with store.writer() as writer:
         writer.write(b"x" * 5000)
