@@ -89,8 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--crc32",
         choices=("auto", "zlib"),
         default="auto",
-        help="auto: the fastest installed (isal with the 'fast' extra); zlib: as the "
-        "default install, with isal hidden from every process of the run",
+        help="auto: the fastest installed (isal, a dependency); zlib: with isal hidden "
+        "from every process of the run, as where it cannot be installed",
     )
     parser.add_argument(
         "--data-root",
@@ -124,7 +124,7 @@ def _helper(*argv: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _without_isal(root: Path) -> Iterator[None]:
-    """Hide ``isal`` from the processes started in the block (as the default install has none).
+    """Hide ``isal`` from the processes started in the block (as where it cannot be installed).
 
     A package of that name that fails to import comes first on their ``PYTHONPATH``: the
     codec then falls back to zlib's crc32, as it does where isal is not installed.
