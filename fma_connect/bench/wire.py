@@ -10,13 +10,14 @@ a server's peak anonymous memory from :class:`fma_connect.bench.MemoryWatch`.
 
 The bare peers move the same bytes with nothing in the way: :func:`bare_post` and
 :func:`bare_get_into` speak HTTP/1.1 over a plain socket, :func:`durable_write` writes a
-file the way the server stores a blob (:class:`~fma_connect.server.blobs.BlobWriter`:
-fsync the file, rename, fsync the directory) from memory.
+file from memory with plain system calls and the server's fsync policy (a background
+sync every 64 MiB, fsync the file, rename, fsync the directory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -230,18 +231,41 @@ def bare_caller(url: str, path: str, headers: dict[str, str]) -> Caller:
 def durable_write(directory: Path, body: Any) -> Callable[[], None]:
     """Write ``body`` to a file in ``directory`` durably; return what deletes it.
 
-    The server's own writer does it (:class:`~fma_connect.server.blobs.BlobWriter`), so
-    the fsync policy is the server's whatever it becomes; only the slices written
-    (:data:`WRITE_SLICE`, from memory) and the absence of a network differ.
+    Plain system calls, not the server's code, with the server's fsync policy: a
+    background ``fdatasync`` every :data:`~fma_connect.server.blobs.SYNC_EVERY` bytes
+    while writing, an ``fsync`` of the file at the end, a rename into place and an
+    ``fsync`` of the directory. Only the slices written (:data:`WRITE_SLICE`, from
+    memory) and the absence of a network differ from an upload.
     """
-    from ..server.blobs import BlobWriter
+    from ..server.blobs import SYNC_EVERY
 
     view = memoryview(body).cast("B")
-    with BlobWriter(directory) as writer:
+    temporary = directory / f".ceiling-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    syncing: threading.Thread | None = None
+    try:
+        synced = 0
         for start in range(0, view.nbytes, WRITE_SLICE):
-            writer.write(view[start : start + WRITE_SLICE])
-        name = writer.commit()
-    path = directory / name
+            end = min(start + WRITE_SLICE, view.nbytes)
+            done = start
+            while done < end:  # a write may take fewer bytes than it was given
+                done += os.write(fd, view[done:end])
+            if end - synced >= SYNC_EVERY and (syncing is None or not syncing.is_alive()):
+                synced = end
+                syncing = threading.Thread(target=os.fdatasync, args=(fd,))
+                syncing.start()
+        if syncing is not None:
+            syncing.join()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path = directory / f"ceiling-{os.getpid()}-{threading.get_ident()}.bin"
+    os.replace(temporary, path)
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
     return lambda: path.unlink(missing_ok=True)
 
 
