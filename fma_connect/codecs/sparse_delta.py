@@ -87,14 +87,15 @@ from .sparse_values import (
     value_width,
 )
 
-__all__ = ["VALUE_CODINGS", "SparseDeltaCodec", "SparseTensor"]
+__all__ = ["RESIDUAL", "VALUE_CODINGS", "SparseDeltaCodec", "SparseTensor"]
 
 #: The format version written without compression, and with; both are read.
 FORMAT_VERSION = 1
 COMPRESSED_VERSION = 2
 READ_VERSIONS = (FORMAT_VERSION, COMPRESSED_VERSION)
 _ENTRY_KEYS = {"name", "dtype", "shape", "mode", "k", "positions", "scale"}
-_RESIDUAL = "residual"
+#: The key of the error-feedback residual in the codec state (arrays by tensor name).
+RESIDUAL = "residual"
 #: The most bytes a payload's tensors may declare in all (as the delta codec's bound).
 DEFAULT_MAX_OUTPUT_SIZE = 8 << 30
 
@@ -171,7 +172,7 @@ class SparseDeltaCodec:
             MissingBaseError: the named base aggregate cannot be had.
         """
         base = context.starting_base()
-        residuals: dict[str, np.ndarray] = context.state.setdefault(_RESIDUAL, {})
+        residuals: dict[str, np.ndarray] = context.state.setdefault(RESIDUAL, {})
         entries: list[dict[str, Any]] = []
         blocks: Tensors = []
         # One compressor an encode: a zstd context is not to be shared between threads.

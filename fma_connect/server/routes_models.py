@@ -137,6 +137,7 @@ def latest_model(request: Request) -> Response:
         meta={"aggregate": aggregate_id},
         context=CodecContext(bases=ModelBases(svc.store, svc.blobs, svc.registry, model["id"])),
         step=step,
+        aggregate=aggregate_id,
     )
 
 

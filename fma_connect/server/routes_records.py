@@ -31,7 +31,14 @@ from .httputil import (
 from .shapes import aggregate_json, artifact_json, score_json, update_json
 from .store import Row
 from .validation import query_fields, register_path_ids
-from .weights import ModelBases, StoredStep, stored_step, weights_response
+from .weights import (
+    NOT_AN_AGGREGATE,
+    ModelBases,
+    NotAnAggregate,
+    StoredStep,
+    stored_step,
+    weights_response,
+)
 
 __all__ = ["ROUTES"]
 
@@ -211,6 +218,7 @@ def get_aggregate(request: Request) -> Response:
             bases=ModelBases(svc.store, svc.blobs, svc.registry, row["federated_model"])
         ),
         step=stored_step(svc.store, row),
+        aggregate=row["id"],
     )
 
 
@@ -218,7 +226,7 @@ def aggregate_result(request: Request) -> Response:
     """GET /model_aggregates/<id>/result/: the aggregate's weights."""
     svc = service(request)
     row = _owned(request, svc.store.get_aggregate)
-    return _weights(request, row, stored_step(svc.store, row))
+    return _weights(request, row, stored_step(svc.store, row), row["id"])
 
 
 async def publish_aggregate(request: Request) -> Response:
@@ -248,13 +256,20 @@ def artifact_values(request: Request) -> Response:
     return _weights(request, _owned(request, service(request).store.get_artifact))
 
 
-def _weights(request: Request, row: Row, step: StoredStep | None = None) -> Response:
+def _weights(
+    request: Request,
+    row: Row,
+    step: StoredStep | None = None,
+    aggregate: int | NotAnAggregate | None = NOT_AN_AGGREGATE,
+) -> Response:
     svc = service(request)
     blob = svc.store.get_blob(row["blob"])
     bases = ModelBases(svc.store, svc.blobs, svc.registry, row["federated_model"])
     context = CodecContext(bases=bases)
     accept = request.headers.get("accept")
-    return weights_response(svc.blobs, blob, svc.registry, accept, context=context, step=step)
+    return weights_response(
+        svc.blobs, blob, svc.registry, accept, context=context, step=step, aggregate=aggregate
+    )
 
 
 # -- scores -----------------------------------------------------------------------------

@@ -32,12 +32,9 @@ import numpy as np
 
 from ..codecs.base import Tensors
 from ..codecs.context import CodecContext
-from ..codecs.sparse_delta import SparseDeltaCodec
+from ..codecs.sparse_delta import RESIDUAL, SparseDeltaCodec
 
 __all__ = ["Step", "sparse_step"]
-
-#: The codec state key of the sparse codec's error-feedback residual.
-_RESIDUAL = "residual"
 
 
 class Step(NamedTuple):
@@ -78,7 +75,7 @@ def sparse_step(
     """
     # The server's own payload, of a model it already holds: no bound on its size.
     codec = SparseDeltaCodec(fraction, values, max_output_size=sys.maxsize)
-    state = {_RESIDUAL: dict(residual)}
+    state = {RESIDUAL: dict(residual)}
     payload = b"".join(codec.encode(mean, CodecContext(previous, bases, state)))
     aggregate = codec.decode(bytearray(payload), CodecContext(bases=bases))
-    return Step(aggregate, payload, state[_RESIDUAL])
+    return Step(aggregate, payload, state[RESIDUAL])

@@ -11,6 +11,7 @@ object, which keeps names and dtypes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from enum import Enum
 from typing import Any, Literal, NamedTuple, overload
 
 import orjson
@@ -30,7 +31,9 @@ from .structure import positional
 __all__ = [
     "JSON",
     "META_HEADER",
+    "NOT_AN_AGGREGATE",
     "ModelBases",
+    "NotAnAggregate",
     "StoredStep",
     "decode_data",
     "downstream_bases",
@@ -237,20 +240,12 @@ def negotiate(accept: str | None, registry: CodecRegistry) -> Codec | None:
     range is skipped.
     """
     entries = []
-    for position, part in enumerate((accept or "").split(",")):
-        media, *params = (piece.strip() for piece in part.split(";"))
-        quality = 1.0
-        codec = None
-        for param in params:
-            key, _, value = param.partition("=")
-            key = key.strip().lower()
-            if key == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-            elif key == "codec":
-                codec = value.strip().strip('"').lower()
+    for position, (media, params) in enumerate(_accept_ranges(accept)):
+        try:
+            quality = float(params.get("q", "1"))
+        except ValueError:
+            quality = 0.0
+        codec = params.get("codec", "").lower() or None
         if media and quality > 0:
             entries.append((-quality, position, media.lower(), codec))
     for _, _, media, codec in sorted(entries):
@@ -267,6 +262,16 @@ def negotiate(accept: str | None, registry: CodecRegistry) -> Codec | None:
         if not uses_context(found):  # deltas downstream: see downstream_bases
             return found
     return None
+
+
+class NotAnAggregate(Enum):
+    """The type of :data:`NOT_AN_AGGREGATE`."""
+
+    TOKEN = 0
+
+
+#: Weights that are neither an aggregate nor the initial model (an update's).
+NOT_AN_AGGREGATE = NotAnAggregate.TOKEN
 
 
 class StoredStep(NamedTuple):
@@ -297,17 +302,12 @@ def downstream_bases(accept: str | None, registry: CodecRegistry) -> list[tuple[
         ``(codec, base)`` pairs, the base as an aggregate id (None: the initial model).
     """
     wanted: list[tuple[Any, int | None]] = []
-    for part in (accept or "").split(","):
-        media, *params = (piece.strip() for piece in part.split(";"))
-        values = {}
-        for param in params:
-            key, _, value = param.partition("=")
-            values[key.strip().lower()] = value.strip().strip('"')
-        base = values.get("base")
+    for media, params in _accept_ranges(accept):
+        base = params.get("base")
         if base is None:
             continue
         try:
-            codec = registry.for_media_type(media.lower())
+            codec = registry.for_media_type(media)
         except UnknownCodecError:
             continue
         if not uses_context(codec):
@@ -317,6 +317,19 @@ def downstream_bases(accept: str | None, registry: CodecRegistry) -> list[tuple[
         elif base.isascii() and base.isdigit() and len(base) < 19:
             wanted.append((codec, int(base)))
     return wanted
+
+
+def _accept_ranges(accept: str | None) -> list[tuple[str, dict[str, str]]]:
+    """An ``Accept`` header's media ranges, lower-cased, each with its parameters."""
+    ranges = []
+    for part in (accept or "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        values = {}
+        for param in params:
+            key, _, value = param.partition("=")
+            values[key.strip().lower()] = value.strip().strip('"')
+        ranges.append((media.lower(), values))
+    return ranges
 
 
 def weights_response(
@@ -329,6 +342,7 @@ def weights_response(
     meta: Mapping[str, Any] | None = None,
     context: CodecContext | None = None,
     step: StoredStep | None = None,
+    aggregate: int | NotAnAggregate | None = NOT_AN_AGGREGATE,
 ) -> StreamingResponse:
     """Answer with a blob's weights, streamed, in the codec ``accept`` asks for.
 
@@ -345,8 +359,12 @@ def weights_response(
             :func:`downstream_bases`).
         step: The sparse step stored with an aggregate, sent to a client that holds its
             base.
+        aggregate: Which aggregate these weights are (None: the initial model), if any:
+            a client that names it as its base holds them already, and gets them whole
+            (it reads the head and closes) rather than a delta from themselves, which
+            would cost a pass over the model on every poll.
     """
-    delta = _downstream(blobs, blob, registry, accept, context, step)
+    delta = _downstream(blobs, blob, registry, accept, context, step, aggregate)
     if delta is not None:
         media_type, chunks, nbytes = delta
         headers = {"Content-Length": str(nbytes)}
@@ -422,6 +440,7 @@ def _downstream(
     accept: str | None,
     context: CodecContext | None,
     step: StoredStep | None,
+    aggregate: int | NotAnAggregate | None,
 ) -> tuple[str, AsyncIterator[Any], int] | None:
     """A blob's weights as a delta from a base ``accept`` names, if there is one to send.
 
@@ -429,6 +448,8 @@ def _downstream(
         The media type, the body's chunks and its length; None to answer as usual.
     """
     for codec, base in downstream_bases(accept, registry):
+        if base == aggregate:  # the client holds these weights (see weights_response)
+            return None
         if step is not None and step.base == base and step.blob["codec"] == codec.name:
             stream = blobs.stream_file(step.blob["filename"])
             return codec.media_type, stream, int(step.blob["nbytes"])
