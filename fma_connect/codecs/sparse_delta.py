@@ -1,12 +1,14 @@
 """The ``sparse`` codec: the largest changes of an update, index-coded, with error feedback.
 
 Lossy. An update is sent as the change from its base aggregate (the one it started
-from, or the initial model), keeping only the ``fraction`` of each float tensor's
-entries that changed most (top-k by magnitude), as in Deep Gradient Compression (Lin et
-al., 2018) and Sparse Ternary Compression (Sattler et al., 2019):
+from, or the initial model), keeping only the entries of each float tensor that changed
+most (top-k by magnitude: a ``fraction`` of each tensor, or a ``count`` per tensor),
+as in Deep Gradient Compression (Lin et al., 2018) and Sparse Ternary Compression
+(Sattler et al., 2019):
 
-* **positions** are coded as a bitmap or with Elias-Fano, whichever is smaller
-  (:mod:`~fma_connect.codecs.index_coding`: about 2 + log2(1/fraction) bits each);
+* **positions** are coded as a bitmap, with Elias-Fano, Golomb-Rice or delta-varint,
+  whichever is smallest (:mod:`~fma_connect.codecs.index_coding`: Rice's about
+  1.5 + log2(1/fraction) bits each for spread positions);
 * **values** are ``ternary`` (one sign bit each and one scale, the mean magnitude of the
   kept changes, per tensor, as STC sends them), ``float16`` / ``float32``, or ``q2`` ...
   ``q8``: b bits each, a sign and a level between the smallest and largest kept
@@ -104,7 +106,10 @@ class SparseDeltaCodec:
     """Top-k sparse changes against the base aggregate, index-coded, with error feedback.
 
     Args:
-        fraction: The share of each float tensor's entries sent per update, in (0, 1].
+        fraction: The share of each float tensor's entries sent per update, in (0, 1]
+            (at least one entry a tensor); 0.01 when neither it nor ``count`` is given.
+        count: Instead of ``fraction``: how many entries of each float tensor are sent
+            per update (all of a smaller tensor), as top-k is often stated.
         values: How kept values travel (a name of :data:`VALUE_CODINGS`): ``ternary``
             (a sign bit each, one scale per tensor), ``float16``, ``float32``, or
             ``q2`` ... ``q8``: b bits each, stochastically rounded (unbiased), e.g.
@@ -120,7 +125,8 @@ class SparseDeltaCodec:
             them smaller (format version 2, which receivers from before it refuse).
 
     Raises:
-        ValueError: a parameter is out of range.
+        ValueError: a parameter is out of range, or both ``fraction`` and ``count`` are
+            given.
     """
 
     name = "sparse"
@@ -131,19 +137,30 @@ class SparseDeltaCodec:
 
     def __init__(
         self,
-        fraction: float = 0.01,
+        fraction: float | None = None,
         values: str = "ternary",
         *,
+        count: int | None = None,
         error_feedback: bool = True,
         max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE,
         seed: int | None = None,
         compress: bool = False,
     ) -> None:
-        if not 0 < fraction <= 1:
+        if fraction is not None and count is not None:
+            raise ValueError(
+                f"give fraction or count, not both (got fraction={fraction!r}, count={count!r})"
+            )
+        if count is not None and (type(count) is not int or count < 1):
+            raise ValueError(f"count must be an integer of at least 1, got {count!r}")
+        if fraction is None and count is None:
+            fraction = 0.01
+        if fraction is not None and not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         if values not in VALUE_CODINGS:
             raise ValueError(f"values must be one of {sorted(VALUE_CODINGS)}, got {values!r}")
+        #: The share of each tensor sent (None when ``count`` is set), and the count.
         self.fraction = fraction
+        self.count = count
         self.values = values
         self.error_feedback = error_feedback
         self.max_output_size = max_output_size
@@ -160,9 +177,12 @@ class SparseDeltaCodec:
 
     def __repr__(self) -> str:
         return (
-            f"SparseDeltaCodec(fraction={self.fraction!r}, values={self.values!r}, "
+            f"SparseDeltaCodec({self._chosen()}, values={self.values!r}, "
             f"error_feedback={self.error_feedback!r}, compress={self.compress!r})"
         )
+
+    def _chosen(self) -> str:
+        return f"count={self.count!r}" if self.count is not None else f"fraction={self.fraction!r}"
 
     def encode(self, tensors: Sequence[tuple[str, np.ndarray]], context: CodecContext) -> Any:
         """Encode the largest changes of ``tensors`` from their base; keep the rest.
@@ -224,7 +244,11 @@ class SparseDeltaCodec:
 
     def _select(self, change: np.ndarray) -> tuple[np.ndarray, Coded]:
         """Pick the top-k changes; return their positions and their values as coded."""
-        k = min(change.size, max(1, math.ceil(self.fraction * change.size)))
+        if self.count is not None:
+            k = min(change.size, self.count)
+        else:
+            assert self.fraction is not None  # one of the two is set (__init__)
+            k = min(change.size, max(1, math.ceil(self.fraction * change.size)))
         positions = np.arange(k) if k == change.size else _top_k(np.abs(change), k)
         return positions, encode_values(self.values, change[positions], self._rng)
 

@@ -11,10 +11,10 @@ of three modes:
 * ``xor``: the XOR of every value, grouped by byte plane (all first bytes, then all
   second bytes... of the values, so the runs of zero high bytes sit together), zstd;
 * ``sparse``: the positions of the values whose XOR is not zero (coded by
-  :mod:`.index_coding`: a bitmap or Elias-Fano, whichever is smaller), and those XORs
-  alone, in byte planes, zstd: 3.6-4 bytes a changed float32 value where ``xor`` spends
-  7.5-9.3, when 1-5% of the values changed (``xor`` codes where the zeros are once per
-  byte plane, ``sparse`` once);
+  :mod:`.index_coding`: a bitmap, Elias-Fano, Rice or delta-varint, the smallest), and
+  those XORs alone, in byte planes, zstd: 3.6-4 bytes a changed float32 value where
+  ``xor`` spends 7.5-9.3, when 1-5% of the values changed (``xor`` codes where the zeros
+  are once per byte plane, ``sparse`` once);
 * ``raw``: for a tensor the base lacks (another name or shape, or a dtype that is not a
   float of another width), or without a base: the tensor's own bytes, planed, zstd.
 
@@ -38,10 +38,10 @@ are tensor after tensor:
   of ``4 MiB // itemsize`` values, the last one shorter; one block per chunk, a zstd
   frame of the chunk's byte planes whose header states its content size. An empty
   tensor has one empty frame. (Version 1: one frame per tensor, the tensor one chunk.)
-* ``sparse``: a positions block, ``kind`` (uint8: 0 bitmap, 1 Elias-Fano), ``k`` (uint64
-  little-endian, how many values changed) and the positions' coding
-  (:func:`~.index_coding.encode_positions`); then the k changed values' XORs, in the
-  blocks ``xor`` would code a tensor of those k values in.
+* ``sparse``: a positions block, ``kind`` (uint8: 0 bitmap, 1 Elias-Fano, 2 Rice,
+  3 delta-varint), ``k`` (uint64 little-endian, how many values changed) and the
+  positions' coding (:func:`~.index_coding.encode_positions`); then the k changed
+  values' XORs, in the blocks ``xor`` would code a tensor of those k values in.
 
 ``crc32`` is that of the tensor's own bytes as sent, checked after reconstruction: a
 receiver whose base differs from the sender's finds out, instead of averaging the wrong
@@ -78,7 +78,7 @@ from . import byte_planes, manifested
 from .base import Tensors
 from .byte_planes import Pool, as_words, chunk_bytes, decode_frames, encode_frames
 from .context import CodecContext
-from .index_coding import BITMAP, ELIAS_FANO, decode_positions, encode_positions
+from .index_coding import BITMAP, ELIAS_FANO, RICE, VARINT, decode_positions, encode_positions
 from .msgpack_numpy import crc32
 
 __all__ = ["XorDeltaCodec"]
@@ -94,8 +94,9 @@ DEFAULT_MAX_OUTPUT_SIZE = 8 << 30
 _SAMPLES = 1 << 14
 _XOR_FROM = 0.9
 _SPARSE_UP_TO = 0.25
-#: A sparse tensor's positions block starts with the coding's kind and how many.
-_KINDS = (BITMAP, ELIAS_FANO)
+#: A sparse tensor's positions block starts with the coding's kind and how many. The
+#: index is on the wire: new kinds go at the end.
+_KINDS = (BITMAP, ELIAS_FANO, RICE, VARINT)
 _PREFIX = struct.Struct("<BQ")
 
 

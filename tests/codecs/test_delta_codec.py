@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from fma_connect import DecodeError, EncodeError
 from fma_connect.codecs.context import CodecContext, MissingBaseError
-from fma_connect.codecs.index_coding import BITMAP, ELIAS_FANO, encode_positions
+from fma_connect.codecs.index_coding import BITMAP, ELIAS_FANO, RICE, VARINT, encode_positions
 from fma_connect.codecs.msgpack_numpy import MsgpackCodec
 from fma_connect.codecs.xor_delta import XorDeltaCodec
 from fma_connect.exceptions import TooManyTensorsError
@@ -229,7 +229,9 @@ def _prefix(blocks: list[tuple[str, np.ndarray]], kind: int, count: int) -> None
 
 def _positions(blocks: list[tuple[str, np.ndarray]], positions: list[int], n: int) -> None:
     kind, coded = encode_positions(np.array(positions), n)
-    head = struct.pack("<BQ", [BITMAP, ELIAS_FANO].index(kind), len(positions)) + coded
+    head = (
+        struct.pack("<BQ", [BITMAP, ELIAS_FANO, RICE, VARINT].index(kind), len(positions)) + coded
+    )
     blocks[0] = (blocks[0][0], np.frombuffer(head, np.uint8))
 
 

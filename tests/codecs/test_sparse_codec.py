@@ -1,8 +1,7 @@
-"""The ``sparse`` codec and its index coding: top-k changes, error feedback, few bits."""
+"""The ``sparse`` codec: top-k changes (by fraction or count), error feedback, lazy decoding."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -13,46 +12,8 @@ from hypothesis.extra import numpy as hnp
 
 from fma_connect import DecodeError
 from fma_connect.codecs.context import CodecContext, MissingBaseError
-from fma_connect.codecs.index_coding import (
-    BITMAP,
-    ELIAS_FANO,
-    decode_positions,
-    encode_positions,
-)
 from fma_connect.codecs.sparse_delta import SparseDeltaCodec
 from fma_connect.testing import holding, to_wire_and_back
-
-
-@given(st.integers(1, 5000), st.data())
-def test_positions_come_back_in_the_smaller_coding(n: int, data: st.DataObject) -> None:
-    chosen = data.draw(st.sets(st.integers(0, n - 1), max_size=min(n, 300)))
-    positions = np.array(sorted(chosen), dtype=np.int64)
-    kind, coded = encode_positions(positions, n)
-    assert decode_positions(kind, coded, positions.size, n).tolist() == positions.tolist()
-    bitmap_bytes = -(-n // 8)
-    assert len(coded) <= bitmap_bytes + 1
-    if positions.size and kind == ELIAS_FANO:  # about 2 + log2(n / k) bits a position
-        assert 8 * len(coded) <= positions.size * (3 + math.log2(n / positions.size)) + 16
-
-
-def test_elias_fano_is_near_two_plus_log2_bits_a_position() -> None:
-    n, k = 1_000_000, 10_000
-    positions = np.sort(np.random.default_rng(0).choice(n, k, replace=False))
-    kind, coded = encode_positions(positions, n)
-    assert kind == ELIAS_FANO
-    assert 8 * len(coded) / k < 2 + math.log2(n / k) + 0.1  # 8.64 bits for 1%
-    assert encode_positions(np.arange(n // 2) * 2, n)[0] == BITMAP  # dense: the bitmap
-
-
-@pytest.mark.parametrize(
-    ("kind", "data", "k", "n"),
-    [(BITMAP, b"\x01", 2, 8), (BITMAP, b"", 0, 8), ("golomb", b"", 0, 1), (ELIAS_FANO, b"x", 0, 9)],
-)
-def test_malformed_position_codings_are_decode_errors(
-    kind: str, data: bytes, k: int, n: int
-) -> None:
-    with pytest.raises(DecodeError):
-        decode_positions(kind, data, k, n)
 
 
 def _update(seed: int, n: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
@@ -254,9 +215,30 @@ def test_top_k_picks_k_of_the_largest_in_order_even_among_ties(n: int) -> None:
             assert np.count_nonzero(magnitude > kth) <= k
 
 
-@pytest.mark.parametrize("n", [2**20, 2**33, 2**45])
-def test_elias_fano_low_bits_of_every_width_round_trip(n: int) -> None:
-    positions = np.array([0, 3, n // 3, n // 2 + 1, n - 1], dtype=np.int64)
-    kind, coded = encode_positions(positions, n)
-    assert kind == ELIAS_FANO
-    assert decode_positions(kind, coded, positions.size, n).tolist() == positions.tolist()
+@given(st.integers(1, 300), st.lists(st.integers(0, 700), min_size=1, max_size=4))
+def test_a_count_sends_that_many_of_each_tensors_largest_changes(
+    count: int, sizes: list[int]
+) -> None:
+    rng = np.random.default_rng(count)
+    bases = [(f"t{i}", rng.standard_normal(n).astype(np.float32)) for i, n in enumerate(sizes)]
+    updates = [
+        (name, base + rng.standard_normal(base.size).astype(np.float32)) for name, base in bases
+    ]
+    codec = SparseDeltaCodec(count=count, values="float32")
+    back = to_wire_and_back(codec, updates, context=holding(1, bases))
+    for (_, base), (_, update), (_, got) in zip(bases, updates, back, strict=True):
+        sent = np.flatnonzero(got != base)
+        assert sent.size == min(count, base.size)
+        magnitude = np.abs(update - base)
+        if sent.size < base.size:  # each sent change is at least as large as any left out
+            assert magnitude[sent].min() >= np.delete(magnitude, sent).max()
+
+
+def test_fraction_and_count_are_one_or_the_other() -> None:
+    assert SparseDeltaCodec().fraction == 0.01
+    assert repr(SparseDeltaCodec(count=5)).startswith("SparseDeltaCodec(count=5,")
+    with pytest.raises(ValueError, match="not both"):
+        SparseDeltaCodec(0.1, count=5)
+    for wrong in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="count"):
+            SparseDeltaCodec(count=wrong)  # type: ignore[arg-type]

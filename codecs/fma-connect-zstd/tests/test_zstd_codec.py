@@ -15,8 +15,11 @@ from fma_connect_zstd.frames import tag_frame
 
 from fma_connect import DecodeError, Tensors, build_codec_registry, plugin_manager
 from fma_connect.codecs import MsgpackCodec, NpzBase64Codec
+from fma_connect.codecs.context import MissingBaseError
+from fma_connect.codecs.sparse_delta import SparseDeltaCodec
+from fma_connect.codecs.xor_delta import XorDeltaCodec
 from fma_connect.plugins import PluginWarning
-from fma_connect.testing import check_codec, to_wire_and_back
+from fma_connect.testing import check_codec, holding, to_wire_and_back
 
 MIB = 1 << 20
 
@@ -194,3 +197,30 @@ def test_environment_variables_set_the_registered_codecs_options(
     with pytest.warns(PluginWarning, match="FMA_CONNECT_ZSTD_LEVEL must be an integer"):
         registry = build_codec_registry(plugin_manager())
     assert "zstd+msgpack" not in registry
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [XorDeltaCodec(), SparseDeltaCodec(0.3, "float32", error_feedback=False)],
+    ids=["delta", "sparse"],
+)
+def test_a_delta_codec_composes_and_gets_its_context(inner: Any) -> None:
+    codec = ZstdCodec(inner)
+    assert codec.uses_context and codec.lossless == inner.lossless
+    check_codec(codec, max_examples=50)
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal(4096).astype(np.float32)
+    update = base.copy()
+    update[::64] += 1.0  # 64 changes: a delta says so in far fewer bytes than the tensor
+    body = _join(codec.encode([("w", update)], holding(3, [("w", base)])))
+    assert len(body) < base.nbytes // 8
+    ((_, back),) = to_wire_and_back(codec, [("w", update)], context=holding(3, [("w", base)]))
+    np.testing.assert_array_equal(back, update)
+    with pytest.raises(MissingBaseError):  # decoded against what the receiver holds
+        codec.decode(body, holding(4, [("w", base)]))
+
+
+def test_the_delta_codecs_are_not_registered_compressed_again() -> None:
+    registry = build_codec_registry(plugin_manager())
+    assert "delta" in registry and "sparse" in registry
+    assert "zstd+delta" not in registry and "zstd+sparse" not in registry

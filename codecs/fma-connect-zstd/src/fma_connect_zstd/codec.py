@@ -16,6 +16,16 @@ codecs when their plugin registered first. Any other pairing is one line on both
 sides: ``registry.add(ZstdCodec(registry.get("name")))``, or pass
 ``ZstdCodec(inner)`` as ``WebClient(codec=...)``.
 
+A codec that works against a base (``uses_context = True``: ``delta``, ``sparse``, a
+plugin's delta codec) composes too: ``ZstdCodec`` then uses a context itself and hands
+it to the inner codec both ways. The hook does not register ``zstd+delta`` or
+``zstd+sparse``, because they would only cost time: ``delta`` compresses its byte planes
+with zstd already, and ``sparse``'s positions and signs are at their entropy. Measured on
+a gaussian change of a 1M float32 tensor, whole payloads at level 3: ``delta`` 2,813,109
+bytes, zstd of it 2,813,185; ``sparse`` 1% ternary 13,023, zstd of it 13,033; ``sparse``
+5% q4 67,687, zstd of it 63,180, while the codec's own ``compress=True`` (zstd of each
+block's byte planes) gives 58,908.
+
 Environment variables read when the plugin registers its codecs:
 
 * ``FMA_CONNECT_ZSTD_LEVEL`` - compression level (default 3).
@@ -32,6 +42,8 @@ import numpy as np
 import zstandard
 
 from fma_connect import Codec, DecodeError, Tensors, hookimpl
+from fma_connect.codecs.base import decode_with
+from fma_connect.codecs.context import CodecContext, encode_with, uses_context
 
 from .frames import frame_end, read_tag, tag_frame
 
@@ -87,6 +99,8 @@ class ZstdCodec:
         self.name = f"{_PREFIX}{inner.name}"
         self.media_type = f"{inner.media_type}+zstd"
         self.lossless = inner.lossless
+        #: A delta codec's context is taken and handed on (see the module notes).
+        self.uses_context = uses_context(inner)
         # A lossy inner codec's error bound is this codec's too (fma_connect.testing uses it).
         own = getattr(inner, "tolerance", None)
         self.tolerance: Callable[[np.ndarray, np.ndarray], bool] | None = (
@@ -100,9 +114,15 @@ class ZstdCodec:
             f"max_output_size={self.max_output_size}, threads={self.threads})"
         )
 
-    def encode(self, tensors: Sequence[tuple[str, np.ndarray]]) -> list[bytes]:
-        """Encode with the inner codec and compress its chunks into one zstd frame."""
-        chunks = [memoryview(chunk).cast("B") for chunk in self.inner.encode(tensors)]
+    def encode(
+        self, tensors: Sequence[tuple[str, np.ndarray]], context: CodecContext | None = None
+    ) -> list[bytes]:
+        """Encode with the inner codec and compress its chunks into one zstd frame.
+
+        ``context`` is for an inner codec that uses one (None: an empty one).
+        """
+        inner = encode_with(self.inner, tensors, context if context is not None else CodecContext())
+        chunks = [memoryview(chunk).cast("B") for chunk in inner]
         compressor = zstandard.ZstdCompressor(
             level=self.level, write_checksum=True, threads=self.threads
         )
@@ -115,8 +135,10 @@ class ZstdCodec:
         out.append(stream.flush())
         return out
 
-    def decode(self, payload: Any) -> Tensors:
+    def decode(self, payload: Any, context: CodecContext | None = None) -> Tensors:
         """Check the tag, decompress within the bound, and decode with the inner codec.
+
+        ``context`` is for an inner codec that uses one (None: an empty one).
 
         Raises:
             DecodeError: the body is not this codec's, is corrupt or truncated, or
@@ -138,7 +160,7 @@ class ZstdCodec:
             body = self._decompress(frame)
         except zstandard.ZstdError as exc:
             raise DecodeError(f"{self.name} payload is corrupt: {exc}") from exc
-        return self.inner.decode(body)
+        return decode_with(self.inner, body, context=context)
 
     def _decompress(self, frame: memoryview) -> bytearray:
         size = zstandard.frame_content_size(frame)
@@ -197,8 +219,8 @@ def fma_connect_register_codecs(registry: Any) -> None:
     bound = _env_int("FMA_CONNECT_ZSTD_MAX_OUTPUT_SIZE", DEFAULT_MAX_OUTPUT_SIZE)
     for info in list(registry):
         codec = info.codec
-        # A codec that needs a context (a delta codec) is compressed already, and its
-        # payload cannot be built without its base.
+        # Not the delta codecs: compressing their payloads again gains nothing (see the
+        # module notes), though ZstdCodec(inner) composes with them.
         if (
             not codec.json_native
             and not codec.name.startswith(_PREFIX)
