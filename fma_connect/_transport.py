@@ -57,8 +57,9 @@ API_PREFIX = "api/v1/"
 Progress = Callable[[int, int | None], None]
 #: Largest slice of an upload handed to the socket at once (see :class:`Chunks`).
 SEND_SLICE = 1 << 20
-#: Largest read into a download buffer at once (between two progress calls).
-_RECV_SLICE = 16 << 20
+#: Largest read into a download buffer at once: between two progress calls, and what a
+#: broken read loses (a read cut mid-slice counts none of its bytes).
+_RECV_SLICE = 1 << 20
 
 
 class JitterRetry(Retry):
@@ -398,9 +399,15 @@ class Transport:
         otherwise it is collected into a ``bytearray``. Either is writable, so binary
         codecs decode to writable arrays that view it.
 
+        A body the service offers in ranges (``Accept-Ranges: bytes`` and a strong
+        ``ETag``) that breaks off is resumed where it stopped (``retries`` times in a
+        row without progress at most): ``Range: bytes=<received>-`` with
+        ``If-Range: <ETag>``, into the same buffer.
+        What is received is then checked whole by the codec that decodes it.
+
         Raises:
             DecodeError: the body ended before its Content-Length.
-            RequestTimeout / ConnectError: the transfer stalled or broke.
+            RequestTimeout / ConnectError: the transfer stalled or broke (for good).
         """
         length = response.headers.get("Content-Length")
         try:
@@ -409,7 +416,9 @@ class Transport:
                 and length.isdigit()
                 and not response.headers.get("Content-Encoding")
             ):
-                return _read_exact(response, int(length), progress)
+                view = np.empty(int(length), np.uint8).data
+                self._read_resuming(response, view, progress)
+                return view
             buffer = bytearray()
             for chunk in response.iter_content(1 << 20):
                 buffer += chunk
@@ -428,22 +437,87 @@ class Transport:
         if self._owns_session:
             self.session.close()
 
+    def _read_resuming(
+        self, response: requests.Response, view: memoryview, progress: Progress | None
+    ) -> None:
+        """Fill ``view`` with the body, resuming with ranges where the service allows."""
+        etag = response.headers.get("ETag", "")
+        ranged = response.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
+        resumable = ranged and etag.startswith('"')  # strong validators only (RFC 9110)
+        got, stalls = 0, 0
+        while True:
+            before = got
+            got, error = _read_into(response, view, got, progress)
+            response.close()
+            if error is None:
+                return
+            # Retries count the breaks that brought nothing: a link that keeps dropping
+            # but moves the body on is followed to the end.
+            stalls = 0 if got > before else stalls + 1
+            while True:
+                if not resumable or stalls > self.retries:
+                    raise error
+                time.sleep(self._backoff(stalls, None))
+                try:
+                    response = self._rest(response, got, view.nbytes, etag)
+                    break
+                except (ConnectError, RequestTimeout) as exc:  # not reachable yet
+                    error, stalls = exc, stalls + 1
 
-def _read_exact(response: requests.Response, length: int, progress: Progress | None) -> Any:
-    # np.empty, not bytearray(length): no zero-fill pass over memory we overwrite anyway.
-    view = np.empty(length, np.uint8).data
-    readinto = _socket_readinto(response)
-    got = 0
-    while got < length:
-        n = readinto(view[got : got + _RECV_SLICE])
-        if not n:
-            raise DecodeError(
-                f"response from {response.url} is truncated: got {got} of {length} bytes"
+    def _rest(
+        self, broken: requests.Response, start: int, length: int, etag: str
+    ) -> requests.Response:
+        """Ask for bytes ``start`` to the end of the body ``broken`` was sending.
+
+        Raises:
+            ConnectError / RequestTimeout: the service could not be reached.
+            TransportError: it answered something else than those bytes of the same
+                representation.
+        """
+        request = broken.request
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name.lower() not in ("content-length", "range", "if-range")
+        }
+        headers.update({"Range": f"bytes={start}-", "If-Range": etag})
+        assert request.url is not None  # a sent request has its URL
+        rest = self._send("GET", request.url, None, headers, None, True)
+        expected = f"bytes {start}-{length - 1}/{length}"
+        if rest.status_code != 206 or rest.headers.get("Content-Range") != expected:
+            rest.close()
+            raise TransportError(
+                f"download of {request.url} broke at byte {start} of {length}, and the service "
+                f"answered {rest.status_code} ({rest.headers.get('Content-Range')!r}) to a "
+                f"request for the rest: the weights may have changed meanwhile; fetch again"
             )
-        got += n
-        if progress is not None:
-            progress(got, length)
-    return view
+        return rest
+
+
+def _read_into(
+    response: requests.Response, view: memoryview, got: int, progress: Progress | None
+) -> tuple[int, Exception | None]:
+    """Read the response body into ``view`` from byte ``got`` on.
+
+    Returns:
+        The bytes ``view`` holds, and why it is not full (None when it is): a
+        :class:`DecodeError` when the body ended early, else the transport's error.
+    """
+    readinto = _socket_readinto(response)
+    length = view.nbytes
+    try:
+        while got < length:
+            n = readinto(view[got : got + _RECV_SLICE])
+            if not n:
+                return got, DecodeError(
+                    f"response from {response.url} is truncated: got {got} of {length} bytes"
+                )
+            got += n
+            if progress is not None:
+                progress(got, length)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        return got, exc
+    return got, None
 
 
 def _socket_readinto(response: requests.Response) -> Callable[[memoryview], int]:

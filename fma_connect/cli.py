@@ -61,6 +61,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "max_connections",
             "max_connections_per_client",
             "max_header_bytes",
+            "upload_expiry",
+            "upload_quota",
         )
         if getattr(args, name) is not None
     }
@@ -246,6 +248,20 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         type=_at_least(1024),
         default=None,
         help="largest request head; larger ones get 431 (default 16384)",
+    )
+    serve.add_argument(
+        "--upload-expiry",
+        type=_seconds,
+        default=None,
+        help="seconds a resumable upload lives after its last chunk; then it is refused "
+        "and its bytes deleted (default 86400)",
+    )
+    serve.add_argument(
+        "--upload-quota",
+        type=_at_least(1),
+        default=None,
+        help="most bytes one client's open resumable uploads may declare in all "
+        "(default: twice --max-body-bytes)",
     )
     serve.set_defaults(func=_cmd_serve)
 

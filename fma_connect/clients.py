@@ -41,6 +41,14 @@ from .codecs.msgpack_numpy import MsgpackCodec
 from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError, UnknownCodecError
 from .plugins import default_codec_registry
 from .registry import CodecRegistry
+from .resumable import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_RESUMABLE_FROM,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    RESUMABLE_HEADER,
+    upload,
+)
 from .spec import Spec, flatten, spec_like, untyped
 
 __all__ = ["APIException", "WebClient"]
@@ -95,6 +103,14 @@ class WebClient:
         codec_state: A file that keeps the state of a codec that has one (the ``sparse``
             codec's error-feedback residual) between runs: read at construction, written
             (atomically) after every update sent. Without it the state lives in memory.
+        resumable_from: Binary updates of at least this many bytes (default 32 MiB) go
+            as resumable uploads to a service that offers them (the reference server;
+            docs/UPLOADS.md): a cut connection, a 5xx or a restart resends only the
+            chunks the service lacks, and chunks it holds from earlier updates of the
+            model are not sent at all. None: always one plain request.
+        upload_chunk_size: The chunk size of resumable uploads (default 8 MiB, at least
+            64 KiB; larger for payloads that would need more than 4096 chunks): the most a
+            cut connection costs, and the grain at which unchanged bytes are not resent.
 
     The client is a context manager; ``close()`` releases its connections. Use one
     client per thread.
@@ -116,6 +132,8 @@ class WebClient:
         progress: Progress | None = None,
         retry_updates: bool = False,
         codec_state: str | os.PathLike[str] | None = None,
+        resumable_from: int | None = DEFAULT_RESUMABLE_FROM,
+        upload_chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         if registry is not None and not isinstance(registry, CodecRegistry):
             raise ConfigurationError(
@@ -129,6 +147,17 @@ class WebClient:
             )
         if type(retry_updates) is not bool:
             raise ConfigurationError(f"retry_updates must be True or False, got {retry_updates!r}")
+        if resumable_from is not None and (type(resumable_from) is not int or resumable_from < 1):
+            raise ConfigurationError(
+                f"resumable_from must be a size in bytes (>= 1) or None, got {resumable_from!r}"
+            )
+        if type(upload_chunk_size) is not int or not MIN_CHUNK <= upload_chunk_size <= MAX_CHUNK:
+            raise ConfigurationError(
+                f"upload_chunk_size must be an integer from {MIN_CHUNK} to {MAX_CHUNK}, "
+                f"got {upload_chunk_size!r}"
+            )
+        self._resumable_from = resumable_from
+        self._chunk_size = upload_chunk_size
         self._federated_model_id = federated_model_id
         self._uuid = _check_uuid(uuid)
         self._url = url if url is not None else settings.default_url
@@ -150,8 +179,10 @@ class WebClient:
         self._retry_updates = retry_updates
         self._spec: Spec | None = None
         self._last_aggregate: int | None = None
-        #: The media types the service lists for updates (None: not asked yet).
+        #: The media types the service lists for updates (None: not asked yet), and
+        #: where its resumable uploads start (None: it has none).
         self._accepted: set[str] | None = None
+        self._uploads_path: str | None = None
         #: For a delta codec: the last aggregate received (id, tensors as received, a
         #: copy), the base of the next update; and the codec's own state.
         self._held: tuple[int | None, Tensors] | None = None
@@ -303,6 +334,18 @@ class WebClient:
                     content_type=_JSON,
                     headers=headers,
                     resend=self._retry_updates,
+                )
+            elif self._resumable(payload):
+                assert self._uploads_path is not None  # _resumable found it
+                response = upload(
+                    self._call,
+                    self._uploads_path,
+                    payload,
+                    media_type=self._codec.media_type,
+                    fields=fields,
+                    headers=self._client_headers(),
+                    chunk_size=self._chunk_size,
+                    progress=self._progress,
                 )
             else:
                 params = {k: v for k, v in fields.items() if v is not None}
@@ -482,6 +525,36 @@ class WebClient:
             )
         return None
 
+    def _resumable(self, payload: Any) -> bool:
+        """Whether a binary payload goes as a resumable upload (large, and offered)."""
+        if self._resumable_from is None:
+            return False
+        if sum(memoryview(buffer).nbytes for buffer in payload) < self._resumable_from:
+            return False
+        if self._accepted is None:
+            self._ask_service()
+        return self._uploads_path is not None
+
+    def _ask_service(self) -> str:
+        """Ask ``OPTIONS model_updates/`` what the service decodes and offers, once.
+
+        Returns:
+            What went wrong, for a message ('' when the service answered).
+        """
+        try:
+            response = self._call(
+                "OPTIONS", f"{_API}model_updates/", headers=self._client_headers(), resend=True
+            )
+        except APIError as exc:  # the stock service may refuse OPTIONS: none listed
+            self._accepted = set()
+            return f" (OPTIONS answered {exc.status_code}: {str(exc.detail)[:200]})"
+        listed = response.headers.get("Accept-Post", "")
+        self._accepted = {
+            part.split(";")[0].strip().lower() for part in listed.split(",") if part.strip()
+        }
+        self._uploads_path = response.headers.get(RESUMABLE_HEADER) or None
+        return ""
+
     def _check_service_decodes(self) -> None:
         """Refuse, before anything is sent, a codec the service does not decode.
 
@@ -492,19 +565,8 @@ class WebClient:
         Raises:
             ConfigurationError: the service does not list this client's codec.
         """
-        answer = ""
-        if self._accepted is None:
-            try:
-                response = self._call(
-                    "OPTIONS", f"{_API}model_updates/", headers=self._client_headers(), resend=True
-                )
-                listed = response.headers.get("Accept-Post", "")
-            except APIError as exc:  # the stock service may refuse OPTIONS: none listed
-                said = str(exc.detail)[:200]
-                listed, answer = "", f" (OPTIONS answered {exc.status_code}: {said})"
-            self._accepted = {
-                part.split(";")[0].strip().lower() for part in listed.split(",") if part.strip()
-            }
+        answer = self._ask_service() if self._accepted is None else ""
+        assert self._accepted is not None  # _ask_service sets it
         if self._codec.media_type.lower() in self._accepted:
             return
         json_codecs = ", ".join(i.codec.name for i in self._registry if i.codec.json_native)

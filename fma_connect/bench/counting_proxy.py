@@ -20,16 +20,21 @@ returns every byte of its exchange is in the counts: snapshots taken between cal
 attribute bytes to them exactly.
 
 Unlike ``tests/reliability/fault_proxy.py``, which parses each HTTP exchange to break
-it on purpose (one request per connection), this relay knows nothing of HTTP.
+it on purpose (one request per connection), this relay knows nothing of HTTP. It can
+break connections too, at byte offsets: :meth:`CountingProxy.cut_at` resets the
+connection that carries a chosen byte, as a dropped link would, wherever in a request
+or answer that byte falls.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import socket
 import socketserver
+import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -73,6 +78,21 @@ class CountingProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._closing = False
+        #: Totals of bytes (up, down) at which the carrying connection is reset.
+        self._cuts: tuple[list[int], list[int]] = ([], [])
+        self.cuts_made = 0
+
+    def cut_at(self, *, up: Sequence[int] = (), down: Sequence[int] = ()) -> None:
+        """Reset the connection relaying each of these byte totals, in each direction.
+
+        Args:
+            up: Totals of client-to-server bytes (as :meth:`counts` counts them).
+            down: Totals of server-to-client bytes.
+        """
+        with self._lock:
+            for cuts, more in zip(self._cuts, (up, down), strict=True):
+                cuts.extend(more)
+                cuts.sort()
 
     def counts(self) -> ByteCounts:
         """The bytes relayed so far, in each direction."""
@@ -120,14 +140,35 @@ class CountingProxy:
         with contextlib.suppress(OSError):  # either side went away: the relay just ends
             while received := source.recv_into(buffer):
                 with self._lock:
+                    before = self._up if up else self._down
+                    cuts = self._cuts[0 if up else 1]
+                    # A cut inside these bytes: pass on those before it, then reset.
+                    cut = bisect.bisect_right(cuts, before)
+                    if cut < len(cuts) and cuts[cut] < before + received:
+                        received = cuts.pop(cut) - before
+                        self.cuts_made += 1
+                        cut_here = True
+                    else:
+                        cut_here = False
                     if up:
                         self._up += received
                     else:
                         self._down += received
                 target.sendall(view[:received])
+                if cut_here:
+                    for sock in (source, target):
+                        _reset(sock)
+                    return
         # Pass the end of the stream on, so the other side sees the close it would see.
         with contextlib.suppress(OSError):
             target.shutdown(socket.SHUT_WR)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a RST (SO_LINGER 0), as a broken link looks to both ends."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Server(socketserver.ThreadingTCPServer):

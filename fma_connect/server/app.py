@@ -24,7 +24,7 @@ from starlette.routing import Match
 
 from ..plugins import default_codec_registry
 from ..registry import CodecRegistry
-from . import routes_models, routes_records
+from . import routes_models, routes_records, routes_uploads
 from .bounds import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -41,6 +41,7 @@ from .httputil import JSONResponse
 from .limits import DEFAULT_MAX_TENSORS
 from .rounds import AutoAggregate
 from .service import Service
+from .uploads import DEFAULT_EXPIRY
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_TENSORS", "create_app"]
 
@@ -62,6 +63,8 @@ def create_app(
     max_connections: int | None = None,
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    upload_expiry: float = DEFAULT_EXPIRY,
+    upload_quota: int | None = None,
 ) -> Starlette:
     """Build the server's ASGI app over a data directory (opened now, closed at shutdown).
 
@@ -85,6 +88,10 @@ def create_app(
             ``Retry-After``. None: :func:`~fma_connect.server.bounds.default_max_connections`.
         max_connections_per_client: The same per client address (0: no cap).
         max_header_bytes: Largest request head (431).
+        upload_expiry: Seconds a resumable upload lives after its last activity (see
+            docs/UPLOADS.md); then it is refused and deleted.
+        upload_quota: Most bytes one client's open resumable uploads may declare
+            (None: twice ``max_body_bytes``).
 
     The connection-level bounds (all but ``idle_timeout`` on request bodies) are
     enforced by the server that runs the app: build its config with
@@ -108,6 +115,8 @@ def create_app(
         admin_token=admin_token,
         auto_aggregate=auto_aggregate,
         max_tensors=max_tensors,
+        upload_expiry=upload_expiry,
+        upload_quota=upload_quota if upload_quota is not None else 2 * max_body_bytes,
     )
 
     @asynccontextmanager
@@ -118,7 +127,7 @@ def create_app(
             service.close()
 
     app = Starlette(
-        routes=[*routes_models.ROUTES, *routes_records.ROUTES],
+        routes=[*routes_models.ROUTES, *routes_records.ROUTES, *routes_uploads.ROUTES],
         middleware=[Middleware(BodyGuard, idle_timeout=bounds.idle_timeout)],
         exception_handlers={
             HTTPError: _http_error,

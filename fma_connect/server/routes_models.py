@@ -138,6 +138,7 @@ def latest_model(request: Request) -> Response:
         context=CodecContext(bases=ModelBases(svc.store, svc.blobs, svc.registry, model["id"])),
         step=step,
         aggregate=aggregate_id,
+        ranges=request.headers,
     )
 
 

@@ -28,6 +28,7 @@ from .httputil import (
     service,
     spool,
 )
+from .routes_uploads import RESUMABLE_HEADER, UPLOADS_PATH
 from .shapes import aggregate_json, artifact_json, score_json, update_json
 from .store import Row
 from .validation import query_fields, register_path_ids
@@ -62,7 +63,8 @@ def _identity(request: Request) -> Identity:
 
 
 def updates_options(request: Request) -> Response:
-    """OPTIONS /model_updates/: the media types an update may be sent in (``Accept-Post``).
+    """OPTIONS /model_updates/: the media types an update may be sent in (``Accept-Post``),
+    and where resumable uploads start (``FMA-Resumable-Uploads``).
 
     A client checks this before it sends an update in a codec that only this server
     decodes (a delta codec): the stock service lists none, so nothing is sent in vain.
@@ -71,7 +73,12 @@ def updates_options(request: Request) -> Response:
     _identity(request)
     svc = service(request)
     types = [JSON, *(info.codec.media_type for info in svc.registry if not info.codec.json_native)]
-    headers = {"Allow": "GET, POST, OPTIONS", "Accept-Post": ", ".join(types)}
+    headers = {
+        "Allow": "GET, POST, OPTIONS",
+        "Accept-Post": ", ".join(types),
+        # Large binary updates may come in resumable chunks instead (docs/UPLOADS.md).
+        RESUMABLE_HEADER: UPLOADS_PATH,
+    }
     return Response(status_code=204, headers=headers)
 
 
@@ -219,6 +226,7 @@ def get_aggregate(request: Request) -> Response:
         ),
         step=stored_step(svc.store, row),
         aggregate=row["id"],
+        ranges=request.headers,
     )
 
 
@@ -268,7 +276,14 @@ def _weights(
     context = CodecContext(bases=bases)
     accept = request.headers.get("accept")
     return weights_response(
-        svc.blobs, blob, svc.registry, accept, context=context, step=step, aggregate=aggregate
+        svc.blobs,
+        blob,
+        svc.registry,
+        accept,
+        context=context,
+        step=step,
+        aggregate=aggregate,
+        ranges=request.headers,
     )
 
 

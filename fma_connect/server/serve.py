@@ -22,6 +22,7 @@ from .bounds import (
 from .datadir import DataDirError
 from .protocol import server_config
 from .rounds import AutoAggregate
+from .uploads import DEFAULT_EXPIRY
 
 __all__ = ["DEFAULT_DATA_DIR", "bind", "serve"]
 
@@ -69,12 +70,14 @@ def serve(
     max_connections: int | None = None,
     max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    upload_expiry: float = DEFAULT_EXPIRY,
+    upload_quota: int | None = None,
 ) -> int:
     """Serve until interrupted; return the exit code.
 
     Prints ``listening on http://HOST:PORT`` once the port is bound (with ``port`` 0,
     the port the system chose), and the admin token when this start created it.
-    The limits and bounds (``max_body_bytes`` ... ``max_header_bytes``) are
+    The limits and bounds (``max_body_bytes`` ... ``upload_quota``) are
     :func:`~fma_connect.server.create_app`'s.
 
     The port is bound before the data directory is opened, so a start that fails
@@ -98,6 +101,8 @@ def serve(
             max_connections=max_connections,
             max_connections_per_client=max_connections_per_client,
             max_header_bytes=max_header_bytes,
+            upload_expiry=upload_expiry,
+            upload_quota=upload_quota,
         )
     except (DataDirError, OSError, sqlite3.Error, ValueError) as exc:
         where = f" (database in {data_dir})" if isinstance(exc, sqlite3.Error) else ""

@@ -34,6 +34,7 @@ from .mean import all_finite
 from .rounds import AutoAggregate, Rounds
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
+from .uploads import DEFAULT_EXPIRY, DEFAULT_UPLOAD_QUOTA, Uploads
 from .validation import (
     UPDATE_FIELDS,
     cast_layers,
@@ -71,11 +72,14 @@ class Service:
             replaces the stored one.
         auto_aggregate: When rounds run by themselves (see :class:`~.rounds.Rounds`).
         max_tensors: Most tensors an update (or initial model) may hold.
+        upload_expiry: Seconds a resumable upload lives after its last activity.
+        upload_quota: Most bytes a client's open resumable uploads may declare.
 
     Attributes:
         admin_token: The admin's token.
         admin_token_created: Whether this start created it.
         rounds: Runs the aggregation rounds (``rounds.aggregate`` is the admin trigger).
+        uploads: The resumable uploads (:class:`~.uploads.Uploads`).
 
     Raises:
         DataDirError: ``data_dir`` is a file, or another server is using it.
@@ -89,6 +93,8 @@ class Service:
         admin_token: str | None = None,
         auto_aggregate: AutoAggregate = "sync",
         max_tensors: int = DEFAULT_MAX_TENSORS,
+        upload_expiry: float = DEFAULT_EXPIRY,
+        upload_quota: int = DEFAULT_UPLOAD_QUOTA,
     ) -> None:
         prepare(data_dir)
         self._dir_lock = DataDirLock(data_dir)
@@ -100,6 +106,10 @@ class Service:
             if self.store.reset_running():
                 log.warning("updates left RUNNING by an interrupted round are PENDING again")
             self.blobs.sweep(self.store.blob_filenames())
+            self.uploads = Uploads(
+                self.store, self.blobs, data_dir, expiry=upload_expiry, quota=upload_quota
+            )
+            self.uploads.expire()
         except BaseException:
             self._dir_lock.release()
             raise

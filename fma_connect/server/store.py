@@ -1,7 +1,8 @@
 """Metadata of the reference server in SQLite: users, clients, models, updates, aggregates.
 
-Payloads live in blob files (:mod:`.blobs`); rows point at them through the ``blobs``
-table. One connection, shared by the server's threads behind a lock, runs in WAL mode
+The tables of resumable uploads in progress are here too; their queries are in
+:mod:`.uploads`. Payloads live in blob files (:mod:`.blobs`); rows point at them through
+the ``blobs`` table. One connection, shared by the server's threads behind a lock, runs in WAL mode
 with ``synchronous=FULL``: a write that returned is on disk, so an acknowledged update
 survives a crash or restart. Rows come back as plain dicts; JSON columns are decoded.
 
@@ -102,6 +103,35 @@ CREATE TABLE IF NOT EXISTS artifacts (
     aggregate INTEGER,
     version TEXT NOT NULL,
     created_on TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    client TEXT NOT NULL REFERENCES clients(uuid),
+    fields TEXT NOT NULL,
+    codec TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    chunks TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    update_id INTEGER,
+    created_on TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_client ON uploads (client, manifest);
+CREATE TABLE IF NOT EXISTS upload_chunks (
+    upload TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (upload, idx)
+);
+CREATE TABLE IF NOT EXISTS chunk_index (
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL,
+    blob INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    PRIMARY KEY (federated_model, digest)
 );
 CREATE TABLE IF NOT EXISTS scores (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

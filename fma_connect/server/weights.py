@@ -10,12 +10,15 @@ object, which keeps names and dtypes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from enum import Enum
 from typing import Any, Literal, NamedTuple, overload
 
+import anyio
 import orjson
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..codecs.base import Codec, Tensors, decode_with, read_tag
 from ..codecs.context import CodecContext, MissingBaseError, uses_context
@@ -23,7 +26,7 @@ from ..exceptions import DecodeError, EncodeError, UnknownCodecError
 from ..registry import CodecRegistry
 from . import jsonstream
 from .blobs import CHUNK, BlobStore
-from .errors import detail
+from .errors import HTTPError, detail
 from .mean import Update
 from .store import NewBlob, Row, Store
 from .structure import positional
@@ -332,6 +335,51 @@ def _accept_ranges(accept: str | None) -> list[tuple[str, dict[str, str]]]:
     return ranges
 
 
+class _ClosingResponse(StreamingResponse):
+    """A streamed answer that stops when the client goes away, then closes its chunks.
+
+    Starlette's StreamingResponse cancels the body's task when the client goes away: the
+    cancelled frames, which hold the chunk being sent, then wait in a reference cycle for
+    the garbage collector, and a chunk viewing a stored blob keeps the blob's map and a
+    descriptor (see :class:`~.blobs.BlobStream`) until then. Here the body is told
+    instead, and stops at its next chunk (the server's ``send`` returns at once when the
+    client has gone); its iterator is closed when the answer ends, however it ends.
+    Starlette's ``__call__`` still runs both, so an error keeps its type.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._gone, self._done = anyio.Event(), anyio.Event()
+        await super().__call__(scope, receive, send)
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        """Tell the body the client went away; return (Starlette cancels it) once it stops."""
+        await super().listen_for_disconnect(receive)
+        self._gone.set()
+        await self._done.wait()
+
+    async def stream_response(self, send: Send) -> None:
+        """Starlette's, but for stopping when told to and closing the chunks' iterator."""
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in self.body_iterator:
+                if self._gone.is_set():
+                    return
+                body = (
+                    chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+                )
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self._done.set()
+            await _aclose(self.body_iterator)
+
+
 def weights_response(
     blobs: BlobStore,
     blob: Row,
@@ -343,8 +391,14 @@ def weights_response(
     context: CodecContext | None = None,
     step: StoredStep | None = None,
     aggregate: int | NotAnAggregate | None = NOT_AN_AGGREGATE,
+    ranges: Mapping[str, str] | None = None,
 ) -> StreamingResponse:
     """Answer with a blob's weights, streamed, in the codec ``accept`` asks for.
+
+    Weights sent as they are stored (the codec asked for is theirs, or a stored sparse
+    step) are offered in ranges: ``Accept-Ranges: bytes`` and a strong ``ETag`` naming
+    the blob, and a ``Range`` of one span (with an ``If-Range`` naming that blob, or
+    none) gets 206 with those bytes. Answers built per request have neither.
 
     Args:
         blobs: The blob store.
@@ -363,27 +417,104 @@ def weights_response(
             a client that names it as its base holds them already, and gets them whole
             (it reads the head and closes) rather than a delta from themselves, which
             would cost a pass over the model on every poll.
+        ranges: The request's headers (its ``Range`` and ``If-Range``).
     """
+    headers = {} if field is None else {META_HEADER: orjson.dumps(dict(meta or {})).decode()}
     delta = _downstream(blobs, blob, registry, accept, context, step, aggregate)
     if delta is not None:
-        media_type, chunks, nbytes = delta
-        headers = {"Content-Length": str(nbytes)}
-        if field is not None:
-            headers[META_HEADER] = orjson.dumps(dict(meta or {})).decode()
-        return StreamingResponse(chunks, headers=headers, media_type=media_type)
+        media_type, body = delta
+        return _answer(blobs, body, media_type, headers, ranges)
     codec = negotiate(accept, registry)
     if codec is not None and not codec.json_native:
-        chunks, nbytes = _binary(blobs, blob, codec, registry, context)
-        headers = {"Content-Length": str(nbytes)}
-        if field is not None:
-            headers[META_HEADER] = orjson.dumps(dict(meta or {})).decode()
-        return StreamingResponse(chunks, headers=headers, media_type=codec.media_type)
-    chunks, nbytes = _json(blobs, blob, registry, codec, context)
-    if field is not None:
-        head = orjson.dumps({**(meta or {}), field: None})[: -len(b"null}")]
-        chunks = _chain(_once(head), chunks, _once(b"}"))
-        nbytes += len(head) + 1
-    return StreamingResponse(chunks, headers={"Content-Length": str(nbytes)}, media_type=JSON)
+        body = _binary(blobs, blob, codec, registry, context)
+        return _answer(blobs, body, codec.media_type, headers, ranges)
+    body = _json(blobs, blob, registry, codec, context)
+    if field is None:
+        return _answer(blobs, body, JSON, {}, ranges)
+    head = orjson.dumps({**(meta or {}), field: None})[: -len(b"null}")]
+    chunks = _chain(_once(head), _chunks_of(blobs, body), _once(b"}"))
+    return _answer(blobs, Body(body.nbytes + len(head) + 1, chunks), JSON, {}, None)
+
+
+class Body(NamedTuple):
+    """An answer's body: a stored blob sent as it is, or chunks made for the request.
+
+    Attributes:
+        nbytes: Its length.
+        chunks: The chunks, for a body made for the request (None: ``stored``'s bytes).
+        stored: The blob row whose bytes it is, when it is one.
+    """
+
+    nbytes: int
+    chunks: AsyncIterator[Any] | None = None
+    stored: Row | None = None
+
+
+def _chunks_of(blobs: BlobStore, body: Body, start: int = 0, end: int | None = None) -> Any:
+    if body.chunks is not None:
+        return body.chunks
+    assert body.stored is not None  # one or the other (see Body)
+    return blobs.stream_file(body.stored["filename"], start, end)
+
+
+def _answer(
+    blobs: BlobStore,
+    body: Body,
+    media_type: str,
+    headers: dict[str, str],
+    ranges: Mapping[str, str] | None,
+) -> StreamingResponse:
+    """The streamed response of ``body``: whole, or the span a ranged request asks for."""
+    if body.stored is None:
+        headers["Content-Length"] = str(body.nbytes)
+        return _ClosingResponse(_chunks_of(blobs, body), headers=headers, media_type=media_type)
+    etag = f'"{body.stored["filename"].removesuffix(".blob")}"'
+    headers.update({"Accept-Ranges": "bytes", "ETag": etag})
+    span = _span(ranges, etag, body.nbytes)
+    if span is None:
+        headers["Content-Length"] = str(body.nbytes)
+        return _ClosingResponse(_chunks_of(blobs, body), headers=headers, media_type=media_type)
+    start, end = span
+    headers["Content-Length"] = str(end - start)
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{body.nbytes}"
+    chunks = _chunks_of(blobs, body, start, end)
+    return _ClosingResponse(chunks, status_code=206, headers=headers, media_type=media_type)
+
+
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+
+
+def _span(ranges: Mapping[str, str] | None, etag: str, size: int) -> tuple[int, int] | None:
+    """The ``[start, end)`` a request's ``Range`` asks of a body of ``size`` bytes.
+
+    None (the whole body) without a Range, with an ``If-Range`` naming another version,
+    or with a Range this server does not split bodies for (several spans, other units),
+    which RFC 9110 lets a server ignore.
+
+    Raises:
+        HTTPError: 416 for a span that starts past the end.
+    """
+    wanted = None if ranges is None else ranges.get("range")
+    if wanted is None or ranges is None:
+        return None
+    condition = ranges.get("if-range")
+    if condition is not None and condition.strip() != etag:
+        return None
+    found = _RANGE.fullmatch(wanted)
+    if found is None or found.group(1) == found.group(2) == "":
+        return None
+    first, last = found.group(1), found.group(2)
+    if first == "":  # the last N bytes
+        return max(0, size - int(last)), size
+    start = int(first)
+    end = size if last == "" else min(int(last) + 1, size)
+    if start >= size or end <= start:
+        raise HTTPError(
+            416,
+            {"detail": f"The range {wanted.strip()!r} starts past these {size} bytes."},
+            {"Content-Range": f"bytes */{size}"},
+        )
+    return start, end
 
 
 def _json(
@@ -392,7 +523,7 @@ def _json(
     registry: CodecRegistry,
     codec: Codec | None,
     context: CodecContext | None,
-) -> tuple[AsyncIterator[Any], int]:
+) -> Body:
     """The weights as JSON: plain lists, or the JSON-native ``codec`` asked for.
 
     A conversion is written twice, piece by piece (:mod:`.jsonstream`): once here to
@@ -402,7 +533,7 @@ def _json(
     """
     target = codec if codec is not None else registry.get("json")
     if _codec(blob, registry).name == target.name:
-        return blobs.stream_file(blob["filename"]), int(blob["nbytes"])
+        return Body(int(blob["nbytes"]), stored=blob)
     tensors = _load(blobs, blob, registry, context)
     try:
         document = target.encode(tensors)
@@ -413,7 +544,7 @@ def _json(
             f"these weights cannot be written as {target.name} JSON ({exc}); ask for a binary "
             "codec in Accept, or for 'application/json; codec=npz-b64'",
         ) from exc
-    return jsonstream.stream(document), nbytes
+    return Body(nbytes, jsonstream.stream(document))
 
 
 def _binary(
@@ -422,15 +553,15 @@ def _binary(
     codec: Codec,
     registry: CodecRegistry,
     context: CodecContext | None,
-) -> tuple[AsyncIterator[Any], int]:
+) -> Body:
     if blob["codec"] == codec.name:
-        return blobs.stream_file(blob["filename"]), int(blob["nbytes"])
+        return Body(int(blob["nbytes"]), stored=blob)
     tensors = _load(blobs, blob, registry, context)
     try:
         chunks = [memoryview(c).cast("B") for c in codec.encode(tensors)]
     except EncodeError as exc:
         raise detail(406, f"these weights cannot be written as {codec.name}: {exc}") from exc
-    return _sliced(chunks), sum(c.nbytes for c in chunks)
+    return Body(sum(c.nbytes for c in chunks), _sliced(chunks))
 
 
 def _downstream(
@@ -441,18 +572,17 @@ def _downstream(
     context: CodecContext | None,
     step: StoredStep | None,
     aggregate: int | NotAnAggregate | None,
-) -> tuple[str, AsyncIterator[Any], int] | None:
+) -> tuple[str, Body] | None:
     """A blob's weights as a delta from a base ``accept`` names, if there is one to send.
 
     Returns:
-        The media type, the body's chunks and its length; None to answer as usual.
+        The media type and the body; None to answer as usual.
     """
     for codec, base in downstream_bases(accept, registry):
         if base == aggregate:  # the client holds these weights (see weights_response)
             return None
         if step is not None and step.base == base and step.blob["codec"] == codec.name:
-            stream = blobs.stream_file(step.blob["filename"])
-            return codec.media_type, stream, int(step.blob["nbytes"])
+            return codec.media_type, Body(int(step.blob["nbytes"]), stored=step.blob)
         if not codec.lossless or context is None or context.bases is None:
             continue
         tensors = _load(blobs, blob, registry, context)
@@ -461,7 +591,7 @@ def _downstream(
         except (MissingBaseError, EncodeError):  # not held (any more): the next choice
             continue
         chunks = [memoryview(c).cast("B") for c in encoded]
-        return codec.media_type, _sliced(chunks), sum(c.nbytes for c in chunks)
+        return codec.media_type, Body(sum(c.nbytes for c in chunks), _sliced(chunks))
     return None
 
 
@@ -494,6 +624,18 @@ async def _once(value: bytes) -> AsyncIterator[bytes]:
 
 
 async def _chain(*parts: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    for part in parts:
-        async for chunk in part:
-            yield chunk
+    try:
+        for part in parts:
+            async for chunk in part:
+                yield chunk
+    finally:
+        for part in parts:  # those not reached too: a blob's stream holds its file open
+            await _aclose(part)
+
+
+async def _aclose(iterator: object) -> None:
+    """Close an async iterator that can be closed (an async generator, a blob's stream)."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with anyio.CancelScope(shield=True):  # the task may be cancelled: close all the same
+            await aclose()

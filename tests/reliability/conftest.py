@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3.util.retry
 from reliability_figures import Figures
+
+import fma_connect._transport as transport
 
 FIGURES_ENV = "FMA_RELIABILITY_FIGURES"
 
@@ -26,6 +31,16 @@ _FIGURES = Figures()
 def figures() -> Figures:
     """The run's figures (one object for the whole session)."""
     return _FIGURES
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every retry sleep of the client (urllib3's and the resend loop's), not slept."""
+    recorded: list[float] = []
+    fake = types.SimpleNamespace(sleep=recorded.append, time=time.time, monotonic=time.monotonic)
+    monkeypatch.setattr(urllib3.util.retry, "time", fake)
+    monkeypatch.setattr(transport, "time", fake)
+    return recorded
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -3,8 +3,10 @@
 The client talks to the proxy as if it were the service. For each request, a plan
 (``plan(exchange) -> Fault | None``) decides what happens: forward it untouched, drop
 the connection before or after forwarding it (the client cannot know whether the
-service got it), answer a status itself (503 with Retry-After...), or damage the
-request or response body in transit. Every exchange is logged for the test to inspect.
+service got it), cut it while its body is arriving, answer a status itself (503 with
+Retry-After...), or damage the request or response body in transit. The plan sees the
+request's head (its body is read after the plan decides). Every exchange is logged
+for the test to inspect.
 
 Each request is forwarded on a fresh upstream connection with ``Connection: close``,
 so a response is simply everything the service sends; the client's connection is
@@ -39,6 +41,7 @@ class Exchange:
         body: The request body as received.
         fault: The fault applied, or None.
         status: The status the service answered (None when not forwarded).
+        returned: The bytes of response body passed on to the client.
     """
 
     index: int
@@ -48,6 +51,7 @@ class Exchange:
     body: bytes
     fault: Fault | None = None
     status: int | None = None
+    returned: int = 0
 
 
 @dataclass
@@ -55,7 +59,8 @@ class Fault:
     """What to do to an exchange.
 
     Attributes:
-        kind: ``drop-before`` (close without forwarding), ``drop-after`` (forward,
+        kind: ``drop-before`` (close without forwarding), ``cut-request`` (read
+            ``keep`` bytes of the request body, then reset), ``drop-after`` (forward,
             then close without answering), ``answer`` (answer ``status`` and
             ``headers`` without forwarding), ``damage-request`` (forward
             ``damage(body)`` instead of the body), ``damage-response`` (answer with
@@ -64,7 +69,7 @@ class Fault:
         status: For ``answer``.
         headers: For ``answer``.
         damage: For the ``damage-*`` kinds: a function of the body (same length kept).
-        keep: For ``truncate-response``.
+        keep: For ``truncate-response`` and ``cut-request``.
         reset: For ``truncate-response``: end with a RST instead of a plain close.
     """
 
@@ -98,16 +103,25 @@ class FaultProxy:
 
     def handle(self, client: socket.socket) -> None:
         """Serve one client connection: one request, then close."""
-        head, body = _read_request(client)
+        head, start = _read_head(client)
         if head is None:
             return
         method, path, headers = head
         with self._lock:
-            exchange = Exchange(len(self.log), method, path, headers, body)
+            exchange = Exchange(len(self.log), method, path, headers, b"")
             self.log.append(exchange)
         fault = self.plan(exchange)
         exchange.fault = fault
         kind = fault.kind if fault else None
+        length = int(headers.get("content-length", "0"))
+        if fault is not None and kind == "cut-request":
+            exchange.body = _read_body(client, start, min(fault.keep, length)) or b""
+            _reset(client)
+            return
+        body = _read_body(client, start, length)
+        if body is None:
+            return
+        exchange.body = body
         if kind == "drop-before":
             _reset(client)
             return
@@ -131,10 +145,12 @@ class FaultProxy:
         if fault is not None and kind == "damage-response" and fault.damage is not None:
             response_body = fault.damage(response_body)
         if fault is not None and kind == "truncate-response":
+            exchange.returned = len(response_body[: fault.keep])
             client.sendall(response_head + b"\r\n\r\n" + response_body[: fault.keep])
             if fault.reset:
                 _reset(client)
             return  # a plain close: the client reads the end of the stream early
+        exchange.returned = len(response_body)
         client.sendall(response_head + b"\r\n\r\n" + response_body)
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
@@ -151,7 +167,8 @@ class FaultProxy:
         return b"".join(chunks)
 
 
-def _read_request(client: socket.socket) -> tuple[tuple[str, str, dict[str, str]] | None, bytes]:
+def _read_head(client: socket.socket) -> tuple[tuple[str, str, dict[str, str]] | None, bytes]:
+    """The request line and headers, and the body bytes that came with them."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = client.recv(1 << 16)
@@ -166,13 +183,20 @@ def _read_request(client: socket.socket) -> tuple[tuple[str, str, dict[str, str]
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     assert "chunked" not in headers.get("transfer-encoding", ""), "send sized bodies"
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = client.recv(min(1 << 20, length - len(body)))
-        if not chunk:
-            return None, b""
-        body += chunk
     return (method, path, headers), body
+
+
+def _read_body(client: socket.socket, start: bytes, length: int) -> bytes | None:
+    """``length`` bytes of body (``start`` came with the head); None if the client left."""
+    parts = [start[:length]]
+    got = len(parts[0])
+    while got < length:
+        chunk = client.recv(min(1 << 20, length - got))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _reset(client: socket.socket) -> None:

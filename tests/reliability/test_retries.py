@@ -11,34 +11,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
-import time
-import types
 from typing import Any
 
 import numpy as np
 import pytest
 import requests
-import urllib3.util.retry
 from fault_proxy import Exchange, Fault, fault_proxy, once_per_key
 from reliability_figures import Figures
 
-import fma_connect._transport as transport
 from fma_connect import APIError, ConnectError, WebClient
 from fma_connect._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from fma_connect.admin import AdminClient
 from fma_connect.server.testing import RunningServer
 
 UPDATES = "/api/v1/model_updates/"
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Every retry sleep of the client (urllib3's and the resend loop's), not slept."""
-    recorded: list[float] = []
-    fake = types.SimpleNamespace(sleep=recorded.append, time=time.time, monotonic=time.monotonic)
-    monkeypatch.setattr(urllib3.util.retry, "time", fake)
-    monkeypatch.setattr(transport, "time", fake)
-    return recorded
 
 
 @pytest.fixture

@@ -1,0 +1,181 @@
+"""The client side of resumable, content-addressed uploads (docs/UPLOADS.md).
+
+:func:`upload` sends an encoded payload in chunks: it announces the chunks' BLAKE3
+digests, sends only the chunks the service says it lacks (each PUT is idempotent, so a
+broken one is simply sent again), and completes the upload. A restarted client that
+sends the same bytes again gets the same upload back and resumes it; chunks the service
+holds from an earlier update of the model are never sent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import blake3
+import requests
+
+from ._transport import Chunks, dumps_json
+from .exceptions import APIError, TransportError
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_RESUMABLE_FROM",
+    "MAX_CHUNK",
+    "MAX_CHUNKS",
+    "MIN_CHUNK",
+    "RESUMABLE_HEADER",
+    "upload",
+]
+
+#: The header of ``OPTIONS /model_updates/`` that names where uploads start.
+RESUMABLE_HEADER = "FMA-Resumable-Uploads"
+#: Payloads of at least this many bytes go in chunks where the service offers it.
+DEFAULT_RESUMABLE_FROM = 32 << 20
+#: The chunk size (larger for payloads that would need more than 4096 chunks): what a
+#: cut connection costs at most, and the grain at which unchanged bytes are not resent.
+DEFAULT_CHUNK_SIZE = 8 << 20
+#: The chunk sizes the protocol allows, and the most chunks an upload may have.
+MIN_CHUNK = 64 << 10
+MAX_CHUNK = 64 << 20
+MAX_CHUNKS = 4096
+#: Completions that may find chunks missing or damaged before the upload gives up.
+_ROUNDS = 3
+_OCTETS = "application/octet-stream"
+_JSON = "application/json"
+
+Call = Callable[..., requests.Response]
+Progress = Callable[[int, int | None], None]
+
+
+def chunk_size_for(size: int, preferred: int = DEFAULT_CHUNK_SIZE) -> int:
+    """The chunk size for a payload of ``size`` bytes (at most 4096 chunks)."""
+    return max(preferred, math.ceil(size / MAX_CHUNKS))
+
+
+def split(payload: Sequence[Any], chunk_size: int) -> list[list[memoryview]]:
+    """A payload's buffers cut into chunks of ``chunk_size`` bytes: views, never copies."""
+    chunks: list[list[memoryview]] = [[]]
+    room = chunk_size
+    for buffer in payload:
+        view = memoryview(buffer).cast("B")
+        while view.nbytes:
+            if room == 0:
+                chunks.append([])
+                room = chunk_size
+            piece, view = view[:room], view[room:]
+            chunks[-1].append(piece)
+            room -= piece.nbytes
+    return chunks if chunks[0] else []
+
+
+def digest(pieces: Sequence[memoryview]) -> str:
+    """The hex BLAKE3 digest of a chunk's pieces."""
+    hasher = blake3.blake3()
+    for piece in pieces:
+        hasher.update(piece)
+    return hasher.hexdigest()
+
+
+def upload(
+    call: Call,
+    uploads_path: str,
+    payload: Sequence[Any],
+    *,
+    media_type: str,
+    fields: dict[str, Any],
+    headers: dict[str, str],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: Progress | None = None,
+) -> requests.Response:
+    """Send ``payload`` as a resumable upload; return the completing response.
+
+    Args:
+        call: Sends one request (the client's ``_call``: its errors, retries and hints).
+        uploads_path: Where uploads start (the service's ``FMA-Resumable-Uploads``).
+        payload: The encoded update's buffers.
+        media_type: Its codec's media type.
+        fields: The update fields (``federated_model``, ``base_aggregate``...).
+        headers: The client's headers (its ``CLIENT-UUID``).
+        chunk_size: The preferred chunk size.
+        progress: Called with ``(bytes the service holds, total)`` as chunks go out;
+            bytes it held already count from the start.
+
+    Raises:
+        APIError: the service refused the upload or the update.
+        TransportError: the service could not be reached after the transport's retries
+            (the upload stays open: sending the same update again resumes it).
+    """
+    size = sum(memoryview(buffer).nbytes for buffer in payload)
+    chunk_size = chunk_size_for(size, chunk_size)
+    chunks = split(payload, chunk_size)
+    manifest = {
+        **{k: v for k, v in fields.items() if v is not None},
+        "media_type": media_type,
+        "size": size,
+        "chunk_size": chunk_size,
+        "chunks": [digest(pieces) for pieces in chunks],
+    }
+    state = _open(call, uploads_path, manifest, headers)
+    for _ in range(_ROUNDS):
+        done = state["received_bytes"]
+        if progress is not None:
+            progress(done, size)
+        for index in state["missing"]:
+            pieces = chunks[index]
+            # Counted from what the service holds: a resent chunk restarts at its own start.
+            report = None if progress is None else _offset(progress, done, size)
+            call(
+                "PUT",
+                f"{uploads_path}{state['id']}/chunks/{index}/",
+                body=Chunks(pieces, report),
+                content_type=_OCTETS,
+                headers=headers,
+                resend=True,  # a chunk is idempotent: the same bytes at the same place
+            )
+            done += sum(piece.nbytes for piece in pieces)
+        try:
+            return call(
+                "POST",
+                f"{uploads_path}{state['id']}/complete/",
+                headers=headers,
+                resend=True,  # completing twice answers the same update
+            )
+        except APIError as exc:
+            if exc.status_code != 409 or not isinstance(exc.detail, dict):
+                raise
+            if "missing" not in exc.detail:
+                raise
+            # Chunks found damaged or lost (a server crash): send those again.
+            state = {**state, "missing": exc.detail["missing"]}
+            state["received_bytes"] = size - sum(
+                sum(p.nbytes for p in chunks[i]) for i in state["missing"]
+            )
+    raise TransportError(
+        f"upload {state['id']} still lacked chunks after {_ROUNDS} completions; "
+        "send the update again to resume it"
+    )
+
+
+def _open(
+    call: Call, uploads_path: str, manifest: dict[str, Any], headers: dict[str, str]
+) -> dict[str, Any]:
+    """Announce the upload (the same manifest finds the same open upload again)."""
+    response = call(
+        "POST",
+        uploads_path,
+        body=dumps_json(manifest),
+        content_type=_JSON,
+        headers=headers,
+        resend=True,
+    )
+    state: dict[str, Any] = response.json()
+    return state
+
+
+def _offset(progress: Progress, done: int, total: int) -> Progress:
+    def report(sent: int, _: int | None) -> None:
+        progress(done + sent, total)
+
+    return report

@@ -1,0 +1,150 @@
+"""Routes of resumable uploads: ``/api/v1/uploads/`` (the protocol: docs/UPLOADS.md).
+
+Only the federated client that opened an upload sees it: to anyone else it does not
+exist (404). A finished upload answers what ``POST /model_updates/`` answers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..exceptions import UnknownCodecError
+from ..resumable import RESUMABLE_HEADER
+from .auth import authenticate
+from .errors import detail
+from .httputil import JSONResponse, body_limit, drain, read_json, service
+from .shapes import update_json
+from .uploads import DIGEST, Manifest, parse_sizes
+
+__all__ = ["RESUMABLE_HEADER", "ROUTES", "UPLOADS_PATH"]
+
+#: Where uploads start; ``OPTIONS /model_updates/`` names it in :data:`RESUMABLE_HEADER`.
+UPLOADS_PATH = "/api/v1/uploads/"
+#: A manifest of the most chunks (4096 digests) is about 280 kB.
+_MANIFEST_BYTES = 1 << 20
+_UPDATE_FIELDS = ("federated_model", "base_aggregate", "num_examples")
+
+
+def _client(request: Request) -> str:
+    return authenticate(request, service(request).store).require_client()
+
+
+async def open_upload(request: Request) -> Response:
+    """POST /uploads/: a manifest; 201 a new upload, 200 the same one already open."""
+    svc = service(request)
+    client = await run_in_threadpool(_client, request)
+    body = await read_json(request, limit=_MANIFEST_BYTES)
+    kind = body.get("media_type")
+    try:
+        codec = svc.registry.for_media_type(kind) if isinstance(kind, str) else None
+    except UnknownCodecError:
+        codec = None
+    if codec is None or codec.json_native:
+        accepted = [i.codec.media_type for i in svc.registry if not i.codec.json_native]
+        raise detail(
+            415,
+            f"Resumable uploads carry a binary codec's body; media_type {str(kind)[:100]!r} is "
+            "not one this server decodes (JSON updates go to POST /api/v1/model_updates/).",
+            accepted=accepted,
+        )
+    fields = {name: body[name] for name in _UPDATE_FIELDS if name in body}
+    checked = await run_in_threadpool(lambda: svc.check_update(client, fields, json_body=False))
+    size, chunk_size, digests = parse_sizes(body, body_limit(request))
+    manifest = Manifest(checked, codec.name, size, chunk_size, digests)
+    upload, created = await run_in_threadpool(svc.uploads.open, client, manifest)
+    return JSONResponse(upload, status_code=201 if created else 200)
+
+
+def list_uploads(request: Request) -> Response:
+    """GET /uploads/: the client's open uploads."""
+    return JSONResponse(service(request).uploads.listing(_client(request)))
+
+
+def get_upload(request: Request) -> Response:
+    """GET /uploads/<id>/: an upload, with the chunks it still lacks."""
+    uploads = service(request).uploads
+    return JSONResponse(uploads.describe(_client(request), request.path_params["upload"]))
+
+
+def delete_upload(request: Request) -> Response:
+    """DELETE /uploads/<id>/: abandon an upload (its bytes are deleted)."""
+    service(request).uploads.abandon(_client(request), request.path_params["upload"])
+    return Response(status_code=204)
+
+
+async def put_chunk(request: Request) -> Response:
+    """PUT /uploads/<id>/chunks/<index>/: one chunk's bytes, checked against its digest.
+
+    Written in place as they arrive; recorded only once the whole chunk arrived and
+    its digest matched (else 422, and it stays missing).
+    """
+    svc = service(request)
+    client = await run_in_threadpool(_client, request)
+    upload_id, index = request.path_params["upload"], request.path_params["index"]
+    try:
+        offset, length, digest, path = await run_in_threadpool(
+            svc.uploads.chunk_target, client, upload_id, index
+        )
+        declared = request.headers.get("content-length")
+        if declared is None or not declared.isdigit():
+            raise detail(411, f"Chunk {index} needs a Content-Length of {length} bytes.")
+        if int(declared) != length:
+            raise detail(
+                400, f"Chunk {index} of upload {upload_id} is {length} bytes; got {declared}."
+            )
+    except BaseException:
+        await drain(request)
+        raise
+    hasher = blake3.blake3()
+    written = 0
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        async for piece in request.stream():
+            if written + len(piece) > length:  # more than declared: framing would stop it
+                raise detail(400, f"Chunk {index} is {length} bytes; more arrived.")
+            hasher.update(piece)
+            os.pwrite(fd, piece, offset + written)
+            written += len(piece)
+    finally:
+        os.close(fd)
+    got = hasher.hexdigest()
+    if written != length or got != digest:
+        raise detail(
+            422,
+            f"Chunk {index} of upload {upload_id}: expected {length} bytes with {DIGEST} "
+            f"{digest}, got {written} bytes with {DIGEST} {got}; send it again.",
+        )
+    await run_in_threadpool(svc.uploads.received, upload_id, index)
+    return Response(status_code=204)
+
+
+async def complete_upload(request: Request) -> Response:
+    """POST /uploads/<id>/complete/: check every chunk and store the update.
+
+    201 with the update, as ``POST /model_updates/`` answers it (200 when the upload
+    was completed before); 409 with the ``missing`` chunks; the 4xx of an update that
+    does not pass the server's checks (the upload is then deleted).
+    """
+    svc = service(request)
+    client = await run_in_threadpool(_client, request)
+    await drain(request)
+    row, created = await run_in_threadpool(
+        svc.uploads.complete, client, request.path_params["upload"], svc.add_binary_update
+    )
+    return JSONResponse(update_json(row), status_code=201 if created else 200)
+
+
+ROUTES = [
+    Route(UPLOADS_PATH, open_upload, methods=["POST"]),
+    Route(UPLOADS_PATH, list_uploads, methods=["GET"]),
+    Route(f"{UPLOADS_PATH}{{upload:str}}/", get_upload, methods=["GET"]),
+    Route(f"{UPLOADS_PATH}{{upload:str}}/", delete_upload, methods=["DELETE"]),
+    Route(f"{UPLOADS_PATH}{{upload:str}}/chunks/{{index:int}}/", put_chunk, methods=["PUT"]),
+    Route(f"{UPLOADS_PATH}{{upload:str}}/complete/", complete_upload, methods=["POST"]),
+]

@@ -1,0 +1,518 @@
+"""Resumable, content-addressed uploads of large binary updates (docs/UPLOADS.md).
+
+A client announces an update as a *manifest*: its update fields, codec, size, chunk
+size and the BLAKE3 digest of every chunk. The server answers with an upload id and the
+chunks it still needs: chunks whose digest it already holds for the model (from an
+earlier update that came this way) are copied from that update's blob, so an update
+that leaves most layers unchanged costs only its changed chunks. The client then PUTs
+each missing chunk, in any order, as often as it takes, and completes the upload; only
+then is the update decoded, checked, stored and counted, exactly as a single-request
+update is. A partial upload is never visible to anything but its own routes.
+
+Files: an upload's bytes are written in place into ``<data_dir>/uploads/<id>.part``
+(as long as the payload, holes until written). A chunk is acknowledged once written
+(not synced): completing re-reads every chunk and checks its digest, so a chunk lost
+in a crash, or overwritten by a broken retry, is found there and asked for again,
+and the blob is synced when it is committed, as every update's is.
+
+Upkeep: an upload expires :attr:`Uploads.expiry` seconds after its last chunk or its
+creation (24 h by default) and is then refused and deleted. The declared sizes of a
+client's open uploads count against :attr:`Uploads.quota`; a manifest that would pass
+it supersedes the same client's older uploads for the same model (a restarted client
+that trained again), and is refused if that is not enough.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+import orjson
+
+from ..resumable import MAX_CHUNK, MAX_CHUNKS, MIN_CHUNK
+from .blobs import BlobStore, BlobWriter
+from .errors import HTTPError, bad_request, detail, not_found
+from .locks import KeyedLocks
+from .store import Row, Store, now
+
+__all__ = [
+    "DEFAULT_EXPIRY",
+    "DEFAULT_UPLOAD_QUOTA",
+    "DIGEST",
+    "Manifest",
+    "Uploads",
+    "digest_of",
+]
+
+#: The chunk digest: BLAKE3 (256 bits, hex), about 4 GB/s a core here against
+#: SHA-256's 1.8 (hashlib with SHA-NI), and as collision-resistant for content addressing.
+DIGEST = "blake3"
+#: Seconds an upload lives after its last activity.
+DEFAULT_EXPIRY = 24 * 3600
+#: Most bytes one client's open uploads may declare in all (two of the largest updates).
+DEFAULT_UPLOAD_QUOTA = 32 << 30
+_HEX = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[0-9a-f]{32}")
+_SUFFIX = ".part"
+#: Bytes hashed per read when a chunk is checked against its digest.
+_VERIFY_SLICE = 8 << 20
+
+#: What the HTTP routes hand to :meth:`Uploads.complete` to store a finished payload:
+#: ``(fields, codec name, blob writer, idempotency key) -> (update row, created)``.
+AddUpdate = Callable[[dict[str, Any], str, BlobWriter, str | None], tuple[Row, bool]]
+
+
+def digest_of(data: Any) -> str:
+    """The hex BLAKE3 digest of a bytes-like object."""
+    return blake3.blake3(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An update announced for a resumable upload (see :func:`parse_manifest`).
+
+    Attributes:
+        fields: The update's fields as :meth:`~.service.Service.check_update` returns them.
+        codec: The name of the binary codec of its bytes.
+        size: Its size in bytes (at least 1).
+        chunk_size: The size of every chunk but the last.
+        digests: The hex BLAKE3 digest of each chunk, in order.
+    """
+
+    fields: dict[str, Any]
+    codec: str
+    size: int
+    chunk_size: int
+    digests: tuple[str, ...]
+
+    def span(self, index: int) -> tuple[int, int]:
+        """The offset and length of chunk ``index``."""
+        start = index * self.chunk_size
+        return start, min(self.chunk_size, self.size - start)
+
+    def key(self) -> str:
+        """What identifies the same update announced again (a resumed or restarted client)."""
+        identity = {
+            "fields": self.fields,
+            "codec": self.codec,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "digests": self.digests,
+        }
+        return digest_of(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS))
+
+
+def parse_sizes(body: Mapping[str, Any], max_bytes: int) -> tuple[int, int, tuple[str, ...]]:
+    """Check a manifest's ``size``, ``chunk_size`` and ``chunks``.
+
+    Raises:
+        HTTPError: 400 naming each bad field, 413 for a size over ``max_bytes``.
+    """
+    size, chunk_size, chunks = body.get("size"), body.get("chunk_size"), body.get("chunks")
+    if type(size) is not int or size < 1:
+        raise bad_request("size", f"Expected the payload's size in bytes (>= 1), got {size!r}.")
+    if size > max_bytes:
+        raise detail(
+            413,
+            f"The update is larger than this server accepts ({max_bytes} bytes; fma-connect "
+            f"serve --max-body-bytes): its manifest declares {size} bytes.",
+        )
+    if type(chunk_size) is not int or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        raise bad_request(
+            "chunk_size",
+            f"Expected an integer from {MIN_CHUNK} to {MAX_CHUNK}, got {chunk_size!r}.",
+        )
+    count = math.ceil(size / chunk_size)
+    if count > MAX_CHUNKS:
+        raise bad_request(
+            "chunk_size",
+            f"{size} bytes in chunks of {chunk_size} make {count} chunks; at most "
+            f"{MAX_CHUNKS} are taken: choose chunks of at least {math.ceil(size / MAX_CHUNKS)}.",
+        )
+    if not isinstance(chunks, list) or len(chunks) != count:
+        got = f"{len(chunks)} items" if isinstance(chunks, list) else repr(chunks)[:80]
+        raise bad_request(
+            "chunks",
+            f"Expected a list of the {count} chunks' {DIGEST} digests (64 hex digits each), "
+            f"got {got}.",
+        )
+    bad = next((i for i, d in enumerate(chunks) if not _is_digest(d)), None)
+    if bad is not None:
+        raise bad_request(
+            "chunks",
+            f"Expected 64 lowercase hex digits for chunk {bad}, got {str(chunks[bad])[:80]!r}.",
+        )
+    return size, chunk_size, tuple(chunks)
+
+
+class Uploads:
+    """The open uploads of a server, their files and the index of known chunks.
+
+    Args:
+        store: The server's database (the ``uploads``, ``upload_chunks`` and
+            ``chunk_index`` tables).
+        blobs: Its blob store (finished uploads become blobs; known chunks are read
+            from blobs).
+        data_dir: Where ``uploads/`` lives.
+        expiry: Seconds an upload lives after its last activity.
+        quota: Most bytes a client's open uploads may declare in all.
+    """
+
+    def __init__(
+        self, store: Store, blobs: BlobStore, data_dir: Path, *, expiry: float, quota: int
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.directory = data_dir / "uploads"
+        self.directory.mkdir(exist_ok=True)
+        self.expiry = expiry
+        self.quota = quota
+        # Completing an upload and writing into it are one at a time per upload.
+        self._locks = KeyedLocks()
+
+    # -- opening ---------------------------------------------------------------------
+
+    def open(self, client: str, manifest: Manifest) -> tuple[Row, bool]:
+        """Start an upload of ``manifest`` for ``client``, or find the same one open.
+
+        Returns:
+            The upload (as :meth:`describe` gives it) and whether it is new.
+
+        Raises:
+            HTTPError: 409 when the client's open uploads leave no room for it.
+        """
+        self.expire()
+        identity = manifest.key()
+        found = self.store.one(
+            "SELECT id FROM uploads WHERE client = ? AND manifest = ? AND update_id IS NULL",
+            (client, identity),
+        )
+        if found is not None:
+            self._touch(found["id"])
+            return self.describe(client, found["id"]), False
+        self._make_room(client, manifest)
+        upload_id = secrets.token_hex(16)
+        path = self._path(upload_id)
+        with open(path, "xb") as file:
+            file.truncate(manifest.size)  # holes until written: no disk used yet
+        try:
+            with self.store.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO uploads (id, federated_model, client, fields, codec, size, "
+                    "chunk_size, chunks, manifest, idempotency_key, created_on, expires) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        upload_id,
+                        manifest.fields["federated_model"],
+                        client,
+                        orjson.dumps(manifest.fields).decode(),
+                        manifest.codec,
+                        manifest.size,
+                        manifest.chunk_size,
+                        orjson.dumps(manifest.digests).decode(),
+                        identity,
+                        f"upload-{upload_id}",
+                        now(),
+                        time.time() + self.expiry,
+                    ),
+                )
+            self._copy_known(upload_id, manifest)
+        except BaseException:
+            self._delete(upload_id)
+            raise
+        return self.describe(client, upload_id), True
+
+    def _make_room(self, client: str, manifest: Manifest) -> None:
+        """Supersede the client's older uploads for the model while the quota needs it."""
+        model_id = manifest.fields["federated_model"]
+        rows = self.store.all(
+            "SELECT id, federated_model, size FROM uploads WHERE client = ? "
+            "AND update_id IS NULL ORDER BY expires",
+            (client,),
+        )
+        held = sum(row["size"] for row in rows)
+        for row in rows:
+            if held + manifest.size <= self.quota:
+                break
+            if row["federated_model"] == model_id:
+                self._delete(row["id"])
+                held -= row["size"]
+        if held + manifest.size > self.quota:
+            raise detail(
+                409,
+                f"Client {client}'s open uploads declare {held} bytes; this one's {manifest.size} "
+                f"would pass the {self.quota}-byte quota (fma-connect serve --upload-quota). "
+                "Complete or DELETE an open upload (GET /api/v1/uploads/ lists them), or wait "
+                "for it to expire.",
+                uploads=[row["id"] for row in rows],
+            )
+
+    def _copy_known(self, upload_id: str, manifest: Manifest) -> None:
+        """Fill the chunks whose digests the model's earlier blobs hold; record them."""
+        wanted = sorted(set(manifest.digests))
+        known: dict[str, Row] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's bound on parameters
+            part = wanted[start : start + 500]
+            rows = self.store.all(
+                "SELECT c.digest, c.offset, c.length, b.filename FROM chunk_index c "
+                "JOIN blobs b ON b.id = c.blob WHERE c.federated_model = ? AND c.digest IN "
+                f"({', '.join('?' * len(part))})",
+                (manifest.fields["federated_model"], *part),
+            )
+            known.update((row["digest"], row) for row in rows)
+        if not known:
+            return
+        copied = []
+        fd = os.open(self._path(upload_id), os.O_WRONLY)
+        try:
+            for index, digest in enumerate(manifest.digests):
+                source = known.get(digest)
+                offset, length = manifest.span(index)
+                if source is None or source["length"] != length:
+                    continue
+                data = self._read_blob(source["filename"], source["offset"], length)
+                if data is None or digest_of(data) != digest:
+                    continue  # the blob is gone or not what was indexed: sent again
+                os.pwrite(fd, data, offset)
+                copied.append(index)
+        finally:
+            os.close(fd)
+        with self.store.transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO upload_chunks (upload, idx) VALUES (?, ?)",
+                [(upload_id, index) for index in copied],
+            )
+
+    def _read_blob(self, filename: str, offset: int, length: int) -> bytes | None:
+        try:
+            with open(self.blobs.path(filename), "rb") as file:
+                data = os.pread(file.fileno(), length, offset)
+        except (OSError, ValueError):
+            return None
+        return data if len(data) == length else None
+
+    # -- state -------------------------------------------------------------------------
+
+    def row(self, client: str, upload_id: str) -> Row:
+        """The client's upload ``upload_id``.
+
+        Raises:
+            HTTPError: 404 when there is no such upload of this client (or it expired).
+        """
+        row = None
+        if _ID.fullmatch(upload_id):
+            row = self.store.one("SELECT * FROM uploads WHERE id = ?", (upload_id,))
+        if row is None or row["client"] != client:
+            raise not_found(f"No upload {upload_id} of this client (it may have expired).")
+        if row["update_id"] is None and row["expires"] < time.time():
+            self._delete(upload_id)
+            raise not_found(f"Upload {upload_id} expired; start it again.")
+        return row
+
+    def missing(self, row: Row) -> list[int]:
+        """The indices of the chunks of ``row`` not received yet."""
+        have = {
+            r["idx"]
+            for r in self.store.all("SELECT idx FROM upload_chunks WHERE upload = ?", (row["id"],))
+        }
+        return [i for i in range(len(orjson.loads(row["chunks"]))) if i not in have]
+
+    def describe(self, client: str, upload_id: str) -> dict[str, Any]:
+        """An upload as the routes answer it."""
+        row = self.row(client, upload_id)
+        missing = self.missing(row) if row["update_id"] is None else []
+        manifest = _manifest(row)
+        return {
+            "id": row["id"],
+            "federated_model": row["federated_model"],
+            "size": row["size"],
+            "chunk_size": row["chunk_size"],
+            "missing": missing,
+            "received_bytes": row["size"] - sum(manifest.span(i)[1] for i in missing),
+            "expires_at": _iso(row["expires"]),
+            "update": row["update_id"],
+        }
+
+    def listing(self, client: str) -> list[dict[str, Any]]:
+        """The client's open uploads."""
+        self.expire()
+        rows = self.store.all(
+            "SELECT id FROM uploads WHERE client = ? AND update_id IS NULL ORDER BY expires",
+            (client,),
+        )
+        return [self.describe(client, row["id"]) for row in rows]
+
+    # -- chunks ------------------------------------------------------------------------
+
+    def chunk_target(self, client: str, upload_id: str, index: int) -> tuple[int, int, str, Path]:
+        """Where chunk ``index`` of an open upload goes: ``(offset, length, digest, path)``.
+
+        Raises:
+            HTTPError: 404 (no such upload, or no such chunk), 409 (completed already).
+        """
+        row = self.row(client, upload_id)
+        if row["update_id"] is not None:
+            raise detail(409, f"Upload {upload_id} is complete (update {row['update_id']}).")
+        manifest = _manifest(row)
+        if not 0 <= index < len(manifest.digests):
+            raise not_found(
+                f"Upload {upload_id} has chunks 0 to {len(manifest.digests) - 1}, not {index}."
+            )
+        offset, length = manifest.span(index)
+        return offset, length, manifest.digests[index], self._path(upload_id)
+
+    def received(self, upload_id: str, index: int) -> None:
+        """Record that chunk ``index`` arrived whole with its digest."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO upload_chunks (upload, idx) VALUES (?, ?)",
+                (upload_id, index),
+            )
+        self._touch(upload_id)
+
+    # -- completing --------------------------------------------------------------------
+
+    def complete(self, client: str, upload_id: str, add: AddUpdate) -> tuple[Row, bool]:
+        """Check every chunk, then store the payload as an update through ``add``.
+
+        Returns:
+            The update row and whether it is new (False: completed before).
+
+        Raises:
+            HTTPError: 409 with the chunks still missing (or found damaged), any error
+                of ``add`` (the upload is then deleted: its bytes are final).
+        """
+        with self._locks.hold(upload_id):
+            row = self.row(client, upload_id)
+            stored = self.store.update_by_key(client, row["idempotency_key"])
+            if stored is not None:  # completed before (perhaps cut off before the answer)
+                return stored, False
+            manifest = _manifest(row)
+            missing = self.missing(row)
+            if not missing:
+                missing = self._damaged(upload_id, manifest)
+            if missing:
+                raise detail(
+                    409,
+                    f"Upload {upload_id} lacks {len(missing)} of its {len(manifest.digests)} "
+                    "chunks: PUT them, then complete it again.",
+                    missing=missing,
+                )
+            writer = self.blobs.adopt(self._path(upload_id))
+            try:
+                key = row["idempotency_key"]
+                update, created = add(manifest.fields, manifest.codec, writer, key)
+            except HTTPError:
+                writer.discard()
+                self._delete(upload_id)
+                raise
+            finally:
+                writer.discard()  # no-op once committed
+            self._finish(upload_id, update, manifest)
+            return update, created
+
+    def _damaged(self, upload_id: str, manifest: Manifest) -> list[int]:
+        """The chunks whose bytes on disk do not match their digests (forgotten, to resend)."""
+        damaged = []
+        with open(self._path(upload_id), "rb") as file:
+            view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                for index, digest in enumerate(manifest.digests):
+                    offset, length = manifest.span(index)
+                    hasher = blake3.blake3()
+                    for start in range(offset, offset + length, _VERIFY_SLICE):
+                        hasher.update(view[start : min(start + _VERIFY_SLICE, offset + length)])
+                    if hasher.hexdigest() != digest:
+                        damaged.append(index)
+            finally:
+                view.close()
+        if damaged:
+            with self.store.transaction() as conn:
+                conn.executemany(
+                    "DELETE FROM upload_chunks WHERE upload = ? AND idx = ?",
+                    [(upload_id, index) for index in damaged],
+                )
+        return damaged
+
+    def _finish(self, upload_id: str, update: Row, manifest: Manifest) -> None:
+        """Mark the upload done and index the new blob's chunks for later uploads."""
+        blob = self.store.one("SELECT blob FROM updates WHERE id = ?", (update["id"],))
+        model_id = manifest.fields["federated_model"]
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET update_id = ?, expires = ? WHERE id = ?",
+                (update["id"], time.time() + self.expiry, upload_id),
+            )
+            conn.execute("DELETE FROM upload_chunks WHERE upload = ?", (upload_id,))
+            if blob is not None:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO chunk_index (federated_model, digest, blob, offset, "
+                    "length) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (model_id, digest, blob["blob"], *manifest.span(i))
+                        for i, digest in enumerate(manifest.digests)
+                    ],
+                )
+        self._path(upload_id).unlink(missing_ok=True)
+
+    # -- upkeep ------------------------------------------------------------------------
+
+    def abandon(self, client: str, upload_id: str) -> None:
+        """Delete an upload of ``client`` (open or complete) and its file."""
+        self.row(client, upload_id)
+        self._delete(upload_id)
+
+    def expire(self) -> int:
+        """Delete expired uploads and files no upload owns; return how many went."""
+        rows = self.store.all("SELECT id FROM uploads WHERE expires < ?", (time.time(),))
+        for row in rows:
+            self._delete(row["id"])
+        owned = {r["id"] for r in self.store.all("SELECT id FROM uploads WHERE update_id IS NULL")}
+        strays = 0
+        for entry in self.directory.iterdir():
+            if entry.name.removesuffix(_SUFFIX) not in owned:
+                entry.unlink(missing_ok=True)
+                strays += 1
+        return len(rows) + strays
+
+    def _delete(self, upload_id: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        self._path(upload_id).unlink(missing_ok=True)
+
+    def _touch(self, upload_id: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET expires = ? WHERE id = ? AND update_id IS NULL",
+                (time.time() + self.expiry, upload_id),
+            )
+
+    def _path(self, upload_id: str) -> Path:
+        return self.directory / f"{upload_id}{_SUFFIX}"
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and _HEX.fullmatch(value) is not None
+
+
+def _manifest(row: Row) -> Manifest:
+    return Manifest(
+        fields=orjson.loads(row["fields"]),
+        codec=row["codec"],
+        size=row["size"],
+        chunk_size=row["chunk_size"],
+        digests=tuple(orjson.loads(row["chunks"])),
+    )
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
