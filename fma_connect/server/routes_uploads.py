@@ -81,8 +81,9 @@ def delete_upload(request: Request) -> Response:
 async def put_chunk(request: Request) -> Response:
     """PUT /uploads/<id>/chunks/<index>/: one chunk's bytes, checked against its digest.
 
-    Written in place as they arrive; recorded only once the whole chunk arrived and
-    its digest matched (else 422, and it stays missing).
+    Written in place as they arrive; a newer request for the same chunk takes over from
+    an older one still arriving (which then gets 409). Recorded only once the whole
+    chunk arrived and its digest matched (else 422, and it is missing until sent again).
     """
     svc = service(request)
     client = await run_in_threadpool(_client, request)
@@ -101,26 +102,39 @@ async def put_chunk(request: Request) -> Response:
     except BaseException:
         await drain(request)
         raise
+    uploads = svc.uploads
+    # Claimed, checked and written in this thread (the event loop) with no await between
+    # a check and its write: a newer request's bytes never mix with an older one's.
+    claim = uploads.writing(upload_id, index)
     hasher = blake3.blake3()
-    written = 0
-    fd = os.open(path, os.O_WRONLY)
+    written, whole = 0, False
     try:
-        async for piece in request.stream():
-            if written + len(piece) > length:  # more than declared: framing would stop it
-                raise detail(400, f"Chunk {index} is {length} bytes; more arrived.")
-            hasher.update(piece)
-            os.pwrite(fd, piece, offset + written)
-            written += len(piece)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:  # deleted since it was looked up (abandoned, superseded)
+            await drain(request)
+            raise detail(404, f"Upload {upload_id} no longer exists; start it again.") from None
+        try:
+            async for piece in request.stream():
+                if not uploads.owns(upload_id, index, claim):
+                    raise detail(409, f"Chunk {index} came again in a newer request.")
+                if written + len(piece) > length:  # more than declared: framing stops it
+                    raise detail(400, f"Chunk {index} is {length} bytes; more arrived.")
+                hasher.update(piece)
+                os.pwrite(fd, piece, offset + written)
+                written += len(piece)
+        finally:
+            os.close(fd)
+        got = hasher.hexdigest()
+        if written != length or got != digest:
+            raise detail(
+                422,
+                f"Chunk {index} of upload {upload_id}: expected {length} bytes with {DIGEST} "
+                f"{digest}, got {written} bytes with {DIGEST} {got}; send it again.",
+            )
+        whole = True
     finally:
-        os.close(fd)
-    got = hasher.hexdigest()
-    if written != length or got != digest:
-        raise detail(
-            422,
-            f"Chunk {index} of upload {upload_id}: expected {length} bytes with {DIGEST} "
-            f"{digest}, got {written} bytes with {DIGEST} {got}; send it again.",
-        )
-    await run_in_threadpool(svc.uploads.received, upload_id, index)
+        await run_in_threadpool(uploads.done, upload_id, index, claim, written, whole)
     return Response(status_code=204)
 
 

@@ -109,7 +109,7 @@ class Service:
             self.uploads = Uploads(
                 self.store, self.blobs, data_dir, expiry=upload_expiry, quota=upload_quota
             )
-            self.uploads.expire()
+            self.uploads.sweep()
         except BaseException:
             self._dir_lock.release()
             raise
@@ -225,8 +225,9 @@ class Service:
         self.store.update_model(model_id, fields, clients)
 
     def delete_model(self, model_id: int) -> None:
-        """Delete a model, its updates, aggregates, artifacts, scores and blobs."""
+        """Delete a model, its updates, aggregates, artifacts, scores, uploads and blobs."""
         self.model(model_id)
+        self.uploads.abandon_model(model_id)
         self.blobs.delete(self.store.delete_model(model_id))
         self._structures.pop(model_id, None)
 

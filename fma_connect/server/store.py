@@ -123,6 +123,7 @@ CREATE INDEX IF NOT EXISTS uploads_client ON uploads (client, manifest);
 CREATE TABLE IF NOT EXISTS upload_chunks (
     upload TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL,
+    boot TEXT,
     PRIMARY KEY (upload, idx)
 );
 CREATE TABLE IF NOT EXISTS chunk_index (
@@ -226,6 +227,9 @@ class Store:
             ):
                 self._conn.execute(f"ALTER TABLE models ADD COLUMN {column}")
             self._conn.execute("ALTER TABLE aggregates ADD COLUMN step_blob INTEGER")
+        columns = {row["name"] for row in self.all("PRAGMA table_info(upload_chunks)")}
+        if "boot" not in columns:  # the first resumable uploads: every chunk is checked
+            self._conn.execute("ALTER TABLE upload_chunks ADD COLUMN boot TEXT")
 
     def close(self) -> None:
         """Close the connection."""

@@ -10,10 +10,13 @@ then is the update decoded, checked, stored and counted, exactly as a single-req
 update is. A partial upload is never visible to anything but its own routes.
 
 Files: an upload's bytes are written in place into ``<data_dir>/uploads/<id>.part``
-(as long as the payload, holes until written). A chunk is acknowledged once written
-(not synced): completing re-reads every chunk and checks its digest, so a chunk lost
-in a crash, or overwritten by a broken retry, is found there and asked for again,
-and the blob is synced when it is committed, as every update's is.
+(as long as the payload, holes until written); one request at a time writes a chunk
+(a newer one takes over from an older). A chunk is acknowledged once written and its
+digest checked, not synced: the file is synced in the background as it grows (every
+:data:`SYNC_EVERY` bytes, as a blob being written is), and for good when it is
+committed. A chunk that arrived before the server last started may have been lost with
+the machine's page cache, so completing re-reads those chunks and checks their digests
+again, and asks for any that no longer match.
 
 Upkeep: an upload expires :attr:`Uploads.expiry` seconds after its last chunk or its
 creation (24 h by default) and is then refused and deleted. The declared sizes of a
@@ -29,6 +32,7 @@ import mmap
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +43,7 @@ import blake3
 import orjson
 
 from ..resumable import MAX_CHUNK, MAX_CHUNKS, MIN_CHUNK
-from .blobs import BlobStore, BlobWriter
+from .blobs import SYNC_EVERY, BlobStore, BlobWriter
 from .errors import HTTPError, bad_request, detail, not_found
 from .locks import KeyedLocks
 from .store import Row, Store, now
@@ -176,8 +180,14 @@ class Uploads:
         self.directory.mkdir(exist_ok=True)
         self.expiry = expiry
         self.quota = quota
-        # Completing an upload and writing into it are one at a time per upload.
-        self._locks = KeyedLocks()
+        #: Names this run of the server: chunks recorded under another were received by
+        #: an earlier run, and are checked again at completion (see the module notes).
+        self.boot = secrets.token_hex(8)
+        self._locks = KeyedLocks()  # completing an upload: one at a time
+        self._writing: dict[tuple[str, int], object] = {}  # chunk -> the claim writing it
+        self._unsynced: dict[str, int] = {}  # bytes written since an upload's last sync
+        self._syncing: dict[str, threading.Thread] = {}
+        self._guard = threading.Lock()
 
     # -- opening ---------------------------------------------------------------------
 
@@ -201,9 +211,6 @@ class Uploads:
             return self.describe(client, found["id"]), False
         self._make_room(client, manifest)
         upload_id = secrets.token_hex(16)
-        path = self._path(upload_id)
-        with open(path, "xb") as file:
-            file.truncate(manifest.size)  # holes until written: no disk used yet
         try:
             with self.store.transaction() as conn:
                 conn.execute(
@@ -225,6 +232,9 @@ class Uploads:
                         time.time() + self.expiry,
                     ),
                 )
+            # The row first: a file is never without its row (see sweep).
+            with open(self._path(upload_id), "xb") as file:
+                file.truncate(manifest.size)  # holes until written: no disk used yet
             self._copy_known(upload_id, manifest)
         except BaseException:
             self._delete(upload_id)
@@ -288,8 +298,8 @@ class Uploads:
             os.close(fd)
         with self.store.transaction() as conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO upload_chunks (upload, idx) VALUES (?, ?)",
-                [(upload_id, index) for index in copied],
+                "INSERT OR IGNORE INTO upload_chunks (upload, idx, boot) VALUES (?, ?, ?)",
+                [(upload_id, index, self.boot) for index in copied],
             )
 
     def _read_blob(self, filename: str, offset: int, length: int) -> bytes | None:
@@ -370,14 +380,69 @@ class Uploads:
         offset, length = manifest.span(index)
         return offset, length, manifest.digests[index], self._path(upload_id)
 
-    def received(self, upload_id: str, index: int) -> None:
-        """Record that chunk ``index`` arrived whole with its digest."""
+    def writing(self, upload_id: str, index: int) -> object:
+        """Claim chunk ``index`` for one request's bytes; return the claim.
+
+        A newer request for the same chunk (a client resending after a connection it
+        thinks broken, while the server still reads the old one) takes the claim over:
+        the older one stops at its next piece (:meth:`owns`), and only the newer one's
+        bytes and answer count.
+        """
+        claim = object()
+        with self._guard:
+            self._writing[(upload_id, index)] = claim
+        return claim
+
+    def owns(self, upload_id: str, index: int, claim: object) -> bool:
+        """Whether ``claim`` is still the one writing chunk ``index``."""
+        with self._guard:
+            return self._writing.get((upload_id, index)) is claim
+
+    def done(self, upload_id: str, index: int, claim: object, nbytes: int, whole: bool) -> None:
+        """End a claim after ``nbytes`` of the chunk were written: record the chunk if it
+        came ``whole`` (every byte, its digest matched), else forget it (its bytes may be
+        overwritten in part); nothing, if a newer request took the claim over."""
+        with self._guard:
+            if self._writing.get((upload_id, index)) is not claim:
+                return
         with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO upload_chunks (upload, idx) VALUES (?, ?)",
-                (upload_id, index),
-            )
-        self._touch(upload_id)
+            if whole:
+                conn.execute(
+                    "INSERT OR REPLACE INTO upload_chunks (upload, idx, boot) VALUES (?, ?, ?)",
+                    (upload_id, index, self.boot),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM upload_chunks WHERE upload = ? AND idx = ?", (upload_id, index)
+                )
+        with self._guard:
+            if self._writing.get((upload_id, index)) is claim:
+                del self._writing[(upload_id, index)]
+            self._unsynced[upload_id] = self._unsynced.get(upload_id, 0) + nbytes
+            running = self._syncing.get(upload_id)
+            if self._unsynced[upload_id] >= SYNC_EVERY and not (running and running.is_alive()):
+                self._unsynced[upload_id] = 0
+                thread = threading.Thread(
+                    target=self._sync, args=(upload_id,), name="fma-upload-sync", daemon=True
+                )
+                self._syncing[upload_id] = thread
+                thread.start()
+        if whole:
+            self._touch(upload_id)
+
+    def _sync(self, upload_id: str) -> None:
+        """Let the disk write an upload's file while the next chunks arrive (best effort:
+        the commit's sync is the one that counts)."""
+        try:
+            fd = os.open(self._path(upload_id), os.O_WRONLY)
+        except OSError:
+            return  # completed or deleted meanwhile
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            pass  # reported, if it lasts, by the commit's own sync
+        finally:
+            os.close(fd)
 
     # -- completing --------------------------------------------------------------------
 
@@ -400,6 +465,11 @@ class Uploads:
             missing = self.missing(row)
             if not missing:
                 missing = self._damaged(upload_id, manifest)
+            with self._guard:
+                syncing = self._syncing.pop(upload_id, None)
+                self._unsynced.pop(upload_id, None)
+            if syncing is not None:
+                syncing.join()  # it holds the file open
             if missing:
                 raise detail(
                     409,
@@ -421,12 +491,23 @@ class Uploads:
             return update, created
 
     def _damaged(self, upload_id: str, manifest: Manifest) -> list[int]:
-        """The chunks whose bytes on disk do not match their digests (forgotten, to resend)."""
+        """The chunks an earlier run of the server received whose bytes on disk no longer
+        match their digests (forgotten here, to be sent again)."""
+        earlier = [
+            row["idx"]
+            for row in self.store.all(
+                "SELECT idx FROM upload_chunks WHERE upload = ? AND boot IS NOT ?",
+                (upload_id, self.boot),
+            )
+        ]
+        if not earlier:
+            return []
         damaged = []
         with open(self._path(upload_id), "rb") as file:
             view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
             try:
-                for index, digest in enumerate(manifest.digests):
+                for index in earlier:
+                    digest = manifest.digests[index]
                     offset, length = manifest.span(index)
                     hasher = blake3.blake3()
                     for start in range(offset, offset + length, _VERIFY_SLICE):
@@ -471,18 +552,28 @@ class Uploads:
         self.row(client, upload_id)
         self._delete(upload_id)
 
+    def abandon_model(self, model_id: int) -> None:
+        """Delete every upload of a model (being deleted) and its file."""
+        for row in self.store.all("SELECT id FROM uploads WHERE federated_model = ?", (model_id,)):
+            self._delete(row["id"])
+
     def expire(self) -> int:
-        """Delete expired uploads and files no upload owns; return how many went."""
+        """Delete expired uploads; return how many went."""
         rows = self.store.all("SELECT id FROM uploads WHERE expires < ?", (time.time(),))
         for row in rows:
             self._delete(row["id"])
+        return len(rows)
+
+    def sweep(self) -> int:
+        """Delete expired uploads and files no open upload owns (left by a crash, or by
+        a deleted model); return how many went. Call only at start-up."""
+        gone = self.expire()
         owned = {r["id"] for r in self.store.all("SELECT id FROM uploads WHERE update_id IS NULL")}
-        strays = 0
         for entry in self.directory.iterdir():
             if entry.name.removesuffix(_SUFFIX) not in owned:
                 entry.unlink(missing_ok=True)
-                strays += 1
-        return len(rows) + strays
+                gone += 1
+        return gone
 
     def _delete(self, upload_id: str) -> None:
         with self.store.transaction() as conn:

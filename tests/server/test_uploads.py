@@ -7,6 +7,7 @@ edges and with WebClient for what a user sees.
 from __future__ import annotations
 
 import itertools
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -213,22 +214,58 @@ def test_an_upload_that_does_not_decode_is_refused_and_forgotten(
     assert admin.list_updates(model_id) == []
 
 
-def test_a_chunk_damaged_on_disk_is_found_at_completion_and_asked_for_again(
-    server: RunningServer, model_id: int, data_dir: Path
+def test_a_chunk_damaged_before_a_restart_is_found_at_completion_and_asked_for_again(
+    data_dir: Path,
+) -> None:
+    from fma_connect.server.testing import running_server
+
+    body = _payload(6)
+    pieces = _chunks(body)
+    with running_server(data_dir) as server:
+        admin = AdminClient(server.url, server.admin_token, retries=0)
+        model = admin.create_model("restart", requirement="require_x_updates", requirement_args=[9])
+        client = _client(server, model["id"])
+        upload = Upload(server, client.uuid).open(_manifest(model["id"], body)).json()["id"]
+        for index, piece in enumerate(pieces):
+            assert Upload(server, client.uuid).put(upload, index, piece).status_code == 204
+    # What a crash of the machine can do to bytes acknowledged but not yet synced:
+    with open(data_dir / "uploads" / f"{upload}.part", "r+b") as part:
+        part.seek(CHUNK + 10)
+        part.write(b"\xff")
+    with running_server(data_dir) as server:
+        protocol = Upload(server, client.uuid)
+        answer = protocol.complete(upload)
+        assert answer.status_code == 409 and answer.json()["missing"] == [1]
+        assert protocol.put(upload, 1, pieces[1]).status_code == 204
+        done = protocol.complete(upload)
+        assert done.status_code == 201
+        assert _stored(server, client, done.json()) == body
+
+
+def test_a_newer_request_for_a_chunk_takes_over_from_one_still_arriving(
+    server: RunningServer, model_id: int
 ) -> None:
     client = _client(server, model_id)
-    body = _payload(6)
+    body = _payload(11)
     pieces = _chunks(body)
     protocol = Upload(server, client.uuid)
     upload = protocol.open(_manifest(model_id, body)).json()["id"]
-    for index, piece in enumerate(pieces):
+    host, port = server.url.removeprefix("http://").split(":")
+    # The old request: its head and half its bytes, then silence (a link gone quiet).
+    old = socket.create_connection((host, int(port)), timeout=30)
+    head = (
+        f"PUT {UPLOADS}{upload}/chunks/0/ HTTP/1.1\r\nHost: {host}\r\n"
+        f"CLIENT-UUID: {client.uuid}\r\nContent-Length: {len(pieces[0])}\r\n\r\n"
+    )
+    old.sendall(head.encode() + bytes(CHUNK // 2))  # zeros: not the chunk's bytes
+    time.sleep(0.2)  # let the server start writing them
+    assert protocol.put(upload, 0, pieces[0]).status_code == 204
+    old.sendall(bytes(CHUNK - CHUNK // 2))
+    answer = old.recv(1 << 16).decode("latin1")
+    old.close()
+    assert answer.startswith("HTTP/1.1 409"), answer[:200]
+    for index, piece in enumerate(pieces[1:], start=1):
         protocol.put(upload, index, piece)
-    with open(data_dir / "uploads" / f"{upload}.part", "r+b") as part:  # as a crash would
-        part.seek(CHUNK + 10)
-        part.write(b"\xff")
-    answer = protocol.complete(upload)
-    assert answer.status_code == 409 and answer.json()["missing"] == [1]
-    protocol.put(upload, 1, pieces[1])
     done = protocol.complete(upload)
     assert done.status_code == 201
     assert _stored(server, client, done.json()) == body
@@ -314,3 +351,15 @@ def test_a_clients_open_uploads_count_against_its_quota(data_dir: Path) -> None:
         newer = protocol.open(_manifest(models[0]["id"], _payload(10)))
         assert newer.status_code == 201
         assert protocol.get(ids[0]).status_code == 404 and protocol.get(ids[1]).status_code == 200
+
+
+def test_deleting_a_model_deletes_its_uploads(
+    server: RunningServer, model_id: int, admin: AdminClient, data_dir: Path
+) -> None:
+    client = _client(server, model_id)
+    protocol = Upload(server, client.uuid)
+    upload = protocol.open(_manifest(model_id, _payload(12))).json()["id"]
+    assert (data_dir / "uploads" / f"{upload}.part").exists()
+    admin.delete_model(model_id)
+    assert not any((data_dir / "uploads").iterdir())
+    assert protocol.get(upload).status_code == 404
