@@ -103,9 +103,7 @@ async def put_chunk(request: Request) -> Response:
         await drain(request)
         raise
     uploads = svc.uploads
-    # Claimed, checked and written in this thread (the event loop) with no await between
-    # a check and its write: a newer request's bytes never mix with an older one's.
-    claim = uploads.writing(upload_id, index)
+    claim = uploads.writing(upload_id, index)  # each piece is written only while it holds
     hasher = blake3.blake3()
     written, whole = 0, False
     try:
@@ -116,12 +114,13 @@ async def put_chunk(request: Request) -> Response:
             raise detail(404, f"Upload {upload_id} no longer exists; start it again.") from None
         try:
             async for piece in request.stream():
-                if not uploads.owns(upload_id, index, claim):
-                    raise detail(409, f"Chunk {index} came again in a newer request.")
                 if written + len(piece) > length:  # more than declared: framing stops it
                     raise detail(400, f"Chunk {index} is {length} bytes; more arrived.")
+                if not uploads.write(claim, upload_id, index, fd, piece, offset + written):
+                    raise detail(
+                        409, f"Chunk {index} came again in a newer request, or is being completed."
+                    )
                 hasher.update(piece)
-                os.pwrite(fd, piece, offset + written)
                 written += len(piece)
         finally:
             os.close(fd)

@@ -185,6 +185,7 @@ class Uploads:
         self.boot = secrets.token_hex(8)
         self._locks = KeyedLocks()  # completing an upload: one at a time
         self._writing: dict[tuple[str, int], object] = {}  # chunk -> the claim writing it
+        self._completing: set[str] = set()
         self._unsynced: dict[str, int] = {}  # bytes written since an upload's last sync
         self._syncing: dict[str, threading.Thread] = {}
         self._guard = threading.Lock()
@@ -385,18 +386,28 @@ class Uploads:
 
         A newer request for the same chunk (a client resending after a connection it
         thinks broken, while the server still reads the old one) takes the claim over:
-        the older one stops at its next piece (:meth:`owns`), and only the newer one's
+        the older one stops at its next piece (:meth:`write`), and only the newer one's
         bytes and answer count.
+
+        Raises:
+            HTTPError: 409 while the upload is being completed.
         """
         claim = object()
         with self._guard:
+            if upload_id in self._completing:
+                raise detail(409, f"Upload {upload_id} is being completed.")
             self._writing[(upload_id, index)] = claim
         return claim
 
-    def owns(self, upload_id: str, index: int, claim: object) -> bool:
-        """Whether ``claim`` is still the one writing chunk ``index``."""
+    def write(self, claim: object, upload_id: str, index: int, fd: int, data: Any, at: int) -> bool:
+        """Write ``data`` at offset ``at`` of the upload's file if ``claim`` still owns the
+        chunk; return whether it did. The check and the write are one step under the
+        lock a completion takes: no byte lands once the completion has begun."""
         with self._guard:
-            return self._writing.get((upload_id, index)) is claim
+            if self._writing.get((upload_id, index)) is not claim:
+                return False
+            os.pwrite(fd, data, at)
+            return True
 
     def done(self, upload_id: str, index: int, claim: object, nbytes: int, whole: bool) -> None:
         """End a claim after ``nbytes`` of the chunk were written: record the chunk if it
@@ -406,10 +417,11 @@ class Uploads:
             if self._writing.get((upload_id, index)) is not claim:
                 return
         with self.store.transaction() as conn:
-            if whole:
+            if whole:  # unless the upload went meanwhile (abandoned, superseded)
                 conn.execute(
-                    "INSERT OR REPLACE INTO upload_chunks (upload, idx, boot) VALUES (?, ?, ?)",
-                    (upload_id, index, self.boot),
+                    "INSERT OR REPLACE INTO upload_chunks (upload, idx, boot) "
+                    "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM uploads WHERE id = ?)",
+                    (upload_id, index, self.boot, upload_id),
                 )
             else:
                 conn.execute(
@@ -462,37 +474,53 @@ class Uploads:
             if stored is not None:  # completed before (perhaps cut off before the answer)
                 return stored, False
             manifest = _manifest(row)
-            missing = self.missing(row)
-            if not missing:
-                missing = self._damaged(upload_id, manifest)
-            with self._guard:
+            with self._guard:  # from here on no chunk is written (see write)
+                self._completing.add(upload_id)
+                interrupted = {i for (u, i) in self._writing if u == upload_id}
+                for index in interrupted:
+                    del self._writing[(upload_id, index)]
                 syncing = self._syncing.pop(upload_id, None)
                 self._unsynced.pop(upload_id, None)
-            if syncing is not None:
-                syncing.join()  # it holds the file open
-            if missing:
-                raise detail(
-                    409,
-                    f"Upload {upload_id} lacks {len(missing)} of its {len(manifest.digests)} "
-                    "chunks: PUT them, then complete it again.",
-                    missing=missing,
-                )
-            writer = self.blobs.adopt(self._path(upload_id))
             try:
-                key = row["idempotency_key"]
-                update, created = add(manifest.fields, manifest.codec, writer, key)
-            except HTTPError:
-                writer.discard()
-                self._delete(upload_id)
-                raise
+                if syncing is not None:
+                    syncing.join()  # it holds the file open
+                return self._complete(upload_id, row, manifest, interrupted, add)
             finally:
-                writer.discard()  # no-op once committed
-            self._finish(upload_id, update, manifest)
-            return update, created
+                with self._guard:
+                    self._completing.discard(upload_id)
 
-    def _damaged(self, upload_id: str, manifest: Manifest) -> list[int]:
-        """The chunks an earlier run of the server received whose bytes on disk no longer
-        match their digests (forgotten here, to be sent again)."""
+    def _complete(
+        self, upload_id: str, row: Row, manifest: Manifest, interrupted: set[int], add: AddUpdate
+    ) -> tuple[Row, bool]:
+        """:meth:`complete`, once no chunk can be written; ``interrupted``: the chunks a
+        request was writing (their bytes on disk are checked again)."""
+        missing = self.missing(row)
+        if not missing:
+            missing = self._damaged(upload_id, manifest, interrupted)
+        if missing:
+            raise detail(
+                409,
+                f"Upload {upload_id} lacks {len(missing)} of its {len(manifest.digests)} "
+                "chunks: PUT them, then complete it again.",
+                missing=missing,
+            )
+        writer = self.blobs.adopt(self._path(upload_id))
+        try:
+            key = row["idempotency_key"]
+            update, created = add(manifest.fields, manifest.codec, writer, key)
+        except HTTPError:
+            writer.discard()
+            self._delete(upload_id)
+            raise
+        finally:
+            writer.discard()  # no-op once committed
+        self._finish(upload_id, update, manifest)
+        return update, created
+
+    def _damaged(self, upload_id: str, manifest: Manifest, interrupted: set[int]) -> list[int]:
+        """The chunks whose bytes on disk no longer match their digests, of those received
+        by an earlier run of the server or being rewritten when the completion began
+        (forgotten here, to be sent again)."""
         earlier = [
             row["idx"]
             for row in self.store.all(
@@ -500,6 +528,7 @@ class Uploads:
                 (upload_id, self.boot),
             )
         ]
+        earlier = sorted(set(earlier) | interrupted)
         if not earlier:
             return []
         damaged = []

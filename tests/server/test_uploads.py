@@ -250,22 +250,50 @@ def test_a_newer_request_for_a_chunk_takes_over_from_one_still_arriving(
     pieces = _chunks(body)
     protocol = Upload(server, client.uuid)
     upload = protocol.open(_manifest(model_id, body)).json()["id"]
-    host, port = server.url.removeprefix("http://").split(":")
     # The old request: its head and half its bytes, then silence (a link gone quiet).
-    old = socket.create_connection((host, int(port)), timeout=30)
-    head = (
-        f"PUT {UPLOADS}{upload}/chunks/0/ HTTP/1.1\r\nHost: {host}\r\n"
-        f"CLIENT-UUID: {client.uuid}\r\nContent-Length: {len(pieces[0])}\r\n\r\n"
-    )
-    old.sendall(head.encode() + bytes(CHUNK // 2))  # zeros: not the chunk's bytes
-    time.sleep(0.2)  # let the server start writing them
+    old = _stale_put(server, client.uuid, upload, 0, len(pieces[0]))
     assert protocol.put(upload, 0, pieces[0]).status_code == 204
-    old.sendall(bytes(CHUNK - CHUNK // 2))
+    old.sendall(bytes(len(pieces[0]) - len(pieces[0]) // 2))
     answer = old.recv(1 << 16).decode("latin1")
     old.close()
     assert answer.startswith("HTTP/1.1 409"), answer[:200]
     for index, piece in enumerate(pieces[1:], start=1):
         protocol.put(upload, index, piece)
+    done = protocol.complete(upload)
+    assert done.status_code == 201
+    assert _stored(server, client, done.json()) == body
+
+
+def _stale_put(server: RunningServer, uuid: str, upload: str, index: int, size: int) -> Any:
+    """A PUT of chunk ``index`` whose head and first half (zeros) arrived, then silence."""
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = (
+        f"PUT {UPLOADS}{upload}/chunks/{index}/ HTTP/1.1\r\nHost: {host}\r\n"
+        f"CLIENT-UUID: {uuid}\r\nContent-Length: {size}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + bytes(size // 2))
+    time.sleep(0.2)  # for the server to write them: the point of the tests that use it
+    return sock
+
+
+def test_a_completion_stops_a_stale_chunk_write_and_checks_what_it_wrote(
+    server: RunningServer, model_id: int
+) -> None:
+    client = _client(server, model_id)
+    body = _payload(13)
+    pieces = _chunks(body)
+    protocol = Upload(server, client.uuid)
+    upload = protocol.open(_manifest(model_id, body)).json()["id"]
+    for index, piece in enumerate(pieces):
+        protocol.put(upload, index, piece)
+    stale = _stale_put(server, client.uuid, upload, 0, len(pieces[0]))
+    answer = protocol.complete(upload)  # chunk 0 was half overwritten with zeros
+    assert answer.status_code == 409 and answer.json()["missing"] == [0]
+    stale.sendall(bytes(len(pieces[0]) - len(pieces[0]) // 2))
+    assert stale.recv(1 << 16).decode("latin1").startswith("HTTP/1.1 409")
+    stale.close()
+    assert protocol.put(upload, 0, pieces[0]).status_code == 204
     done = protocol.complete(upload)
     assert done.status_code == 201
     assert _stored(server, client, done.json()) == body
