@@ -118,14 +118,14 @@ def upload(
         "chunks": [digest(pieces) for pieces in chunks],
     }
     state = _open(call, uploads_path, manifest, headers)
+    shown = _Monotonic(progress, size) if progress is not None else None
     for _ in range(_ROUNDS):
         done = state["received_bytes"]
-        if progress is not None:
-            progress(done, size)
+        if shown is not None:
+            shown(done, size)
         for index in state["missing"]:
             pieces = chunks[index]
-            # Counted from what the service holds: a resent chunk restarts at its own start.
-            report = None if progress is None else _offset(progress, done, size)
+            report = None if shown is None else shown.offset(done)
             call(
                 "PUT",
                 f"{uploads_path}{state['id']}/chunks/{index}/",
@@ -174,8 +174,20 @@ def _open(
     return state
 
 
-def _offset(progress: Progress, done: int, total: int) -> Progress:
-    def report(sent: int, _: int | None) -> None:
-        progress(done + sent, total)
+class _Monotonic:
+    """Reports progress that never goes back: the bytes the service holds, as counted
+    from the start (a chunk sent again counts once, not from its own start again)."""
 
-    return report
+    def __init__(self, progress: Progress, total: int) -> None:
+        self._progress = progress
+        self._total = total
+        self._shown = -1
+
+    def __call__(self, done: int, _: int | None = None) -> None:
+        if done > self._shown:
+            self._shown = done
+            self._progress(done, self._total)
+
+    def offset(self, done: int) -> Progress:
+        """The callback of a chunk that starts at ``done`` bytes."""
+        return lambda sent, _: self(done + sent)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import blake3
 import numpy as np
 import pytest
 import requests
@@ -36,6 +37,7 @@ SENDER = "admin, or the client that sent the update"
 CLIENT = "a client registered with the model"
 ANYONE = "anyone (a new client), or a client re-registering"
 KNOWN = "admin, or any known client"
+OWN = "the client that opened the upload (to anyone else, the admin too, it does not exist)"
 
 #: Every route of the app and who may call it. A route missing here fails the test.
 ACCESS = {
@@ -64,6 +66,12 @@ ACCESS = {
     ("POST", "/api/v1/client_aggregate_scores/"): CLIENT,
     ("GET", "/api/v1/client_aggregate_scores/"): ADMIN,
     ("GET", "/api/v1/client_aggregate_scores/{id:id}/"): ADMIN,
+    ("POST", "/api/v1/uploads/"): CLIENT,
+    ("GET", "/api/v1/uploads/"): OWN,
+    ("GET", "/api/v1/uploads/{upload:str}/"): OWN,
+    ("DELETE", "/api/v1/uploads/{upload:str}/"): OWN,
+    ("PUT", "/api/v1/uploads/{upload:str}/chunks/{index:int}/"): OWN,
+    ("POST", "/api/v1/uploads/{upload:str}/complete/"): OWN,
 }
 
 MALFORMED = [
@@ -107,8 +115,14 @@ class World:
     insider: str  # registered with the model, sent nothing
     outsider: str  # registered with another model only
     token: str
+    upload: str  # opened by the sender, never completed
 
     def path(self, template: str) -> str:
+        if template.startswith("/api/v1/uploads/"):
+            return template.replace("{upload:str}", self.upload).replace("{index:int}", "0")
+        return self.records_path(template)
+
+    def records_path(self, template: str) -> str:
         collection = template.split("/")[3]
         key = {
             "models": "model",
@@ -126,6 +140,8 @@ class World:
             return None
         if template.endswith("model_updates/"):
             return {"federated_model": self.model, "data": [[1.0, 2.0]]}
+        if template == "/api/v1/uploads/":
+            return _manifest(self.model)
         if template.endswith("client_aggregate_scores/"):
             return {"validation_results": {"loss": 1.0}, "aggregate": self.ids["aggregate"]}
         if template.endswith("publish_aggregate/"):
@@ -156,6 +172,13 @@ def world(server: RunningServer, admin: AdminClient) -> World:
     score = sender.send_val_results({"loss": 0.5}, aggregate["id"])
     insider = WebClient(model["id"], url=server.url, retries=0)
     outsider = WebClient(other["id"], url=server.url, retries=0)
+    opened = requests.post(
+        server.url + "/api/v1/uploads/",
+        json=_manifest(model["id"]),
+        headers={"CLIENT-UUID": sender.uuid},
+        timeout=30,
+    )
+    assert opened.status_code == 201, opened.text
     return World(
         server,
         model["id"],
@@ -170,7 +193,20 @@ def world(server: RunningServer, admin: AdminClient) -> World:
         insider.register(),
         outsider.register(),
         server.admin_token,
+        opened.json()["id"],
     )
+
+
+def _manifest(model_id: int) -> dict[str, Any]:
+    """A resumable upload of one chunk (its bytes never sent)."""
+    chunk = bytes(1 << 16)
+    return {
+        "federated_model": model_id,
+        "media_type": "application/vnd.fma-connect.msgpack",
+        "size": len(chunk),
+        "chunk_size": len(chunk),
+        "chunks": [blake3.blake3(chunk).hexdigest()],
+    }
 
 
 def _expect(response: requests.Response, status: int, what: str) -> None:
@@ -211,9 +247,13 @@ def test_every_route_refuses_callers_without_the_right(world: World, figures: Fi
         if rule in (ADMIN, SENDER):
             _expect(world.call(method, template, insider), 403, f"{what}, another client")
             refused += 1
-        if rule == CLIENT:
+        if rule in (CLIENT, OWN):
             _expect(world.call(method, template, admin), 403, f"{what}, admin, no client")
             refused += 1
+        if rule == OWN and "{upload:str}" in template:
+            for other in (outsider, insider):
+                _expect(world.call(method, template, other), 404, f"{what}, not its upload")
+                refused += 1
     figures.add("identity", "requests from callers without the right refused", refused)
 
 
@@ -221,8 +261,8 @@ def test_callers_with_the_right_get_through(world: World) -> None:
     for (method, template), rule in sorted(ACCESS.items()):
         if method != "GET":
             continue
-        allowed = [{"Authorization": f"Token {world.token}"}]
-        if rule in (READERS, SENDER):
+        allowed = [] if rule == OWN else [{"Authorization": f"Token {world.token}"}]
+        if rule in (READERS, SENDER, OWN):
             allowed.append({"CLIENT-UUID": world.sender})
         if rule == READERS:
             allowed.append({"CLIENT-UUID": world.insider})

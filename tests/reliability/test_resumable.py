@@ -107,12 +107,16 @@ def test_five_cuts_at_random_points_cost_only_the_cut_chunks(
             number = seen["chunks"]
         return Fault("cut-request", keep=rng.randrange(CHUNK)) if number in cut_at else None
 
+    shown: list[tuple[int, int | None]] = []
     with fault_proxy(server.url, plan) as proxy:
-        client = _client(proxy.url, model["id"])
+        client = _client(proxy.url, model["id"], progress=lambda *done: shown.append(done))
         client.register()
         update = client.send_update(weights)
         assert len(proxy.faults("cut-request")) == 5
         sent = _sent(proxy)
+    # Progress never goes back (a cut chunk sent again counts once) and ends at the total.
+    assert [done for done, _ in shown] == sorted({done for done, _ in shown})
+    assert shown[-1][0] == shown[-1][1]
     (stored,) = admin.list_updates(model["id"])
     assert stored["id"] == update["id"]
     assert _stored_equals(server.url, client, weights)
