@@ -19,8 +19,8 @@ from ..resumable import RESUMABLE_HEADER
 from .auth import authenticate
 from .errors import detail
 from .httputil import JSONResponse, body_limit, drain, read_json, service
+from .manifests import DIGEST, Manifest, parse_sizes
 from .shapes import update_json
-from .uploads import DIGEST, Manifest, parse_sizes
 
 __all__ = ["RESUMABLE_HEADER", "ROUTES", "UPLOADS_PATH"]
 
@@ -103,7 +103,7 @@ async def put_chunk(request: Request) -> Response:
         await drain(request)
         raise
     uploads = svc.uploads
-    claim = uploads.writing(upload_id, index)  # each piece is written only while it holds
+    claim = uploads.writers.claim(upload_id, index)  # each piece written while it holds
     hasher = blake3.blake3()
     written, whole = 0, False
     try:
@@ -116,7 +116,7 @@ async def put_chunk(request: Request) -> Response:
             async for piece in request.stream():
                 if written + len(piece) > length:  # more than declared: framing stops it
                     raise detail(400, f"Chunk {index} is {length} bytes; more arrived.")
-                if not uploads.write(claim, upload_id, index, fd, piece, offset + written):
+                if not uploads.writers.write(claim, upload_id, index, fd, piece, offset + written):
                     raise detail(
                         409, f"Chunk {index} came again in a newer request, or is being completed."
                     )

@@ -13,7 +13,7 @@ Files: an upload's bytes are written in place into ``<data_dir>/uploads/<id>.par
 (as long as the payload, holes until written); one request at a time writes a chunk
 (a newer one takes over from an older). A chunk is acknowledged once written and its
 digest checked, not synced: the file is synced in the background as it grows (every
-:data:`SYNC_EVERY` bytes, as a blob being written is), and for good when it is
+:data:`~.blobs.SYNC_EVERY` bytes, as a blob being written is), and for good when it is
 committed. A chunk that arrived before the server last started may have been lost with
 the machine's page cache, so completing re-reads those chunks and checks their digests
 again, and asks for any that no longer match.
@@ -27,44 +27,31 @@ that trained again), and is refused if that is not enough.
 
 from __future__ import annotations
 
-import math
 import mmap
 import os
 import re
 import secrets
-import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import blake3
 import orjson
 
-from ..resumable import MAX_CHUNK, MAX_CHUNKS, MIN_CHUNK
-from .blobs import SYNC_EVERY, BlobStore, BlobWriter
-from .errors import HTTPError, bad_request, detail, not_found
+from .blobs import BlobStore, BlobWriter
+from .chunk_writes import ChunkWriters
+from .errors import HTTPError, detail, not_found
 from .locks import KeyedLocks
+from .manifests import Manifest, digest_of
 from .store import Row, Store, now
 
-__all__ = [
-    "DEFAULT_EXPIRY",
-    "DEFAULT_UPLOAD_QUOTA",
-    "DIGEST",
-    "Manifest",
-    "Uploads",
-    "digest_of",
-]
+__all__ = ["DEFAULT_EXPIRY", "DEFAULT_UPLOAD_QUOTA", "Uploads"]
 
-#: The chunk digest: BLAKE3 (256 bits, hex), about 4 GB/s a core here against
-#: SHA-256's 1.8 (hashlib with SHA-NI), and as collision-resistant for content addressing.
-DIGEST = "blake3"
 #: Seconds an upload lives after its last activity.
 DEFAULT_EXPIRY = 24 * 3600
 #: Most bytes one client's open uploads may declare in all (two of the largest updates).
 DEFAULT_UPLOAD_QUOTA = 32 << 30
-_HEX = re.compile(r"[0-9a-f]{64}")
 _ID = re.compile(r"[0-9a-f]{32}")
 _SUFFIX = ".part"
 #: Bytes hashed per read when a chunk is checked against its digest.
@@ -73,89 +60,6 @@ _VERIFY_SLICE = 8 << 20
 #: What the HTTP routes hand to :meth:`Uploads.complete` to store a finished payload:
 #: ``(fields, codec name, blob writer, idempotency key) -> (update row, created)``.
 AddUpdate = Callable[[dict[str, Any], str, BlobWriter, str | None], tuple[Row, bool]]
-
-
-def digest_of(data: Any) -> str:
-    """The hex BLAKE3 digest of a bytes-like object."""
-    return blake3.blake3(data).hexdigest()
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """An update announced for a resumable upload (see :func:`parse_manifest`).
-
-    Attributes:
-        fields: The update's fields as :meth:`~.service.Service.check_update` returns them.
-        codec: The name of the binary codec of its bytes.
-        size: Its size in bytes (at least 1).
-        chunk_size: The size of every chunk but the last.
-        digests: The hex BLAKE3 digest of each chunk, in order.
-    """
-
-    fields: dict[str, Any]
-    codec: str
-    size: int
-    chunk_size: int
-    digests: tuple[str, ...]
-
-    def span(self, index: int) -> tuple[int, int]:
-        """The offset and length of chunk ``index``."""
-        start = index * self.chunk_size
-        return start, min(self.chunk_size, self.size - start)
-
-    def key(self) -> str:
-        """What identifies the same update announced again (a resumed or restarted client)."""
-        identity = {
-            "fields": self.fields,
-            "codec": self.codec,
-            "size": self.size,
-            "chunk_size": self.chunk_size,
-            "digests": self.digests,
-        }
-        return digest_of(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS))
-
-
-def parse_sizes(body: Mapping[str, Any], max_bytes: int) -> tuple[int, int, tuple[str, ...]]:
-    """Check a manifest's ``size``, ``chunk_size`` and ``chunks``.
-
-    Raises:
-        HTTPError: 400 naming each bad field, 413 for a size over ``max_bytes``.
-    """
-    size, chunk_size, chunks = body.get("size"), body.get("chunk_size"), body.get("chunks")
-    if type(size) is not int or size < 1:
-        raise bad_request("size", f"Expected the payload's size in bytes (>= 1), got {size!r}.")
-    if size > max_bytes:
-        raise detail(
-            413,
-            f"The update is larger than this server accepts ({max_bytes} bytes; fma-connect "
-            f"serve --max-body-bytes): its manifest declares {size} bytes.",
-        )
-    if type(chunk_size) is not int or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
-        raise bad_request(
-            "chunk_size",
-            f"Expected an integer from {MIN_CHUNK} to {MAX_CHUNK}, got {chunk_size!r}.",
-        )
-    count = math.ceil(size / chunk_size)
-    if count > MAX_CHUNKS:
-        raise bad_request(
-            "chunk_size",
-            f"{size} bytes in chunks of {chunk_size} make {count} chunks; at most "
-            f"{MAX_CHUNKS} are taken: choose chunks of at least {math.ceil(size / MAX_CHUNKS)}.",
-        )
-    if not isinstance(chunks, list) or len(chunks) != count:
-        got = f"{len(chunks)} items" if isinstance(chunks, list) else repr(chunks)[:80]
-        raise bad_request(
-            "chunks",
-            f"Expected a list of the {count} chunks' {DIGEST} digests (64 hex digits each), "
-            f"got {got}.",
-        )
-    bad = next((i for i, d in enumerate(chunks) if not _is_digest(d)), None)
-    if bad is not None:
-        raise bad_request(
-            "chunks",
-            f"Expected 64 lowercase hex digits for chunk {bad}, got {str(chunks[bad])[:80]!r}.",
-        )
-    return size, chunk_size, tuple(chunks)
 
 
 class Uploads:
@@ -184,11 +88,8 @@ class Uploads:
         #: an earlier run, and are checked again at completion (see the module notes).
         self.boot = secrets.token_hex(8)
         self._locks = KeyedLocks()  # completing an upload: one at a time
-        self._writing: dict[tuple[str, int], object] = {}  # chunk -> the claim writing it
-        self._completing: set[str] = set()
-        self._unsynced: dict[str, int] = {}  # bytes written since an upload's last sync
-        self._syncing: dict[str, threading.Thread] = {}
-        self._guard = threading.Lock()
+        #: Who writes which chunk now (see :mod:`.chunk_writes`).
+        self.writers = ChunkWriters(self._path)
 
     # -- opening ---------------------------------------------------------------------
 
@@ -341,7 +242,7 @@ class Uploads:
         """An upload as the routes answer it."""
         row = self.row(client, upload_id)
         missing = self.missing(row) if row["update_id"] is None else []
-        manifest = _manifest(row)
+        manifest = Manifest.from_row(row)
         return {
             "id": row["id"],
             "federated_model": row["federated_model"],
@@ -373,7 +274,7 @@ class Uploads:
         row = self.row(client, upload_id)
         if row["update_id"] is not None:
             raise detail(409, f"Upload {upload_id} is complete (update {row['update_id']}).")
-        manifest = _manifest(row)
+        manifest = Manifest.from_row(row)
         if not 0 <= index < len(manifest.digests):
             raise not_found(
                 f"Upload {upload_id} has chunks 0 to {len(manifest.digests) - 1}, not {index}."
@@ -381,41 +282,13 @@ class Uploads:
         offset, length = manifest.span(index)
         return offset, length, manifest.digests[index], self._path(upload_id)
 
-    def writing(self, upload_id: str, index: int) -> object:
-        """Claim chunk ``index`` for one request's bytes; return the claim.
-
-        A newer request for the same chunk (a client resending after a connection it
-        thinks broken, while the server still reads the old one) takes the claim over:
-        the older one stops at its next piece (:meth:`write`), and only the newer one's
-        bytes and answer count.
-
-        Raises:
-            HTTPError: 409 while the upload is being completed.
-        """
-        claim = object()
-        with self._guard:
-            if upload_id in self._completing:
-                raise detail(409, f"Upload {upload_id} is being completed.")
-            self._writing[(upload_id, index)] = claim
-        return claim
-
-    def write(self, claim: object, upload_id: str, index: int, fd: int, data: Any, at: int) -> bool:
-        """Write ``data`` at offset ``at`` of the upload's file if ``claim`` still owns the
-        chunk; return whether it did. The check and the write are one step under the
-        lock a completion takes: no byte lands once the completion has begun."""
-        with self._guard:
-            if self._writing.get((upload_id, index)) is not claim:
-                return False
-            os.pwrite(fd, data, at)
-            return True
-
     def done(self, upload_id: str, index: int, claim: object, nbytes: int, whole: bool) -> None:
-        """End a claim after ``nbytes`` of the chunk were written: record the chunk if it
-        came ``whole`` (every byte, its digest matched), else forget it (its bytes may be
-        overwritten in part); nothing, if a newer request took the claim over."""
-        with self._guard:
-            if self._writing.get((upload_id, index)) is not claim:
-                return
+        """End a claim (:class:`~.chunk_writes.ChunkWriters`) after ``nbytes`` of the
+        chunk were written: record the chunk if it came ``whole`` (every byte, its digest
+        matched), else forget it (its bytes may be overwritten in part); nothing, if a
+        newer request took the claim over."""
+        if not self.writers.holds(claim, upload_id, index):
+            return
         with self.store.transaction() as conn:
             if whole:  # unless the upload went meanwhile (abandoned, superseded)
                 conn.execute(
@@ -427,34 +300,9 @@ class Uploads:
                 conn.execute(
                     "DELETE FROM upload_chunks WHERE upload = ? AND idx = ?", (upload_id, index)
                 )
-        with self._guard:
-            if self._writing.get((upload_id, index)) is claim:
-                del self._writing[(upload_id, index)]
-            self._unsynced[upload_id] = self._unsynced.get(upload_id, 0) + nbytes
-            running = self._syncing.get(upload_id)
-            if self._unsynced[upload_id] >= SYNC_EVERY and not (running and running.is_alive()):
-                self._unsynced[upload_id] = 0
-                thread = threading.Thread(
-                    target=self._sync, args=(upload_id,), name="fma-upload-sync", daemon=True
-                )
-                self._syncing[upload_id] = thread
-                thread.start()
+        self.writers.release(claim, upload_id, index, nbytes)
         if whole:
             self._touch(upload_id)
-
-    def _sync(self, upload_id: str) -> None:
-        """Let the disk write an upload's file while the next chunks arrive (best effort:
-        the commit's sync is the one that counts)."""
-        try:
-            fd = os.open(self._path(upload_id), os.O_WRONLY)
-        except OSError:
-            return  # completed or deleted meanwhile
-        try:
-            os.fdatasync(fd)
-        except OSError:
-            pass  # reported, if it lasts, by the commit's own sync
-        finally:
-            os.close(fd)
 
     # -- completing --------------------------------------------------------------------
 
@@ -473,21 +321,12 @@ class Uploads:
             stored = self.store.update_by_key(client, row["idempotency_key"])
             if stored is not None:  # completed before (perhaps cut off before the answer)
                 return stored, False
-            manifest = _manifest(row)
-            with self._guard:  # from here on no chunk is written (see write)
-                self._completing.add(upload_id)
-                interrupted = {i for (u, i) in self._writing if u == upload_id}
-                for index in interrupted:
-                    del self._writing[(upload_id, index)]
-                syncing = self._syncing.pop(upload_id, None)
-                self._unsynced.pop(upload_id, None)
+            manifest = Manifest.from_row(row)
+            interrupted = self.writers.stop(upload_id)  # from here on no chunk is written
             try:
-                if syncing is not None:
-                    syncing.join()  # it holds the file open
                 return self._complete(upload_id, row, manifest, interrupted, add)
             finally:
-                with self._guard:
-                    self._completing.discard(upload_id)
+                self.writers.resume(upload_id)
 
     def _complete(
         self, upload_id: str, row: Row, manifest: Manifest, interrupted: set[int], add: AddUpdate
@@ -618,20 +457,6 @@ class Uploads:
 
     def _path(self, upload_id: str) -> Path:
         return self.directory / f"{upload_id}{_SUFFIX}"
-
-
-def _is_digest(value: Any) -> bool:
-    return isinstance(value, str) and _HEX.fullmatch(value) is not None
-
-
-def _manifest(row: Row) -> Manifest:
-    return Manifest(
-        fields=orjson.loads(row["fields"]),
-        codec=row["codec"],
-        size=row["size"],
-        chunk_size=row["chunk_size"],
-        digests=tuple(orjson.loads(row["chunks"])),
-    )
 
 
 def _iso(seconds: float) -> str:
