@@ -65,6 +65,8 @@ class BlobWriter:
         self._synced_to = 0
         self._syncing: threading.Thread | None = None
         self._sync_error: OSError | None = None
+        self._map: mmap.mmap | None = None
+        self._mapped_done = threading.Event()
 
     def write(self, chunk: Any) -> None:
         """Append a bytes-like chunk."""
@@ -88,9 +90,39 @@ class BlobWriter:
         return self._syncing is not None and self._syncing.is_alive()
 
     def _join_sync(self) -> None:
+        self._mapped_done.set()
         if self._syncing is not None:
             self._syncing.join()
             self._syncing = None
+
+    def map(self, nbytes: int) -> mmap.mmap:
+        """Make the blob ``nbytes`` long (zeros) and map it writable, to be filled in place.
+
+        For bytes computed straight into the file rather than computed in memory and
+        then written (see :class:`~.in_place.InPlace`): the pages written are the page
+        cache's, touched once. :meth:`commit` syncs what was written through the map.
+        Call once, instead of :meth:`write`. Until the commit, a worker thread syncs
+        what has been written so far again and again, so the disk writes while the map
+        is filled, as :meth:`write`'s background syncs do.
+        """
+        self._file.flush()
+        self._file.truncate(nbytes)
+        self.nbytes = nbytes
+        # The blob's own descriptor is write-only; a shared map needs one opened to read.
+        fd = os.open(self.temp_path, os.O_RDWR)
+        try:
+            self._map = mmap.mmap(fd, nbytes)
+        finally:
+            os.close(fd)
+        self._syncing = threading.Thread(
+            target=self._sync_behind, name="fma-blob-sync", daemon=True
+        )
+        self._syncing.start()
+        return self._map
+
+    def _sync_behind(self) -> None:
+        while self._sync_error is None and not self._mapped_done.wait(0.02):
+            self._datasync()
 
     def contents(self) -> Any:
         """Flush what was written and map it read-only (see :meth:`BlobStore.read`)."""
@@ -101,6 +133,8 @@ class BlobWriter:
         """Sync the data to disk, move it into place and return the blob's file name."""
         self._file.flush()
         self._join_sync()
+        if self._map is not None:
+            self._map.flush()  # msync: POSIX's way to make a map's writes durable
         if self._sync_error is not None:
             raise self._sync_error
         os.fsync(self._file.fileno())

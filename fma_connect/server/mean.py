@@ -203,24 +203,57 @@ class Accumulator:
             self._fold()
         return None
 
-    def result(self) -> Tensors:
-        """Return the weighted mean, each tensor in the dtype the module describes."""
+    def planned(self) -> list[tuple[str, tuple[int, ...], np.dtype[Any]]]:
+        """The name, shape and dtype each tensor of :meth:`result` will have.
+
+        A mean beyond the range of its planned dtype comes in float64 instead (see
+        :meth:`result`), which only computing it tells.
+        """
         if not self.count:
             raise ValueError("no update was added")
-        out: Tensors = []
-        for i, (name, wide) in enumerate(zip(self._names, self._wide, strict=True)):
-            dtype = _result_dtype(self._typed[i], self._plain[i], self._span[i])
-            mean = self._mean_of(i, wide, dtype)
+        return [
+            (name, shape, _result_dtype(typed, plain, span))
+            for name, shape, typed, plain, span in zip(
+                self._names, self._shapes, self._typed, self._plain, self._span, strict=True
+            )
+        ]
+
+    def result(self, out: Sequence[np.ndarray] | None = None) -> Tensors:
+        """Return the weighted mean, each tensor in the dtype the module describes.
+
+        Args:
+            out: Arrays to write the means into, one per tensor with the shape and dtype
+                :meth:`planned` gives (e.g. views of the file the mean is stored in, so
+                that it is not also held in memory). A mean beyond the range of its
+                dtype is returned in a new float64 array instead of its ``out`` (whose
+                contents are then undefined).
+        """
+        planned = self.planned()
+        if out is not None and (
+            [(a.shape, a.dtype) for a in out] != [p[1:] for p in planned]
+            or not all(a.flags.c_contiguous and a.flags.writeable for a in out)
+        ):
+            raise ValueError("out must hold a writable C-contiguous array per planned() tensor")
+        result: Tensors = []
+        for i, ((name, _, dtype), wide) in enumerate(zip(planned, self._wide, strict=True)):
+            mean = self._mean_of(i, wide, dtype, None if out is None else out[i])
             if mean is None:  # beyond the range of dtype: float64 holds any finite mean
                 mean = self._mean_of(i, wide, _widest_float(dtype))
                 assert mean is not None
-            out.append((name, mean))
-        return out
+            result.append((name, mean))
+        return result
 
-    def _mean_of(self, i: int, wide: np.dtype[Any], dtype: np.dtype[Any]) -> np.ndarray | None:
-        """Tensor ``i``'s mean in ``dtype``; None if a value is beyond what it can hold."""
+    def _mean_of(
+        self,
+        i: int,
+        wide: np.dtype[Any],
+        dtype: np.dtype[Any],
+        out: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """Tensor ``i``'s mean in ``dtype`` (in ``out`` if given, a C-contiguous array of
+        its shape and dtype); None if a value is beyond what ``dtype`` can hold."""
         e = self._exps[i]
-        mean = np.empty(self._shapes[i], dtype)
+        mean = np.empty(self._shapes[i], dtype) if out is None else out
         flat = mean.reshape(-1)
         for start in range(0, flat.size, SLICE):
             stop = start + SLICE

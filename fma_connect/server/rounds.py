@@ -24,6 +24,7 @@ from . import store as st
 from .aggregation import AGGREGATORS, requirement_met
 from .blobs import BlobStore
 from .errors import HTTPError, bad_request, not_found
+from .in_place import InPlace
 from .limits import PausePoint
 from .locks import KeyedLocks
 from .mean import Accumulator
@@ -303,31 +304,48 @@ class Rounds:
         self, accumulator: Accumulator, codecs: list[str], model: Row, context: CodecContext
     ) -> Result:
         """Store the round's aggregate; with ``aggregate_fraction``, as a sparse step from
-        the previous one (see :mod:`.sparse_aggregates`), with the step and the residual."""
-        aggregate = accumulator.result()
-        step = None
-        if model["aggregate_fraction"] is not None:
-            step = self._sparse_step(aggregate, model, context)
-            if step is not None:
-                aggregate = step.aggregate
-        errors = []
-        for codec in result_codec(codecs, self.registry):
-            try:
-                blob = store_tensors(self.blobs, aggregate, codec)
-            except EncodeError as exc:
-                errors.append(f"{codec.name}: {exc}")
-                continue
-            if step is None:
-                return Result(blob)
-            written = [blob]
-            try:
-                written.append(NewBlob("sparse", *self.blobs.write([step.payload])))
-                residual = sorted(step.residual.items())
-                written.append(store_tensors(self.blobs, residual, self.registry.get("msgpack")))
-            except BaseException:
-                self.blobs.delete([new.filename for new in written])
-                raise
-            return Result(*written)
+        the previous one (see :mod:`.sparse_aggregates`), with the step and the residual.
+
+        A whole aggregate is computed straight into its blob's file where its codec
+        allows (see :class:`~.in_place.InPlace`): not held in memory, written once.
+        """
+        candidates = result_codec(codecs, self.registry)
+        placed = None
+        if model["aggregate_fraction"] is None:
+            placed = InPlace.open(self.blobs, accumulator.planned(), candidates[0])
+        try:
+            aggregate = accumulator.result(None if placed is None else placed.arrays)
+            step = None
+            if model["aggregate_fraction"] is not None:
+                step = self._sparse_step(aggregate, model, context)
+                if step is not None:
+                    aggregate = step.aggregate
+            errors = []
+            for codec in candidates:
+                try:
+                    if placed is not None and codec is placed.codec:
+                        blob = placed.store(aggregate)
+                    else:
+                        blob = store_tensors(self.blobs, aggregate, codec)
+                except EncodeError as exc:
+                    errors.append(f"{codec.name}: {exc}")
+                    continue
+                if step is None:
+                    return Result(blob)
+                written = [blob]
+                try:
+                    written.append(NewBlob("sparse", *self.blobs.write([step.payload])))
+                    residual = sorted(step.residual.items())
+                    written.append(
+                        store_tensors(self.blobs, residual, self.registry.get("msgpack"))
+                    )
+                except BaseException:
+                    self.blobs.delete([new.filename for new in written])
+                    raise
+                return Result(*written)
+        finally:
+            if placed is not None:
+                placed.discard()
         raise EncodeError(f"no installed codec can store the aggregate: {'; '.join(errors)}")
 
     def _sparse_step(self, mean: Tensors, model: Row, context: CodecContext) -> Step | None:
