@@ -33,6 +33,7 @@ __all__ = [
     "API_PREFIX",
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
+    "LONG_POLL_HEADER",
     "RETRY_STATUSES",
     "SEND_SLICE",
     "Chunks",
@@ -54,6 +55,8 @@ _BACKOFF_MAX = 30.0
 _EXCERPT = 300
 #: Every API path starts with this; the base URL is the service root above it.
 API_PREFIX = "api/v1/"
+#: The header by which a service says it can hold ``get_latest_aggregate`` (docs/ROUNDS.md).
+LONG_POLL_HEADER = "FMA-Long-Poll"
 Progress = Callable[[int, int | None], None]
 #: Largest slice of an upload handed to the socket at once (see :class:`Chunks`).
 SEND_SLICE = 1 << 20

@@ -7,6 +7,7 @@ kept as the original client documents it; every new option is keyword-only.
 from __future__ import annotations
 
 import os
+import time
 import uuid as uuid_module
 from collections.abc import Mapping
 from types import TracebackType
@@ -21,6 +22,7 @@ from ._transport import (
     API_PREFIX,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
+    LONG_POLL_HEADER,
     Chunks,
     Progress,
     Transport,
@@ -69,6 +71,10 @@ _DOWNSTREAM = ("sparse", "delta")
 _NAMED = "npz-b64"
 #: JSON bodies larger than this are sent in slices with progress, like binary ones.
 _STREAM_JSON = 8 << 20
+#: Seconds to ask a service to hold a request (the reference server holds at most 30).
+_LONGEST_HOLD = 30.0
+#: Seconds between polls of a service that cannot hold requests: first, and at most.
+_POLL_FIRST, _POLL_MOST = 0.5, 10.0
 
 
 class WebClient:
@@ -388,19 +394,92 @@ class WebClient:
             APIException: the service did not answer 200.
         """
         _check_update_after(update_after)
+        return self._new_aggregate(update_after, self._target(like))[0]
+
+    def wait_for_new_model(
+        self,
+        timeout: float,
+        update_after: int | np.integer[Any] | None = None,
+        *,
+        like: Any = None,
+    ) -> dict[str, Any] | None:
+        """Wait up to ``timeout`` seconds for an aggregate newer than ``update_after``.
+
+        A service that can hold the request until the aggregate exists (it answers
+        ``FMA-Long-Poll``, as the reference server does; docs/ROUNDS.md) is asked to;
+        any other is polled with :meth:`check_for_new_model_aggregate`, waiting 0.5 s
+        at first, then twice as long each time up to 10 s.
+
+        Args:
+            timeout: Most seconds to wait.
+            update_after: As for :meth:`check_for_new_model_aggregate`.
+            like: As for :meth:`check_for_new_model_aggregate`.
+
+        Returns:
+            What :meth:`check_for_new_model_aggregate` returns for the new aggregate as
+            soon as it exists, or None when ``timeout`` passed without one.
+
+        Raises:
+            ConfigurationError: ``timeout`` is not a number of seconds >= 0, or
+                ``update_after`` is not an integer or None.
+            APIException: the service did not answer 200.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            raise ConfigurationError(f"timeout must be seconds >= 0, got {timeout!r}")
+        _check_update_after(update_after)
         target = self._target(like)
+        deadline = time.monotonic() + timeout
+        delay = _POLL_FIRST
+        long_poll = True  # until an answer shows the service cannot hold the request
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            hold = min(remaining, self._longest_hold()) if long_poll else None
+            aggregate, long_poll = self._new_aggregate(update_after, target, hold)
+            remaining = deadline - time.monotonic()
+            if aggregate is not None or remaining <= 0:
+                return aggregate
+            if not long_poll:
+                time.sleep(min(delay, remaining))
+                delay = min(2 * delay, _POLL_MOST)
+
+    def _new_aggregate(
+        self,
+        update_after: int | np.integer[Any] | None,
+        target: Spec | None,
+        hold: float | None = None,
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The latest aggregate if newer than ``update_after``; and whether the service
+        can hold the request (its ``FMA-Long-Poll`` header).
+
+        Args:
+            hold: Ask the service to hold the request this many seconds, until a newer
+                aggregate exists (None: answer at once).
+        """
+        params = None
+        if hold is not None:
+            threshold = int(update_after) if update_after is not None else self._last_aggregate
+            after = -1 if threshold is None else threshold
+            params = {"wait": f"{hold:.3f}", "after": str(after)}
         response = self._call(
             "GET",
             f"{_API}models/{self._federated_model_id}/get_latest_aggregate/",
             headers=self._client_headers(),
+            params=params,
         )
+        long_poll = LONG_POLL_HEADER in response.headers
         aggregate = _json(response)
         if not aggregate or not self._is_new(aggregate.get("id"), update_after):
-            return None
+            return None, long_poll
         aggregate["result"] = self._weights(aggregate.get("result"), target)
         self._saw(aggregate["id"])
         self._hold(aggregate["id"])
-        return aggregate
+        return aggregate, long_poll
+
+    def _longest_hold(self) -> float:
+        """Seconds a service may hold a request: well within the read timeout."""
+        timeout = self._transport.timeout
+        read = timeout[1] if isinstance(timeout, tuple) else timeout
+        return _LONGEST_HOLD if read is None else min(_LONGEST_HOLD, read / 2)
 
     def get_current_artifact(self, *, like: Any = None) -> dict[str, Any] | None:
         """Return the model's published artifact, with ``values`` holding its weights.

@@ -117,6 +117,8 @@ def create_app(
         max_tensors=max_tensors,
         upload_expiry=upload_expiry,
         upload_quota=upload_quota if upload_quota is not None else 2 * max_body_bytes,
+        # Held requests may take half the connections: the others stay free to serve.
+        max_held=max(1, max_connections // 2),
     )
 
     @asynccontextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -50,6 +51,8 @@ class Rounds:
             in the request (``sync``, deterministic), in a worker thread
             (``background``), or never (``off``: admin trigger only).
         pause: The crash tests' pause point.
+        stored: Called with the model's id after a round stored an aggregate (it wakes
+            the requests waiting for one, see :mod:`.waiting`).
     """
 
     def __init__(
@@ -60,12 +63,14 @@ class Rounds:
         *,
         auto_aggregate: AutoAggregate,
         pause: PausePoint,
+        stored: Callable[[int], None],
     ) -> None:
         self.store = store
         self.blobs = blobs
         self.registry = registry
         self.auto_aggregate = auto_aggregate
         self._pause = pause
+        self._stored = stored
         self._model_locks = KeyedLocks()
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -169,6 +174,7 @@ class Rounds:
         if aggregate_id is None:
             reasons = [f"update {i}: {reason}" for i, reason in invalid.items()]
             raise bad_request("non_field_errors", "No valid update to aggregate.", *reasons)
+        self._stored(model_id)
         aggregate = self.store.get_aggregate(aggregate_id)
         assert aggregate is not None
         return aggregate

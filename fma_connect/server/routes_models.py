@@ -6,23 +6,31 @@ async and hand the work to a thread themselves.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .._transport import LONG_POLL_HEADER
 from ..codecs.context import CodecContext
 from .auth import authenticate
-from .httputil import JSONResponse, paginate, read_json, service
+from .errors import bad_request
+from .httputil import JSONResponse, paginate, query_int, read_json, service
 from .limits import MODEL_BODY_BYTES
 from .shapes import aggregate_json, artifact_json, model_json
 from .store import Row
 from .validation import register_path_ids
+from .waiting import LONG_POLL_CAP
 from .weights import ModelBases, stored_step, weights_response
 
 __all__ = ["ROUTES"]
 
 _MODELS_PAGE = {"default": 100, "maximum": 200}
+#: A ``wait``: ASCII digits, an optional fraction; short enough to say what it means.
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
 def _model_id(request: Request) -> int:
@@ -102,11 +110,58 @@ def _readable_model(request: Request) -> Row:
     return svc.model_for_client(_model_id(request), None if identity.user else identity.client)
 
 
-def latest_aggregate(request: Request) -> Response:
-    """GET /models/<id>/get_latest_aggregate/: ``{}`` or the newest aggregate (result as URL)."""
-    model = _readable_model(request)
-    aggregate = service(request).store.latest_aggregate(model["id"])
-    return JSONResponse(aggregate_json(aggregate) if aggregate else {})
+async def latest_aggregate(request: Request) -> Response:
+    """GET /models/<id>/get_latest_aggregate/: ``{}`` or the newest aggregate (result as URL).
+
+    With ``?wait=<seconds>&after=<id or -1>`` (extension, docs/ROUNDS.md) the request is
+    held until an aggregate newer than ``after`` exists or ``wait`` (at most
+    :data:`~.waiting.LONG_POLL_CAP`) seconds pass. Every answer says the server can hold
+    it with ``FMA-Long-Poll: <cap>``.
+    """
+    svc = service(request)
+    model = await run_in_threadpool(_readable_model, request)
+
+    def latest() -> Awaitable[Row | None]:
+        return run_in_threadpool(svc.store.latest_aggregate, model["id"])
+
+    wait = _wait_seconds(request)
+    if wait is None:
+        aggregate = await latest()
+    else:
+        after = query_int(request, "after")
+        if after is not None and after < -1:
+            raise bad_request("after", f"Expected an aggregate id, or -1 for none, got {after}.")
+        identity = await run_in_threadpool(authenticate, request, svc.store)
+        who = f"user {identity.user}" if identity.user is not None else str(identity.client)
+        aggregate = await svc.waiters.hold(
+            who, model["id"], -1 if after is None else after, wait, latest, _gone(request)
+        )
+    headers = {LONG_POLL_HEADER: str(LONG_POLL_CAP)}
+    return JSONResponse(aggregate_json(aggregate) if aggregate else {}, headers=headers)
+
+
+def _wait_seconds(request: Request) -> float | None:
+    """The ``wait`` query parameter, lowered to the cap (None: not sent)."""
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    if not _SECONDS.fullmatch(raw):
+        raise bad_request(
+            "wait",
+            f"Expected seconds to hold the request, a number such as 10 or 2.5 (more than "
+            f"{LONG_POLL_CAP} is held {LONG_POLL_CAP}), got {raw[:60]!r}.",
+        )
+    return min(float(raw), LONG_POLL_CAP)
+
+
+def _gone(request: Request) -> Callable[[], Awaitable[None]]:
+    """Returns when the client of a request without a body disconnects."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
 
 
 def latest_model(request: Request) -> Response:

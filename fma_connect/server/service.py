@@ -47,6 +47,7 @@ from .validation import (
     tensor_names,
     update_fields,
 )
+from .waiting import Waiters
 from .weights import ModelBases, decode_data, load, store_tensors
 
 __all__ = ["Service"]
@@ -74,12 +75,14 @@ class Service:
         max_tensors: Most tensors an update (or initial model) may hold.
         upload_expiry: Seconds a resumable upload lives after its last activity.
         upload_quota: Most bytes a client's open resumable uploads may declare.
+        max_held: Most ``get_latest_aggregate`` requests held at once (see :mod:`.waiting`).
 
     Attributes:
         admin_token: The admin's token.
         admin_token_created: Whether this start created it.
         rounds: Runs the aggregation rounds (``rounds.aggregate`` is the admin trigger).
         uploads: The resumable uploads (:class:`~.uploads.Uploads`).
+        waiters: The requests held until a new aggregate (:class:`~.waiting.Waiters`).
 
     Raises:
         DataDirError: ``data_dir`` is a file, or another server is using it.
@@ -95,6 +98,7 @@ class Service:
         max_tensors: int = DEFAULT_MAX_TENSORS,
         upload_expiry: float = DEFAULT_EXPIRY,
         upload_quota: int = DEFAULT_UPLOAD_QUOTA,
+        max_held: int = 64,
     ) -> None:
         prepare(data_dir)
         self._dir_lock = DataDirLock(data_dir)
@@ -121,12 +125,14 @@ class Service:
         # Checking an update against the model's structure and storing it is one step per
         # model, so an update is never stored against a structure that just changed.
         self._intake = KeyedLocks()
+        self.waiters = Waiters(max_held)
         self.rounds = Rounds(
             self.store,
             self.blobs,
             registry,
             auto_aggregate=auto_aggregate,
             pause=self._pause,
+            stored=self.waiters.notify,
         )
 
     def close(self) -> None:
