@@ -245,6 +245,57 @@ class AdminClient:
         """
         return self._object(self._post(f"{_API}models/{model_id}/aggregate/", {}))
 
+    def list_clients(self, model_id: int) -> list[dict[str, Any]]:
+        """Return the clients registered with the model, in registration order.
+
+        Each: ``uuid``, ``registered_on``, ``last_seen`` (when its newest update to the
+        model arrived, or None), ``updates`` (how many it sent to the model) and
+        ``statuses`` (how many of them are in each status, by :class:`UpdateStatus` name).
+        Reference server only (``GET /api/v1/models/<id>/clients/``).
+
+        Raises:
+            APIError: 404 when the model does not exist, or the service has no such route
+                (the stock service: the hint says so).
+        """
+        path = f"{_API}models/{model_id}/clients/"
+        response = self._extension("GET", path, model_id)
+        rows = _parse(response)
+        if not isinstance(rows, list):
+            raise DecodeError(f"GET {path} should answer a JSON list, got {type(rows).__name__}")
+        return rows
+
+    def remove_client(self, model_id: int, uuid: str) -> None:
+        """Remove a client's registration with the model.
+
+        Its updates stay stored; its PENDING ones no longer count toward a round (the
+        next round marks them INVALID), and the model's requirement is checked again at
+        once, so an ``all_clients`` model that waited only for this client runs its round.
+        The client is refused (403) on the model's routes until it registers again.
+        Reference server only (``DELETE /api/v1/models/<id>/clients/<uuid>/``).
+
+        Raises:
+            APIError: 400 for a malformed UUID; 404 when the model does not exist, the
+                client is not registered with it, or the service has no such route.
+        """
+        self._extension("DELETE", f"{_API}models/{model_id}/clients/{uuid}/", model_id)
+
+    def _extension(self, method: str, path: str, model_id: int) -> requests.Response:
+        """Send a request to a reference-server route; a 404 without it says so."""
+        try:
+            return self._transport.request(method, path)
+        except APIError as exc:
+            if exc.status_code != 404:
+                raise
+            if _ours(exc.detail):  # the detail says it all; "check the url" would mislead
+                raise APIError(exc.status_code, exc.detail) from exc
+            self.get_model(model_id)  # a missing model: that 404, as it is
+            raise APIError(
+                exc.status_code,
+                exc.detail,
+                f"{method} {self._transport.url(path)} needs the reference server "
+                "(fma-connect serve); the stock FMA service has no such route",
+            ) from exc
+
     def publish(self, aggregate_id: int, version: str) -> dict[str, Any]:
         """Publish an aggregate as its model's current artifact; return the artifact."""
         path = f"{_API}model_aggregates/{aggregate_id}/publish_aggregate/"
@@ -283,6 +334,11 @@ class AdminClient:
                 f"got {type(value).__name__}"
             )
         return value
+
+
+def _ours(detail: Any) -> bool:
+    """Whether a 404 body is the reference server's about a client (not a missing route)."""
+    return isinstance(detail, dict) and "is not registered" in str(detail.get("detail", ""))
 
 
 def _parse(response: requests.Response) -> Any:

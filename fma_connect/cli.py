@@ -114,6 +114,11 @@ def _cmd_admin(args: argparse.Namespace) -> int:
                 result = admin.list_aggregates(args.model_id)
             elif args.admin_command == "aggregate":
                 result = admin.aggregate(args.model_id)
+            elif args.admin_command == "clients":
+                result = admin.list_clients(args.model_id)
+            elif args.admin_command == "remove-client":
+                admin.remove_client(args.model_id, args.uuid)
+                result = {"removed": args.uuid, "federated_model": args.model_id}
             else:
                 result = admin.publish(args.aggregate_id, args.version)
     except (FMAConnectError, OSError, ValueError) as exc:
@@ -318,12 +323,17 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         actions, "delete-model", "delete a model with its updates, aggregates and artifacts"
     )
     delete.add_argument("model_id", type=int)
-    for name, text in (
-        ("updates", "list a model's updates (status and reason of each)"),
-        ("aggregates", "list a model's aggregates"),
-    ):
-        listing = _action(actions, name, text)
-        listing.add_argument("model_id", type=int)
+    updates = _action(actions, "updates", "list a model's updates (status and reason of each)")
+    updates.epilog = (
+        'Each update\'s "status" is the service\'s number and "status_name" its name: '
+        "0 PENDING (waiting for a round), 1 RUNNING (in a round now), 2 COMPLETE (averaged "
+        "into an aggregate), 3 FAILED (the stock service could not aggregate it; the "
+        "reference server puts a failed round's updates back to PENDING), 4 INVALID "
+        '(refused by a round; "status_reason" says why).'
+    )
+    updates.add_argument("model_id", type=int)
+    aggregates = _action(actions, "aggregates", "list a model's aggregates")
+    aggregates.add_argument("model_id", type=int)
     trigger = _action(
         actions,
         "aggregate",
@@ -331,6 +341,22 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "model's requirement is met (reference server only)",
     )
     trigger.add_argument("model_id", type=int)
+    clients = _action(
+        actions,
+        "clients",
+        "list the clients registered with a model: when each registered and last sent an "
+        "update, and how many of its updates are in each status (reference server only)",
+    )
+    clients.add_argument("model_id", type=int)
+    remove = _action(
+        actions,
+        "remove-client",
+        "remove a client's registration with a model: its updates stay, its pending ones "
+        "no longer count toward a round, and it is refused until it registers again "
+        "(reference server only)",
+    )
+    remove.add_argument("model_id", type=int)
+    remove.add_argument("uuid", help="the client's UUID (see the clients action)")
     publish = _action(actions, "publish", "publish an aggregate as its model's current artifact")
     publish.add_argument("aggregate_id", type=int)
     publish.add_argument("version")

@@ -14,6 +14,8 @@ ADMIN_ACTIONS = [
     "aggregates",
     "aggregate",
     "publish",
+    "clients",
+    "remove-client",
 ]
 COMMANDS = [["codecs"], ["serve"], ["demo"], ["admin"], ["admin-token"], ["bench"]] + [
     ["admin", action] for action in ADMIN_ACTIONS

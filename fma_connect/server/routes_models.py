@@ -1,4 +1,4 @@
-"""Routes under ``/api/v1/models/``: model CRUD, client registration, latest weights.
+"""Routes under ``/api/v1/models/``: model CRUD, clients (register, list, remove), weights.
 
 Synchronous handlers run in Starlette's thread pool; handlers that read a body are
 async and hand the work to a thread themselves.
@@ -7,6 +7,7 @@ async and hand the work to a thread themselves.
 from __future__ import annotations
 
 import re
+import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -15,9 +16,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .._transport import LONG_POLL_HEADER
+from ..admin import UpdateStatus
 from ..codecs.context import CodecContext
 from .auth import authenticate
-from .errors import bad_request
+from .errors import bad_request, not_found
 from .httputil import JSONResponse, paginate, query_int, read_json, service
 from .limits import MODEL_BODY_BYTES
 from .shapes import aggregate_json, artifact_json, model_json
@@ -215,6 +217,51 @@ def trigger_aggregation(request: Request) -> Response:
     return JSONResponse(aggregate_json(aggregate), status_code=201)
 
 
+def list_clients(request: Request) -> Response:
+    """GET /models/<id>/clients/ (admin, extension): the registered clients and their updates.
+
+    Each: ``uuid``, ``registered_on``, ``last_seen`` (its newest update to the model, or
+    null), ``updates`` (how many) and ``statuses`` (how many in each status, by name).
+    """
+    svc = service(request)
+    authenticate(request, svc.store).require_admin()
+    model_id = svc.model(_model_id(request))["id"]
+    counts = svc.store.status_counts(model_id)
+    return JSONResponse(
+        [
+            {
+                **row,
+                "statuses": {
+                    status.name: counts.get(row["uuid"], {}).get(status.value, 0)
+                    for status in UpdateStatus
+                },
+            }
+            for row in svc.store.client_activity(model_id)
+        ]
+    )
+
+
+def remove_client(request: Request) -> Response:
+    """DELETE /models/<id>/clients/<uuid>/ (admin, extension): unregister a client.
+
+    Its updates stay stored; its PENDING ones no longer count toward a round (the next
+    round marks them INVALID). The model's requirement is checked again at once, so an
+    ``all_clients`` model that waited only for this client runs its round.
+    """
+    svc = service(request)
+    authenticate(request, svc.store).require_admin()
+    model_id = svc.model(_model_id(request))["id"]
+    raw = request.path_params["uuid"]
+    try:
+        client = str(uuid_module.UUID(raw))
+    except ValueError:
+        raise bad_request("uuid", f"Expected a client UUID, got {raw[:60]!r}.") from None
+    if not svc.store.unregister_client(model_id, client):
+        raise not_found(f"Client {client} is not registered with federated model {model_id}.")
+    svc.rounds.after_update(model_id)
+    return Response(status_code=204)
+
+
 register_path_ids()  # {model_id:id}: 1 to 19 digits, else no route matches (404)
 ROUTES = [
     Route("/api/v1/models/", create_model, methods=["POST"]),
@@ -227,4 +274,6 @@ ROUTES = [
     Route("/api/v1/models/{model_id:id}/get_latest_model/", latest_model, methods=["GET"]),
     Route("/api/v1/models/{model_id:id}/get_current_artifact/", current_artifact, methods=["GET"]),
     Route("/api/v1/models/{model_id:id}/aggregate/", trigger_aggregation, methods=["POST"]),
+    Route("/api/v1/models/{model_id:id}/clients/", list_clients, methods=["GET"]),
+    Route("/api/v1/models/{model_id:id}/clients/{uuid}/", remove_client, methods=["DELETE"]),
 ]

@@ -341,6 +341,47 @@ class Store:
         sql = "SELECT client FROM model_clients WHERE federated_model = ? ORDER BY rowid"
         return [row["client"] for row in self.all(sql, (model_id,))]
 
+    def client_activity(self, model_id: int) -> list[Row]:
+        """The model's registered clients in registration order, with their updates to it.
+
+        Each row: ``uuid``, ``registered_on`` (the client's ``created_on``: registrations
+        carry no time of their own), ``last_seen`` (``created_on`` of its newest update
+        to the model, or None) and ``updates`` (how many it sent to the model).
+        """
+        sql = (
+            "SELECT mc.client AS uuid, c.created_on AS registered_on, "
+            "(SELECT u.created_on FROM updates u WHERE u.federated_model = mc.federated_model "
+            "AND u.client = mc.client ORDER BY u.id DESC LIMIT 1) AS last_seen, "
+            "(SELECT COUNT(*) FROM updates u WHERE u.federated_model = mc.federated_model "
+            "AND u.client = mc.client) AS updates "
+            "FROM model_clients mc JOIN clients c ON c.uuid = mc.client "
+            "WHERE mc.federated_model = ? ORDER BY mc.rowid"
+        )
+        return self.all(sql, (model_id,))
+
+    def status_counts(self, model_id: int) -> dict[str, dict[int, int]]:
+        """Client UUID -> status number -> how many of its updates to the model have it."""
+        sql = (
+            "SELECT client, status, COUNT(*) AS n FROM updates WHERE federated_model = ? "
+            "GROUP BY client, status"
+        )
+        counts: dict[str, dict[int, int]] = {}
+        for row in self.all(sql, (model_id,)):
+            counts.setdefault(row["client"], {})[row["status"]] = int(row["n"])
+        return counts
+
+    def unregister_client(self, model_id: int, client: str) -> bool:
+        """Remove a client's registration with a model; return whether it was registered.
+
+        Its updates stay stored (see docs/ROUNDS.md for what a round does with them).
+        """
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM model_clients WHERE federated_model = ? AND client = ?",
+                (model_id, client),
+            )
+            return cursor.rowcount > 0
+
     # -- models ----------------------------------------------------------------------
 
     def insert_model(

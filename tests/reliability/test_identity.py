@@ -51,6 +51,8 @@ ACCESS = {
     ("GET", "/api/v1/models/{model_id:id}/get_latest_model/"): READERS,
     ("GET", "/api/v1/models/{model_id:id}/get_current_artifact/"): READERS,
     ("POST", "/api/v1/models/{model_id:id}/aggregate/"): ADMIN,
+    ("GET", "/api/v1/models/{model_id:id}/clients/"): ADMIN,
+    ("DELETE", "/api/v1/models/{model_id:id}/clients/{uuid}/"): ADMIN,
     ("POST", "/api/v1/model_updates/"): CLIENT,
     ("OPTIONS", "/api/v1/model_updates/"): KNOWN,
     ("GET", "/api/v1/model_updates/"): ADMIN,
@@ -131,8 +133,10 @@ class World:
             "model_artifacts": "artifact",
             "client_aggregate_scores": "score",
         }[collection]
-        return template.replace("{model_id:id}", str(self.model)).replace(
-            "{id:id}", str(self.ids[key])
+        return (
+            template.replace("{model_id:id}", str(self.model))
+            .replace("{id:id}", str(self.ids[key]))
+            .replace("{uuid}", self.sender)
         )
 
     def body(self, method: str, template: str) -> Any:
