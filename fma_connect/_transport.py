@@ -404,8 +404,8 @@ class Transport:
 
         A body the service offers in ranges (``Accept-Ranges: bytes`` and a strong
         ``ETag``) that breaks off is resumed where it stopped (``retries`` times in a
-        row without progress at most): ``Range: bytes=<received>-`` with
-        ``If-Range: <ETag>``, into the same buffer.
+        row without progress at most; never with ``retries=0``): ``Range:
+        bytes=<received>-`` with ``If-Range: <ETag>``, into the same buffer.
         What is received is then checked whole by the codec that decodes it.
 
         Raises:
@@ -455,10 +455,10 @@ class Transport:
             if error is None:
                 return
             # Retries count the breaks that brought nothing: a link that keeps dropping
-            # but moves the body on is followed to the end.
+            # but moves the body on is followed to the end (retries=0: never resumed).
             stalls = 0 if got > before else stalls + 1
             while True:
-                if not resumable or stalls > self.retries:
+                if not resumable or not self.retries or stalls > self.retries:
                     raise error
                 time.sleep(self._backoff(stalls, None))
                 try:
