@@ -25,6 +25,7 @@ from ..exceptions import EncodeError
 from ..plugins import default_codec_registry
 from .extras import missing
 from .measure import make_model, timed, timed_pair
+from .wire import response_head
 
 __all__ = ["OPS", "run_op"]
 
@@ -346,13 +347,7 @@ def op_raw(spec: Spec) -> Spec:
 
 def _expect(reader: Any, header_only: bool = False) -> int:
     """Read a response head (and its body unless ``header_only``); return its length."""
-    status = reader.readline()
-    if not status.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(f"raw server answered {status!r}")
-    length = 0
-    while (line := reader.readline()) not in (b"\r\n", b""):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
+    length = response_head(reader)
     if not header_only:
         reader.read(length)
     return length

@@ -44,6 +44,7 @@ __all__ = [
     "durable_write",
     "hammer",
     "percentile",
+    "response_head",
     "send_sliced",
 ]
 
@@ -159,7 +160,7 @@ def address(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 80
 
 
-def _response_head(reader: Any) -> int:
+def response_head(reader: Any) -> int:
     """Read a 2xx response head; return its Content-Length."""
     status = reader.readline()
     if not status.startswith(b"HTTP/1.1 2"):
@@ -186,7 +187,7 @@ def bare_post(url: str, body: Any, path: str = "/") -> None:
         sock.sendall(head.encode("ascii"))
         send_sliced(sock, view)
         with sock.makefile("rb") as reader:
-            reader.read(_response_head(reader))
+            reader.read(response_head(reader))
 
 
 def bare_get_into(url: str, target: memoryview, prefix: str = "/") -> int:
@@ -195,7 +196,7 @@ def bare_get_into(url: str, target: memoryview, prefix: str = "/") -> int:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(f"GET {prefix}{target.nbytes} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
         with sock.makefile("rb") as reader:
-            length = _response_head(reader)
+            length = response_head(reader)
             got = 0
             while got < length:
                 n = reader.readinto(target[got : min(got + READ_SLICE, length)])
@@ -219,7 +220,7 @@ def bare_caller(url: str, path: str, headers: dict[str, str]) -> Caller:
 
     def call() -> None:
         sock.sendall(request)
-        reader.read(_response_head(reader))
+        reader.read(response_head(reader))
 
     def close() -> None:
         reader.close()

@@ -51,14 +51,14 @@ class Manifest:
     digests: tuple[str, ...]
 
     @classmethod
-    def from_row(cls, row: Row) -> Manifest:
-        """The manifest of an ``uploads`` row."""
+    def from_row(cls, row: Row, digests: tuple[str, ...]) -> Manifest:
+        """The manifest of an ``uploads`` row, whose ``chunks`` are ``digests``."""
         return cls(
             fields=orjson.loads(row["fields"]),
             codec=row["codec"],
             size=row["size"],
             chunk_size=row["chunk_size"],
-            digests=tuple(orjson.loads(row["chunks"])),
+            digests=digests,
         )
 
     def span(self, index: int) -> tuple[int, int]:

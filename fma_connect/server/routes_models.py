@@ -18,7 +18,7 @@ from starlette.routing import Route
 from .._transport import LONG_POLL_HEADER
 from ..admin import UpdateStatus
 from ..codecs.context import CodecContext
-from .auth import authenticate
+from .auth import Identity, authenticate
 from .errors import bad_request, not_found
 from .httputil import JSONResponse, paginate, query_int, read_json, service
 from .limits import MODEL_BODY_BYTES
@@ -105,11 +105,17 @@ def register_client(request: Request) -> Response:
 
 
 def _readable_model(request: Request) -> Row:
+    return _reader(request)[1]
+
+
+def _reader(request: Request) -> tuple[Identity, Row]:
+    """Who asks (the admin, or a client registered with the model) and the model."""
     svc = service(request)
     identity = authenticate(request, svc.store)
     if identity.user is None:
         identity.require_client()
-    return svc.model_for_client(_model_id(request), None if identity.user else identity.client)
+    model = svc.model_for_client(_model_id(request), None if identity.user else identity.client)
+    return identity, model
 
 
 async def latest_aggregate(request: Request) -> Response:
@@ -121,7 +127,7 @@ async def latest_aggregate(request: Request) -> Response:
     it with ``FMA-Long-Poll: <cap>``.
     """
     svc = service(request)
-    model = await run_in_threadpool(_readable_model, request)
+    identity, model = await run_in_threadpool(_reader, request)
 
     def latest() -> Awaitable[Row | None]:
         return run_in_threadpool(svc.store.latest_aggregate, model["id"])
@@ -133,7 +139,6 @@ async def latest_aggregate(request: Request) -> Response:
         after = query_int(request, "after")
         if after is not None and after < -1:
             raise bad_request("after", f"Expected an aggregate id, or -1 for none, got {after}.")
-        identity = await run_in_threadpool(authenticate, request, svc.store)
         who = f"user {identity.user}" if identity.user is not None else str(identity.client)
         aggregate = await svc.waiters.hold(
             who, model["id"], -1 if after is None else after, wait, latest, _gone(request)

@@ -27,10 +27,12 @@ that trained again), and is refused if that is not enough.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +56,15 @@ DEFAULT_EXPIRY = 24 * 3600
 DEFAULT_UPLOAD_QUOTA = 32 << 30
 _ID = re.compile(r"[0-9a-f]{32}")
 _SUFFIX = ".part"
+#: The columns :meth:`Uploads.row` reads: all but the digests (see ``_manifest``).
+_COLUMNS = (
+    "id, federated_model, client, fields, codec, size, chunk_size, manifest, "
+    "idempotency_key, update_id, created_on, expires"
+)
+#: An open upload's activity: it lives ``expiry`` seconds from now.
+_TOUCH = "UPDATE uploads SET expires = ? WHERE id = ? AND update_id IS NULL"
+#: Uploads whose digests are kept parsed.
+_CACHED_MANIFESTS = 64
 #: Bytes hashed per read when a chunk is checked against its digest.
 _VERIFY_SLICE = 8 << 20
 
@@ -88,6 +99,8 @@ class Uploads:
         #: an earlier run, and are checked again at completion (see the module notes).
         self.boot = secrets.token_hex(8)
         self._locks = KeyedLocks()  # completing an upload: one at a time
+        self._digests: dict[str, tuple[str, ...]] = {}  # see _manifest
+        self._cache_lock = threading.Lock()
         #: Who writes which chunk now (see :mod:`.chunk_writes`).
         self.writers = ChunkWriters(self._path)
 
@@ -222,7 +235,7 @@ class Uploads:
         """
         row = None
         if _ID.fullmatch(upload_id):
-            row = self.store.one("SELECT * FROM uploads WHERE id = ?", (upload_id,))
+            row = self.store.one(f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
         if row is None or row["client"] != client:
             raise not_found(f"No upload {upload_id} of this client (it may have expired).")
         if row["update_id"] is None and row["expires"] < time.time():
@@ -236,13 +249,13 @@ class Uploads:
             r["idx"]
             for r in self.store.all("SELECT idx FROM upload_chunks WHERE upload = ?", (row["id"],))
         }
-        return [i for i in range(len(orjson.loads(row["chunks"]))) if i not in have]
+        return [i for i in range(math.ceil(row["size"] / row["chunk_size"])) if i not in have]
 
     def describe(self, client: str, upload_id: str) -> dict[str, Any]:
         """An upload as the routes answer it."""
         row = self.row(client, upload_id)
         missing = self.missing(row) if row["update_id"] is None else []
-        manifest = Manifest.from_row(row)
+        manifest = self._manifest(row)
         return {
             "id": row["id"],
             "federated_model": row["federated_model"],
@@ -274,7 +287,7 @@ class Uploads:
         row = self.row(client, upload_id)
         if row["update_id"] is not None:
             raise detail(409, f"Upload {upload_id} is complete (update {row['update_id']}).")
-        manifest = Manifest.from_row(row)
+        manifest = self._manifest(row)
         if not 0 <= index < len(manifest.digests):
             raise not_found(
                 f"Upload {upload_id} has chunks 0 to {len(manifest.digests) - 1}, not {index}."
@@ -296,13 +309,15 @@ class Uploads:
                     "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM uploads WHERE id = ?)",
                     (upload_id, index, self.boot, upload_id),
                 )
+                conn.execute(  # and the upload lives on from now (see expiry)
+                    _TOUCH,
+                    (time.time() + self.expiry, upload_id),
+                )
             else:
                 conn.execute(
                     "DELETE FROM upload_chunks WHERE upload = ? AND idx = ?", (upload_id, index)
                 )
         self.writers.release(claim, upload_id, index, nbytes)
-        if whole:
-            self._touch(upload_id)
 
     # -- completing --------------------------------------------------------------------
 
@@ -321,7 +336,7 @@ class Uploads:
             stored = self.store.update_by_key(client, row["idempotency_key"])
             if stored is not None:  # completed before (perhaps cut off before the answer)
                 return stored, False
-            manifest = Manifest.from_row(row)
+            manifest = self._manifest(row)
             interrupted = self.writers.stop(upload_id)  # from here on no chunk is written
             try:
                 return self._complete(upload_id, row, manifest, interrupted, add)
@@ -447,16 +462,33 @@ class Uploads:
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
         self._path(upload_id).unlink(missing_ok=True)
+        with self._cache_lock:
+            self._digests.pop(upload_id, None)
 
     def _touch(self, upload_id: str) -> None:
         with self.store.transaction() as conn:
             conn.execute(
-                "UPDATE uploads SET expires = ? WHERE id = ? AND update_id IS NULL",
+                _TOUCH,
                 (time.time() + self.expiry, upload_id),
             )
 
     def _path(self, upload_id: str) -> Path:
         return self.directory / f"{upload_id}{_SUFFIX}"
+
+    def _manifest(self, row: Row) -> Manifest:
+        """The manifest of an upload row (:meth:`row`'s, without its digests): every chunk's
+        PUT needs it, and a manifest's digests (up to ~280 kB of JSON) never change, so
+        they are read and parsed once an upload, not once a chunk."""
+        with self._cache_lock:
+            digests = self._digests.get(row["id"])
+        if digests is None:
+            found = self.store.one("SELECT chunks FROM uploads WHERE id = ?", (row["id"],))
+            digests = tuple(orjson.loads(found["chunks"])) if found else ()
+            with self._cache_lock:
+                if len(self._digests) >= _CACHED_MANIFESTS:
+                    self._digests.pop(next(iter(self._digests)))  # the oldest
+                self._digests[row["id"]] = digests
+        return Manifest.from_row(row, digests)
 
 
 def _iso(seconds: float) -> str:
