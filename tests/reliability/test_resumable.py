@@ -285,3 +285,29 @@ def test_a_download_cut_five_times_resumes_and_is_bit_exact(
     assert ratio <= 1.1, ratio
     figures.add("resumable", "downloads cut 5 times, resumed, bit-exact", 1)
     figures.set("resumable", "bytes received / payload, 5 cuts", round(ratio, 3))
+
+
+def test_chunks_answered_503_are_sent_again_and_the_upload_completes(
+    server: RunningServer, admin: AdminClient, sleeps: list[float]
+) -> None:
+    model = admin.create_model("busy", requirement="require_x_updates", requirement_args=[1])
+    weights = _weights(7, layers=2)
+    answered = {"n": 0}
+    lock = threading.Lock()
+
+    def plan(exchange: Exchange) -> Fault | None:
+        if not _is_chunk(exchange):
+            return None
+        with lock:
+            answered["n"] += 1
+            busy = answered["n"] in (3, 10, 11)  # two in a row on one chunk, too
+        return Fault("answer", status=503, headers={"Retry-After": "1"}) if busy else None
+
+    with fault_proxy(server.url, plan) as proxy:
+        client = _client(proxy.url, model["id"])
+        client.register()
+        update = client.send_update(weights)
+        assert len(proxy.faults("answer")) == 3
+    (stored,) = admin.list_updates(model["id"])
+    assert stored["id"] == update["id"]
+    assert _stored_equals(server.url, client, weights)

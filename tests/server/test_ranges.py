@@ -122,3 +122,21 @@ def test_a_download_cut_mid_body_resumes_where_it_stopped(
     assert got is not None and len(cuts) >= 3
     assert np.array_equal(got["values"]["w"], expected["values"]["w"])
     assert seen == sorted(seen)  # progress never goes back
+
+
+def test_aggregate_results_and_artifact_values_come_in_ranges_too(
+    server: RunningServer, admin: AdminClient, published: tuple[WebClient, str]
+) -> None:
+    client, _ = published
+    (aggregate,) = admin.list_aggregates(client.federated_model_id)
+    artifact = admin.publish(aggregate["id"], "1.0.0")
+    for path in (
+        f"/api/v1/model_aggregates/{aggregate['id']}/result/",
+        f"/api/v1/model_artifacts/{artifact['id']}/values/",
+    ):
+        whole = _get(client, server.url + path)
+        assert whole.status_code == 200 and whole.headers["Accept-Ranges"] == "bytes", path
+        part = _get(
+            client, server.url + path, Range="bytes=500-", **{"If-Range": whole.headers["ETag"]}
+        )
+        assert part.status_code == 206 and part.content == whole.content[500:], path
