@@ -19,11 +19,11 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from ._downloads import Download, Scatter, window_of
 from .exceptions import (
     APIError,
     ConfigurationError,
     ConnectError,
-    DecodeError,
     EncodeError,
     RequestTimeout,
     TransportError,
@@ -60,9 +60,8 @@ LONG_POLL_HEADER = "FMA-Long-Poll"
 Progress = Callable[[int, int | None], None]
 #: Largest slice of an upload handed to the socket at once (see :class:`Chunks`).
 SEND_SLICE = 1 << 20
-#: Largest read into a download buffer at once: between two progress calls, and what a
-#: broken read loses (a read cut mid-slice counts none of its bytes).
-_RECV_SLICE = 1 << 20
+#: The first bytes of a body read before asking where the rest goes (``read_body_placed``).
+_HEAD = 64 << 10
 
 
 class JitterRetry(Retry):
@@ -412,22 +411,53 @@ class Transport:
             DecodeError: the body ended before its Content-Length.
             RequestTimeout / ConnectError: the transfer stalled or broke (for good).
         """
+        return self.read_body_placed(response, None, progress)
+
+    def read_body_placed(
+        self,
+        response: requests.Response,
+        place: Callable[[memoryview, int], Sequence[memoryview] | int | None] | None,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Read a streamed response into where ``place`` says, else as :meth:`read_body`.
+
+        Args:
+            place: Called with the body's first bytes and its length (a Content-Length
+                without Content-Encoding is needed; else the body is read whole). It
+                returns the buffers that hold the body, in order, from its first byte
+                (they may view the bytes it was given); or how many first bytes it needs
+                to tell; or None: read the body whole. It may raise.
+
+        Returns:
+            None when the body went into ``place``'s buffers, else the whole body.
+
+        Raises:
+            As :meth:`read_body`, and what ``place`` raises.
+        """
         length = response.headers.get("Content-Length")
         try:
-            if (
-                length is not None
-                and length.isdigit()
-                and not response.headers.get("Content-Encoding")
-            ):
-                view = np.empty(int(length), np.uint8).data
-                self._read_resuming(response, view, progress)
-                return view
-            buffer = bytearray()
-            for chunk in response.iter_content(1 << 20):
-                buffer += chunk
-                if progress is not None:
-                    progress(len(buffer), None)
-            return buffer
+            if length is None or not length.isdigit() or response.headers.get("Content-Encoding"):
+                buffer = bytearray()
+                for chunk in response.iter_content(1 << 20):
+                    buffer += chunk
+                    if progress is not None:
+                        progress(len(buffer), None)
+                return buffer
+            size, etag = int(length), response.headers.get("ETag", "")
+            download = Download(
+                response,
+                size,
+                lambda broken, start: self._rest(broken, start, size, etag),
+                self.retries,
+                lambda attempt: self._backoff(attempt, None),
+                progress,
+            )
+            try:
+                if place is None:
+                    return _whole(download, memoryview(b""))
+                return _placed(download, place)
+            finally:
+                download.close()
         except requests.Timeout as exc:
             raise RequestTimeout(f"download of {response.url} stalled: {_root_cause(exc)}") from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -439,33 +469,6 @@ class Transport:
         """Close the session if this transport created it."""
         if self._owns_session:
             self.session.close()
-
-    def _read_resuming(
-        self, response: requests.Response, view: memoryview, progress: Progress | None
-    ) -> None:
-        """Fill ``view`` with the body, resuming with ranges where the service allows."""
-        etag = response.headers.get("ETag", "")
-        ranged = response.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
-        resumable = ranged and etag.startswith('"')  # strong validators only (RFC 9110)
-        got, stalls = 0, 0
-        while True:
-            before = got
-            got, error = _read_into(response, view, got, progress)
-            response.close()
-            if error is None:
-                return
-            # Retries count the breaks that brought nothing: a link that keeps dropping
-            # but moves the body on is followed to the end (retries=0: never resumed).
-            stalls = 0 if got > before else stalls + 1
-            while True:
-                if not resumable or not self.retries or stalls > self.retries:
-                    raise error
-                time.sleep(self._backoff(stalls, None))
-                try:
-                    response = self._rest(response, got, view.nbytes, etag)
-                    break
-                except (ConnectError, RequestTimeout) as exc:  # not reachable yet
-                    error, stalls = exc, stalls + 1
 
     def _rest(
         self, broken: requests.Response, start: int, length: int, etag: str
@@ -497,50 +500,36 @@ class Transport:
         return rest
 
 
-def _read_into(
-    response: requests.Response, view: memoryview, got: int, progress: Progress | None
-) -> tuple[int, Exception | None]:
-    """Read the response body into ``view`` from byte ``got`` on.
-
-    Returns:
-        The bytes ``view`` holds, and why it is not full (None when it is): a
-        :class:`DecodeError` when the body ended early, else the transport's error.
-    """
-    readinto = _socket_readinto(response)
-    length = view.nbytes
-    try:
-        while got < length:
-            n = readinto(view[got : got + _RECV_SLICE])
-            if not n:
-                return got, DecodeError(
-                    f"response from {response.url} is truncated: got {got} of {length} bytes"
-                )
-            got += n
-            if progress is not None:
-                progress(got, length)
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        return got, exc
-    return got, None
+def _whole(download: Download, head: memoryview) -> memoryview:
+    """Read the whole body into a fresh buffer, after the ``head`` read so far."""
+    view = np.empty(download.length, np.uint8).data
+    view[: head.nbytes] = head
+    download.read(window_of(view), download.length)
+    return view
 
 
-def _socket_readinto(response: requests.Response) -> Callable[[memoryview], int]:
-    """The fastest ``readinto`` for a streamed body that urllib3 has not started reading.
-
-    urllib3's own ``readinto`` reads into a temporary ``bytes`` and copies it; the
-    ``http.client`` response underneath reads from the socket into our buffer.
-    """
-    raw = response.raw
-    inner = getattr(raw, "_fp", None)
-    untouched = getattr(raw, "_fp_bytes_read", None) == 0 and not getattr(
-        raw, "_decoded_buffer", None
-    )
-    if inner is not None and untouched and hasattr(inner, "readinto"):
-        readinto: Callable[[memoryview], int] = inner.readinto
-        return readinto
-
-    def fallback(view: memoryview) -> int:
-        data = raw.read(view.nbytes, decode_content=False)
-        view[: len(data)] = data
-        return len(data)
-
-    return fallback
+def _placed(
+    download: Download, place: Callable[[memoryview, int], Sequence[memoryview] | int | None]
+) -> memoryview | None:
+    """Read the body where ``place`` says (None), or whole when it says None (the body)."""
+    head = np.empty(min(download.length, _HEAD), np.uint8).data
+    while True:
+        download.read(window_of(head), head.nbytes)
+        placed = place(head, download.length)
+        if not isinstance(placed, int):
+            break
+        if not head.nbytes < placed <= download.length:
+            raise ValueError(
+                f"asked for {placed} first bytes after {head.nbytes}, of {download.length}"
+            )
+        grown = np.empty(placed, np.uint8).data
+        grown[: head.nbytes] = head
+        head = grown
+    if placed is None:
+        return _whole(download, head)
+    scatter = Scatter(placed)
+    if scatter.nbytes != download.length:
+        raise ValueError(f"placed {scatter.nbytes} bytes of a body of {download.length}")
+    scatter.fill(head)
+    download.read(scatter.window, download.length)
+    return None

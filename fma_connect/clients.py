@@ -18,6 +18,7 @@ import orjson
 import requests
 
 from . import settings
+from ._into import Into
 from ._transport import (
     API_PREFIX,
     DEFAULT_RETRIES,
@@ -59,6 +60,8 @@ from .exceptions import APIException  # re-exported: the seed's import path
 
 _API = API_PREFIX
 _JSON = "application/json"
+#: What received weights are restored into (see ``WebClient._target``).
+Target = Spec | Into | None
 #: Response header holding the JSON fields of a response whose body is a binary payload.
 META_HEADER = "FMA-Meta"
 #: What a delta codec's client asks answers in: whole and lossless, its next base.
@@ -375,7 +378,11 @@ class WebClient:
         return _json(response)
 
     def check_for_new_model_aggregate(
-        self, update_after: int | np.integer[Any] | None = None, *, like: Any = None
+        self,
+        update_after: int | np.integer[Any] | None = None,
+        *,
+        like: Any = None,
+        into: Any = None,
     ) -> dict[str, Any] | None:
         """Return the latest aggregate if it is newer than ``update_after``.
 
@@ -384,17 +391,25 @@ class WebClient:
                 aggregate this client has seen (any aggregate, on a fresh client).
             like: A template to restore the weights into (default: the last update's
                 structure, or what the service sent if none was sent yet).
+            into: Arrays to receive the weights in, instead of new ones: a list, dict
+                or nested tree of writable numpy arrays of the weights' shapes (the
+                previous answer's weights, say). They are overwritten and returned as
+                the weights. Tensors that travel as raw bytes (``msgpack``) are read
+                from the socket straight into them; others are decoded and copied in.
+                If the call raises, they may hold part of the new weights. Not with
+                ``like``.
 
         Returns:
             ``{"id", "result", "validation_score", ...}`` with ``result`` holding the
             weights, or None when there is no newer aggregate.
 
         Raises:
-            ConfigurationError: ``update_after`` is not an integer or None.
+            ConfigurationError: ``update_after`` is not an integer or None, or ``into``
+                is not a tree of writable numpy arrays.
             APIException: the service did not answer 200.
         """
         _check_update_after(update_after)
-        return self._new_aggregate(update_after, self._target(like))[0]
+        return self._new_aggregate(update_after, self._target(like, into))[0]
 
     def wait_for_new_model(
         self,
@@ -402,6 +417,7 @@ class WebClient:
         update_after: int | np.integer[Any] | None = None,
         *,
         like: Any = None,
+        into: Any = None,
     ) -> dict[str, Any] | None:
         """Wait up to ``timeout`` seconds for an aggregate newer than ``update_after``.
 
@@ -414,6 +430,7 @@ class WebClient:
             timeout: Most seconds to wait.
             update_after: As for :meth:`check_for_new_model_aggregate`.
             like: As for :meth:`check_for_new_model_aggregate`.
+            into: As for :meth:`check_for_new_model_aggregate`.
 
         Returns:
             What :meth:`check_for_new_model_aggregate` returns for the new aggregate as
@@ -427,7 +444,7 @@ class WebClient:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
             raise ConfigurationError(f"timeout must be seconds >= 0, got {timeout!r}")
         _check_update_after(update_after)
-        target = self._target(like)
+        target = self._target(like, into)
         deadline = time.monotonic() + timeout
         delay = _POLL_FIRST
         long_poll = True  # until an answer shows the service cannot hold the request
@@ -445,7 +462,7 @@ class WebClient:
     def _new_aggregate(
         self,
         update_after: int | np.integer[Any] | None,
-        target: Spec | None,
+        target: Target,
         hold: float | None = None,
     ) -> tuple[dict[str, Any] | None, bool]:
         """The latest aggregate if newer than ``update_after``; and whether the service
@@ -481,8 +498,12 @@ class WebClient:
         read = timeout[1] if isinstance(timeout, tuple) else timeout
         return _LONGEST_HOLD if read is None else min(_LONGEST_HOLD, read / 2)
 
-    def get_current_artifact(self, *, like: Any = None) -> dict[str, Any] | None:
+    def get_current_artifact(self, *, like: Any = None, into: Any = None) -> dict[str, Any] | None:
         """Return the model's published artifact, with ``values`` holding its weights.
+
+        Args:
+            like: As for :meth:`check_for_new_model_aggregate`.
+            into: As for :meth:`check_for_new_model_aggregate`.
 
         Returns:
             ``{"id", "values", "version", "created_on", "federated_model"}``, or None
@@ -491,7 +512,7 @@ class WebClient:
         Raises:
             APIException: the service did not answer 200.
         """
-        target = self._target(like)
+        target = self._target(like, into)
         response = self._call(
             "GET",
             f"{_API}models/{self._federated_model_id}/get_current_artifact/",
@@ -504,7 +525,11 @@ class WebClient:
         return artifact
 
     def check_for_latest_model(
-        self, update_after: int | np.integer[Any] | None = None, *, like: Any = None
+        self,
+        update_after: int | np.integer[Any] | None = None,
+        *,
+        like: Any = None,
+        into: Any = None,
     ) -> dict[str, Any] | None:
         """Return the latest model (aggregate or artifact) if newer than ``update_after``.
 
@@ -514,6 +539,7 @@ class WebClient:
                 None, e.g. the initial model) count as aggregate -1, as in the original
                 client: a client gets them once.
             like: A template to restore the weights into.
+            into: As for :meth:`check_for_new_model_aggregate`.
 
         Returns:
             ``{"values": <weights>, "aggregate": id or None}``, or None.
@@ -523,7 +549,7 @@ class WebClient:
             APIException: the service did not answer 200.
         """
         _check_update_after(update_after)
-        target = self._target(like)
+        target = self._target(like, into)
         response = self._call(
             "GET",
             f"{_API}models/{self._federated_model_id}/get_latest_model/",
@@ -541,7 +567,7 @@ class WebClient:
             if not self._is_new(latest.get("aggregate"), update_after):
                 response.close()
                 return None
-            latest["values"] = self._restore(self._decode_binary(response), target)
+            latest["values"] = self._restore(self._decode_binary(response, target), target)
         self._saw(latest.get("aggregate"))
         self._hold(latest.get("aggregate"))
         return latest
@@ -691,7 +717,7 @@ class WebClient:
             return {"CLIENT-UUID": self._uuid} if self._uuid else {}
         return {"CLIENT-UUID": self.uuid}
 
-    def _accept(self, target: Spec | None) -> str:
+    def _accept(self, target: Target) -> str:
         # Plain application/json asks for plain lists (what the original client gets);
         # a tagged JSON codec is asked for by name, a binary one by its media type.
         if self._codec.name == "json":
@@ -727,7 +753,7 @@ class WebClient:
         if self._last_aggregate is None or current > self._last_aggregate:
             self._last_aggregate = current
 
-    def _weights(self, value: Any, target: Spec | None) -> Any:
+    def _weights(self, value: Any, target: Target) -> Any:
         """Turn a weight field of a JSON answer (inline weights or a URL) into weights."""
         if value is None:
             return None
@@ -740,7 +766,7 @@ class WebClient:
             return value  # plain JSON and nothing to restore into: what the service sent
         return self._restore(decode_with(self._registry.get("json"), value), target)
 
-    def _download(self, url: str, target: Spec | None) -> Any:
+    def _download(self, url: str, target: Target) -> Any:
         response = self._call(
             "GET",
             url,
@@ -762,10 +788,10 @@ class WebClient:
                     f"(Content-Type {response.headers.get('Content-Type')!r}): {exc}"
                 ) from exc
             return self._weights(value, target)
-        return self._restore(self._decode_binary(response), target)
+        return self._restore(self._decode_binary(response, target), target)
 
     def _json_with_weights(
-        self, response: requests.Response, field: str, target: Spec | None
+        self, response: requests.Response, field: str, target: Target
     ) -> tuple[dict[str, Any], bool]:
         """Read a JSON object answer whose ``field`` may hold weights as plain lists.
 
@@ -783,7 +809,8 @@ class WebClient:
                 return fields, True
         return _json(response, body), False
 
-    def _decode_binary(self, response: requests.Response) -> Tensors:
+    def _decode_binary(self, response: requests.Response, target: Target = None) -> Tensors:
+        """Decode a binary answer; into ``target``'s arrays where it is :class:`Into`."""
         content_type = response.headers.get("Content-Type", "")
         try:
             codec = self._registry.for_media_type(content_type)
@@ -793,11 +820,22 @@ class WebClient:
                 f"{response.url} answered Content-Type {content_type!r}, which is neither "
                 f"JSON nor the media type of an installed codec ({exc})"
             ) from exc
-        body = self._transport.read_body(response, self._progress)
+        place = target.placer(codec) if isinstance(target, Into) else None
+        body = self._transport.read_body_placed(response, place, self._progress)
+        if body is None:  # read into the arrays
+            assert isinstance(target, Into)
+            return target.placed()
         return decode_with(codec, body, context=self._context(None))
 
-    def _target(self, like: Any) -> Spec | None:
-        """What received weights are restored into: ``like``, else the last update's Spec."""
+    def _target(self, like: Any, into: Any = None) -> Target:
+        """What received weights are restored into: ``into``'s arrays, ``like``, else
+        the last update's Spec."""
+        if into is not None:
+            if like is not None:
+                raise ConfigurationError(
+                    "give like= or into=, not both (into= is its own template)"
+                )
+            return Into(into)
         return spec_like(like) if like is not None else self._spec
 
     def _context(
@@ -841,7 +879,7 @@ class WebClient:
             self._held = (aggregate, self._received)
         self._received = None
 
-    def _restore(self, tensors: Tensors, target: Spec | None) -> Any:
+    def _restore(self, tensors: Tensors, target: Target) -> Any:
         if uses_context(self._codec):  # a copy: the caller may train in place on the result
             self._received = [(name, array.copy()) for name, array in tensors]
         return target.restore(tensors) if target is not None else untyped(tensors)

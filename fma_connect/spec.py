@@ -117,6 +117,17 @@ class Spec:
     def restore(self, tensors: Tensors) -> Any:
         """Rebuild the tree from received tensors, with the sent dtypes and shapes.
 
+        The checks are :meth:`arrays`'.
+
+        Raises:
+            FrameworkError: as :meth:`arrays`, or the framework could not build or load
+                the restored weights.
+        """
+        return _build(self.treedef, self.leaves, self.arrays(tensors))
+
+    def arrays(self, tensors: Tensors) -> list[np.ndarray]:
+        """The received tensors as the leaves' arrays, in the leaves' order, dtypes and shapes.
+
         Tensors named by position (``"0"``, ``"1"``..., as plain JSON delivers them) are
         matched by position; named ones must carry the sent names, in the sent order.
         Both must have the sent shapes, except that an empty tensor from plain JSON
@@ -124,7 +135,7 @@ class Spec:
 
         Raises:
             FrameworkError: count, names or shapes differ (the message names the first
-                difference), or the framework could not build or load the restored weights.
+                difference).
         """
         if len(tensors) != len(self.leaves):
             raise FrameworkError(
@@ -150,7 +161,7 @@ class Spec:
                     f"received {array.shape} ({array.size} values)"
                 )
             arrays.append(_cast(array.reshape(leaf.shape), leaf.dtype, leaf.name))
-        return _build(self.treedef, self.leaves, arrays)
+        return arrays
 
 
 #: Deeper trees are refused: no model nests this deep, but a list holding itself does.

@@ -22,7 +22,7 @@ import pstats
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,16 +195,21 @@ def op_client_download(spec: Spec) -> Spec:
 
     length = get_into(None)
     buffer = np.zeros(length, np.uint8)  # preallocated and touched: the peer's best case
+    arrays = _arrays_of(codec.decode(_probe_body(spec["bare"], headers)))  # touched too
     with WebClient(1, SINK_UUID, spec["bare"], codec=_MSGPACK) as client:
 
-        def ours() -> Any:
-            latest = client.check_for_latest_model(update_after=-1)
+        def ours(into: Any = None) -> Any:
+            latest = client.check_for_latest_model(update_after=-1, into=into)
             if latest is None:
                 raise RuntimeError("the bare source sent no model")
             return latest
 
         best = alternate(
-            [Contender("ours", ours), Contender("peer", lambda: get_into(buffer.data))],
+            [
+                Contender("ours", ours),
+                Contender("into", lambda: ours(arrays)),
+                Contender("peer", lambda: get_into(buffer.data)),
+            ],
             spec["repeat"],
             spec["warmup"],
         )
@@ -270,9 +275,10 @@ def op_server_egress(spec: Spec) -> Spec:
         del body
         length = _served_length(client, models.model_id)
         buffer = np.zeros(length, np.uint8)
+        arrays = _arrays_of(list(weights.items()))
 
-        def ours() -> Any:
-            latest = client.check_for_latest_model(update_after=-1)
+        def ours(into: Any = None) -> Any:
+            latest = client.check_for_latest_model(update_after=-1, into=into)
             if latest is None:
                 raise RuntimeError("the server sent no model")
             return latest
@@ -280,6 +286,7 @@ def op_server_egress(spec: Spec) -> Spec:
         best = alternate(
             [
                 Contender("ours", ours, watch_pid=spec["pid"]),
+                Contender("into", lambda: ours(arrays), watch_pid=spec["pid"]),
                 Contender("peer", lambda: bare_get_into(spec["bare"], buffer.data)),
                 Contender("asgi", lambda: bare_get_into(spec["empty"], buffer.data, "/bytes/")),
             ],
@@ -290,6 +297,19 @@ def op_server_egress(spec: Spec) -> Spec:
         models.close()
     payload = int(sum(a.nbytes for a in weights.values()))
     return {"paths": _figures(best), "payload": payload, "wire": length}
+
+
+def _arrays_of(tensors: Sequence[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Touched arrays of the tensors' names, dtypes and shapes: what a client that fetches
+    every round receives into (``into=``)."""
+    return {name: np.ones_like(array) for name, array in tensors}
+
+
+def _probe_body(url: str, headers: dict[str, str]) -> bytes:
+    """The body the bare source serves, read once."""
+    with requests.get(url.rstrip("/") + _LATEST, headers=headers, timeout=60) as response:
+        response.raise_for_status()
+        return response.content
 
 
 def _served_length(client: WebClient, model_id: int) -> int:
@@ -311,7 +331,9 @@ def op_round_trip(spec: Spec) -> Spec:
     received = np.zeros(body.nbytes, np.uint8)
     removals: list[Callable[[], None]] = []
 
-    def ours() -> Stages:
+    arrays = _arrays_of(list(weights.items()))
+
+    def ours(into: Any = None) -> Stages:
         client = models.client
         assert client is not None
         started = time.perf_counter()
@@ -319,7 +341,7 @@ def op_round_trip(spec: Spec) -> Spec:
         sent = time.perf_counter()
         models.admin.aggregate(models.model_id)
         averaged = time.perf_counter()
-        if client.check_for_latest_model(update_after=-1) is None:
+        if client.check_for_latest_model(update_after=-1, into=into) is None:
             raise RuntimeError("no model came back")
         fetched = time.perf_counter()
         return Stages(send=sent - started, round=averaged - sent, fetch=fetched - averaged)
@@ -347,6 +369,7 @@ def op_round_trip(spec: Spec) -> Spec:
         best = alternate(
             [
                 Contender("ours", ours, models.fresh, models.drop, spec["pid"]),
+                Contender("into", lambda: ours(arrays), models.fresh, models.drop, spec["pid"]),
                 Contender("peer", ceilings, None, remove),
             ],
             spec["repeat"],

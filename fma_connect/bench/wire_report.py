@@ -82,10 +82,11 @@ def _transfer(
     peer_name: str,
     texts: tuple[str, str, str],
     target: float | None,
+    ours_name: str = "ours",
 ) -> Row:
     figures = results[op]
     payload, paths = figures["payload"], figures["paths"]
-    ours = mbs(payload, paths["ours"]["seconds"])
+    ours = mbs(payload, paths[ours_name]["seconds"])
     peer = mbs(payload, paths[peer_name]["seconds"])
     return Row(
         key,
@@ -153,6 +154,25 @@ def rows(results: Results) -> list[Row]:
     peak = results["client_download"]["paths"]["ours"]["client_peak"]
     down.peaks, down.peak_ok = f"client +{_x(peak, payload)} (<= 1.1x)", peak <= 1.1 * payload
     out.append(down)
+    down_into = _transfer(
+        "client_download_into",
+        results,
+        "client_download",
+        "peer",
+        (
+            "client download: `check_for_latest_model(into=arrays)` (msgpack) from the same "
+            "source, into the arrays of the last fetch",
+            down.peer,
+            "the client's own cost (header parse, crc32 check) over reading the socket, "
+            "both into memory already touched",
+        ),
+        0.9,
+        "into",
+    )
+    peak = results["client_download"]["paths"]["into"]["client_peak"]
+    down_into.peaks = f"client +{_x(peak, payload)} (<= 1.1x)"
+    down_into.peak_ok = peak <= 1.1 * payload
+    out.append(down_into)
 
     ingest = results["server_ingest"]
     payload = ingest["payload"]
@@ -226,6 +246,24 @@ def rows(results: Results) -> list[Row]:
         f"client +{_x(figures['paths']['ours']['client_peak'], payload)}"
     )
     out.append(egress)
+    egress_into = _transfer(
+        "server_egress_into",
+        results,
+        "server_egress",
+        "peer",
+        (
+            "server egress: `check_for_latest_model(into=arrays)` from `fma-connect serve`",
+            egress.peer,
+            "the server's send path and the client's receive path into its arrays",
+        ),
+        0.6,
+        "into",
+    )
+    egress_into.peaks = (
+        f"server anon +{_x(figures['paths']['into']['server_anon'], payload)}, "
+        f"client +{_x(figures['paths']['into']['client_peak'], payload)}"
+    )
+    out.append(egress_into)
     egress_asgi = _transfer(
         "server_egress_asgi",
         results,
@@ -262,6 +300,25 @@ def rows(results: Results) -> list[Row]:
     figures = results["round_trip"]
     trip.peaks = f"server anon +{_x(figures['paths']['ours']['server_anon'], figures['payload'])}"
     out.append(trip)
+    trip_into = _transfer(
+        "round_trip_into",
+        results,
+        "round_trip",
+        "peer",
+        (
+            "round trip, fetching with `check_for_latest_model(into=arrays)`",
+            trip.peer,
+            trip.bounds,
+        ),
+        1 / 1.5,
+        "into",
+    )
+    trip_into.target_text = trip.target_text
+    if trip_into.ratio:
+        trip_into.ours_text += f" ({1 / trip_into.ratio:.1f}x the ceilings' time)"
+    anon = figures["paths"]["into"]["server_anon"]
+    trip_into.peaks = f"server anon +{_x(anon, figures['payload'])}"
+    out.append(trip_into)
     out.extend(_small_rows(results["small_requests"]))
     return out
 

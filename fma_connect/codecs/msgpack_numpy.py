@@ -56,6 +56,7 @@ from ..dtypes import dtype_from_tag, tag_of, to_wire_array
 from ..exceptions import DecodeError, TooManyTensorsError
 from ..hookspecs import hookimpl
 from .base import Tensors, check_max_tensors, check_version
+from .layout import LaidTensor, Layout
 
 __all__ = ["MsgpackCodec"]
 
@@ -143,50 +144,112 @@ class MsgpackCodec:
                 f"msgpack payload must be bytes-like, got {type(payload).__name__}"
             ) from exc
         header, header_len = _read_header(view, max_tensors)
-        version = _format_version(header)
-        header_end = header_len if version == 1 else _check_checksum(view, header_len)
-        start = _align(header_end)
-        if start > view.nbytes:  # the encoder always writes the padding
-            raise DecodeError(
-                f"msgpack payload is truncated: its data region starts at byte {start}, "
-                f"the body has {view.nbytes}"
-            )
-        data_len = view.nbytes - start
-        # Version 1 has no header checksum: damage that shortens its header (a tensor
-        # count flipped lower) leaves the header's tail where the zero padding must be.
-        _check_zeros(view[header_end:start], "the padding after the header")
+        start = _data_start(view, header, header_len, view.nbytes)
+        laid = _laid(header, self.name, start, view.nbytes)
         out: Tensors = []
-        end = 0
-        for i, d in enumerate(_tensor_descriptors(header, self.name)):
-            where = f"tensor {i} ({d['name']!r})"
-            dtype = dtype_from_tag(d["dtype"])
-            count = math.prod(d["shape"])
-            if d["nbytes"] != count * dtype.itemsize:
+        for i, t in enumerate(laid):
+            raw = view[t.start : t.start + t.nbytes]
+            if crc32(raw) != t.crc32:
                 raise DecodeError(
-                    f"msgpack {where}: shape {d['shape']} of {d['dtype']} needs "
-                    f"{count * dtype.itemsize} bytes, header says {d['nbytes']}"
+                    f"msgpack tensor {i} ({t.name!r}) is corrupt: its crc32 does not match"
                 )
-            if d["offset"] + d["nbytes"] > data_len:
-                raise DecodeError(
-                    f"msgpack payload is truncated: {where} ends at byte "
-                    f"{start + d['offset'] + d['nbytes']}, the body has {view.nbytes}"
-                )
-            raw = view[start + d["offset"] : start + d["offset"] + d["nbytes"]]
-            if crc32(raw) != d["crc32"]:
-                raise DecodeError(f"msgpack {where} is corrupt: its crc32 does not match")
             try:
-                array = np.frombuffer(raw, dtype=dtype, count=count).reshape(tuple(d["shape"]))
+                array = np.frombuffer(raw, t.dtype, math.prod(t.shape)).reshape(t.shape)
             except (ValueError, OverflowError) as exc:  # e.g. [0, 2**63]: no array has it
-                raise DecodeError(f"msgpack {where}: shape {d['shape']} is invalid: {exc}") from exc
-            out.append((d["name"], array))
-            end = max(end, d["offset"] + d["nbytes"])
-        # Bytes past the last tensor can only be its alignment padding.
-        if data_len - end >= _ALIGN:
-            raise DecodeError(
-                f"msgpack payload is corrupt: {data_len - end} bytes follow its last tensor"
-            )
-        _check_zeros(view[start + end :], "the padding after the last tensor")
+                raise DecodeError(
+                    f"msgpack tensor {i} ({t.name!r}): shape {list(t.shape)} is invalid: {exc}"
+                ) from exc
+            out.append((t.name, array))
+        _check_zeros(view[_end(laid, start) :], "the padding after the last tensor")
         return out
+
+    def layout(self, head: memoryview, length: int) -> Layout | int | None:
+        """Where the tensors of a body of ``length`` bytes are, from its first bytes.
+
+        See :mod:`fma_connect.codecs.layout`. The head is checked as :meth:`decode`
+        checks it (header, its checksum, the padding after it), and every tensor must
+        fit in the body; the tensors' crc32 are for the receiver to check.
+
+        Returns:
+            The layout; the head bytes needed, when ``head`` is shorter; None when the
+            tensors' bytes are not in order one after the other (then decode the body).
+
+        Raises:
+            DecodeError: the head is damaged or not this codec's.
+        """
+        try:
+            header, header_len = _HeaderReader(head, head.nbytes, None).header()
+        except msgpack.OutOfData:
+            if head.nbytes < min(length, _MAX_HEADER):
+                return min(head.nbytes * 4, length, _MAX_HEADER)
+            limit = "is truncated" if head.nbytes < _MAX_HEADER else f"exceeds {_MAX_HEADER} bytes"
+            raise DecodeError(f"msgpack payload header {limit} (body of {length} bytes)") from None
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise DecodeError(f"msgpack payload header is malformed: {exc}") from exc
+        need = _align(header_len + _CHECKSUM_BYTES)
+        if head.nbytes < min(need, length):
+            return min(need, length)
+        start = _data_start(head, header, header_len, length)
+        laid = _laid(header, self.name, start, length)
+        at = start
+        for t in laid:
+            if t.start < at:
+                return None  # overlapping or out of order: only a whole body can hold them
+            at = t.start + t.nbytes
+        return Layout(tuple(laid), length, start, crc32)
+
+
+def _data_start(view: memoryview, header: Any, header_len: int, length: int) -> int:
+    """Check what follows a header of a body of ``length`` bytes (``view`` holds at
+    least up to the data region); return where its data region starts."""
+    version = _format_version(header)
+    header_end = header_len if version == 1 else _check_checksum(view, header_len)
+    start = _align(header_end)
+    if start > length:  # the encoder always writes the padding
+        raise DecodeError(
+            f"msgpack payload is truncated: its data region starts at byte {start}, "
+            f"the body has {length}"
+        )
+    # Version 1 has no header checksum: damage that shortens its header (a tensor
+    # count flipped lower) leaves the header's tail where the zero padding must be.
+    _check_zeros(view[header_end:start], "the padding after the header")
+    return start
+
+
+def _laid(header: dict[str, Any], name: str, start: int, length: int) -> list[LaidTensor]:
+    """The header's tensors, each checked to fit a body of ``length`` bytes."""
+    data_len = length - start
+    laid = []
+    for i, d in enumerate(_tensor_descriptors(header, name)):
+        where = f"tensor {i} ({d['name']!r})"
+        dtype = dtype_from_tag(d["dtype"])
+        count = math.prod(d["shape"])
+        if d["nbytes"] != count * dtype.itemsize:
+            raise DecodeError(
+                f"msgpack {where}: shape {d['shape']} of {d['dtype']} needs "
+                f"{count * dtype.itemsize} bytes, header says {d['nbytes']}"
+            )
+        if d["offset"] + d["nbytes"] > data_len:
+            raise DecodeError(
+                f"msgpack payload is truncated: {where} ends at byte "
+                f"{start + d['offset'] + d['nbytes']}, the body has {length}"
+            )
+        laid.append(
+            LaidTensor(
+                d["name"], dtype, tuple(d["shape"]), start + d["offset"], d["nbytes"], d["crc32"]
+            )
+        )
+    # Bytes past the last tensor can only be its alignment padding.
+    if length - _end(laid, start) >= _ALIGN:
+        raise DecodeError(
+            f"msgpack payload is corrupt: {length - _end(laid, start)} bytes follow its last tensor"
+        )
+    return laid
+
+
+def _end(laid: Sequence[LaidTensor], start: int) -> int:
+    """Where the last tensor's bytes end (the data region's start if there are none)."""
+    return max((t.start + t.nbytes for t in laid), default=start)
 
 
 def _align(n: int) -> int:

@@ -90,25 +90,26 @@ def test_weights_made_for_the_request_are_not_offered_in_ranges(
 def test_a_download_cut_mid_body_resumes_where_it_stopped(
     server: RunningServer, published: tuple[WebClient, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import fma_connect._downloads as downloads
     import fma_connect._transport as transport
 
     client, _ = published
     expected = client.check_for_latest_model()
     assert expected is not None
-    real = transport._read_into
+    real = downloads.Download._read
     cuts: list[int] = []
 
-    def breaking(response: Any, view: memoryview, got: int, progress: Any) -> Any:
+    def breaking(self: downloads.Download, window: Any, until: int) -> Any:
         # Each read stops 100 kB further on, as a link dropping every 100 kB would.
-        stop = min(view.nbytes, got + 100_000)
-        held, error = real(response, view[:stop], got, progress)
-        if stop < view.nbytes:
-            cuts.append(held)
-            return held, ConnectionResetError("cut by the test")
-        return held, error
+        stop = min(until, self.got + 100_000)
+        error = real(self, window, stop)
+        if error is None and stop < until:
+            cuts.append(self.got)
+            return ConnectionResetError("cut by the test")
+        return error
 
     seen: list[int] = []
-    monkeypatch.setattr(transport, "_read_into", breaking)
+    monkeypatch.setattr(downloads.Download, "_read", breaking)
     monkeypatch.setattr(transport.Transport, "_backoff", lambda *_: 0.0)
     resuming = WebClient(
         client.federated_model_id,
