@@ -5,6 +5,8 @@ Start with :class:`WebClient`; codecs are listed by ``fma-connect codecs``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from .admin import AdminClient, UpdateStatus
@@ -29,19 +31,26 @@ from .exceptions import (
 )
 from .hookspecs import hookimpl
 from .plugins import (
+    build_aggregator_registry,
     build_codec_registry,
     build_framework_registry,
+    default_aggregator_registry,
     default_codec_registry,
     default_framework_registry,
     plugin_manager,
 )
-from .registry import CodecRegistry, FrameworkRegistry
+from .registry import AggregatorRegistry, CodecRegistry, FrameworkRegistry
 from .spec import Spec, flatten, restore_like
+
+if TYPE_CHECKING:
+    from .aio import AsyncWebClient
 
 __all__ = [
     "APIError",
     "APIException",
     "AdminClient",
+    "AggregatorRegistry",
+    "AsyncWebClient",
     "Codec",
     "CodecError",
     "CodecRegistry",
@@ -63,8 +72,10 @@ __all__ = [
     "UpdateStatus",
     "WebClient",
     "__version__",
+    "build_aggregator_registry",
     "build_codec_registry",
     "build_framework_registry",
+    "default_aggregator_registry",
     "default_codec_registry",
     "default_framework_registry",
     "flatten",
@@ -72,3 +83,13 @@ __all__ = [
     "plugin_manager",
     "restore_like",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncWebClient needs the optional ``aio`` extra (aiohttp): imported on first use,
+    # so ``import fma_connect`` works without it.
+    if name == "AsyncWebClient":
+        from .aio import AsyncWebClient
+
+        return AsyncWebClient
+    raise AttributeError(f"module 'fma_connect' has no attribute {name!r}")

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 
+import numpy as np
 import requests
 import urllib3
 
-from .exceptions import ConnectError, DecodeError, RequestTimeout
+from .exceptions import ConnectError, DecodeError, RequestTimeout, TransportError
 
-__all__ = ["Download", "Scatter", "window_of"]
+__all__ = [
+    "Download",
+    "Reads",
+    "Scatter",
+    "check_rest",
+    "placed_reads",
+    "rest_headers",
+    "resumable",
+    "whole_reads",
+    "window_of",
+]
 
 Progress = Callable[[int, int | None], None]
 #: Largest read into a buffer at once: between two progress calls, and what a broken
@@ -25,6 +36,80 @@ Progress = Callable[[int, int | None], None]
 RECV_SLICE = 1 << 20
 #: ``resend(broken, start)``: the rest of the body from byte ``start``, or an error.
 Resend = Callable[[requests.Response, int], requests.Response]
+#: Where a body goes (see ``Transport.read_body_placed``).
+Place = Callable[[memoryview, int], Sequence[memoryview] | int | None]
+#: The first bytes of a body read before asking where the rest goes (``placed_reads``).
+HEAD = 64 << 10
+#: A body's reading plan with no I/O: it yields ``(window, until)``, "read the body up to
+#: byte ``until``, byte ``at`` going to ``window(at)``", and returns the body (a buffer)
+#: or None when it went into placed buffers. Both clients' downloads run it.
+Reads = Generator[tuple[Callable[[int], memoryview], int], None, memoryview | None]
+
+
+def resumable(headers: Mapping[str, str]) -> bool:
+    """Whether a body can be resumed by ranges: ``Accept-Ranges: bytes`` and a strong ETag
+    (weak validators do not promise the same bytes, RFC 9110)."""
+    ranged = headers.get("Accept-Ranges", "").strip().lower() == "bytes"
+    return ranged and headers.get("ETag", "").startswith('"')
+
+
+def rest_headers(sent: Mapping[str, str], start: int, etag: str) -> dict[str, str]:
+    """The headers of a request for a body's bytes from ``start`` on: the first request's,
+    with ``Range`` and ``If-Range`` (so a changed representation comes back whole, 200)."""
+    headers = {
+        name: value
+        for name, value in sent.items()
+        if name.lower() not in ("content-length", "range", "if-range")
+    }
+    headers.update({"Range": f"bytes={start}-", "If-Range": etag})
+    return headers
+
+
+def check_rest(url: str, status: int, content_range: str | None, start: int, length: int) -> None:
+    """Refuse an answer to a range request that is not the rest of the same body.
+
+    Raises:
+        TransportError: it is not ``206`` with the ``Content-Range`` asked for.
+    """
+    if status != 206 or content_range != f"bytes {start}-{length - 1}/{length}":
+        raise TransportError(
+            f"download of {url} broke at byte {start} of {length}, and the service "
+            f"answered {status} ({content_range!r}) to a request for the rest: the weights "
+            "may have changed meanwhile; fetch again"
+        )
+
+
+def whole_reads(length: int, head: memoryview | None = None) -> Reads:
+    """Read a whole body into one fresh buffer, after the ``head`` read so far."""
+    view = np.empty(length, np.uint8).data
+    done = 0 if head is None else head.nbytes
+    if head is not None:
+        view[:done] = head
+    yield window_of(view), length
+    return view
+
+
+def placed_reads(length: int, place: Place) -> Reads:
+    """Read a body where ``place`` says (returns None), or whole when it says None."""
+    head = np.empty(min(length, HEAD), np.uint8).data
+    while True:
+        yield window_of(head), head.nbytes
+        placed = place(head, length)
+        if not isinstance(placed, int):
+            break
+        if not head.nbytes < placed <= length:
+            raise ValueError(f"asked for {placed} first bytes after {head.nbytes}, of {length}")
+        grown = np.empty(placed, np.uint8).data
+        grown[: head.nbytes] = head
+        head = grown
+    if placed is None:
+        return (yield from whole_reads(length, head))
+    scatter = Scatter(placed)
+    if scatter.nbytes != length:
+        raise ValueError(f"placed {scatter.nbytes} bytes of a body of {length}")
+    scatter.fill(head)
+    yield scatter.window, length
+    return None
 
 
 class Download:
@@ -59,9 +144,7 @@ class Download:
         self.got = 0
         self._resend, self._retries, self._backoff = resend, retries, backoff
         self._progress = progress
-        etag = response.headers.get("ETag", "")
-        ranged = response.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
-        self._resumable = ranged and etag.startswith('"')  # strong validators only (RFC 9110)
+        self._resumable = resumable(response.headers)
 
     def read(self, window: Callable[[int], memoryview], until: int) -> None:
         """Read the body up to byte ``until``; ``window(at)`` is where byte ``at`` goes.
@@ -92,6 +175,17 @@ class Download:
                     break
                 except (ConnectError, RequestTimeout) as exc:  # not reachable yet
                     error, stalls = exc, stalls + 1
+
+    def run(self, reads: Reads) -> memoryview | None:
+        """Carry out a reading plan (:func:`whole_reads`, :func:`placed_reads`)."""
+        try:
+            window, until = next(reads)
+            while True:
+                self.read(window, until)
+                window, until = reads.send(None)
+        except StopIteration as stop:
+            result: memoryview | None = stop.value
+            return result
 
     def close(self) -> None:
         """Close the response (what is left of the body is not read)."""

@@ -6,20 +6,28 @@ Nothing here knows a wire format; :mod:`fma_connect.clients` decides what to sen
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-import numpy as np
 import orjson
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from ._downloads import Download, Scatter, window_of
+from ._downloads import Download, check_rest, placed_reads, rest_headers, whole_reads
+from ._messages import (
+    BACKOFF_MAX,
+    RETRY_STATUSES,
+    api_error_of,
+    backoff,
+    broken_message,
+    join_url,
+    timeout_message,
+    unreachable_message,
+)
 from .exceptions import (
     APIError,
     ConfigurationError,
@@ -48,11 +56,8 @@ __all__ = [
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 120.0)
 #: Attempts after the first, for what is safe to retry.
 DEFAULT_RETRIES = 3
-#: Statuses that mean "try again later": retried for GETs, and for resendable requests.
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _BACKOFF_FACTOR = 0.5
-_BACKOFF_MAX = 30.0
-_EXCERPT = 300
+_BACKOFF_MAX = BACKOFF_MAX
 #: Every API path starts with this; the base URL is the service root above it.
 API_PREFIX = "api/v1/"
 #: The header by which a service says it can hold ``get_latest_aggregate`` (docs/ROUNDS.md).
@@ -60,8 +65,6 @@ LONG_POLL_HEADER = "FMA-Long-Poll"
 Progress = Callable[[int, int | None], None]
 #: Largest slice of an upload handed to the socket at once (see :class:`Chunks`).
 SEND_SLICE = 1 << 20
-#: The first bytes of a body read before asking where the rest goes (``read_body_placed``).
-_HEAD = 64 << 10
 
 
 class JitterRetry(Retry):
@@ -124,14 +127,10 @@ class Chunks:
 
 def api_error(response: requests.Response, hint: str | None = None) -> APIError:
     """Build the APIError for a non-2xx response: its JSON detail, or a short text excerpt."""
-    try:
-        detail: Any = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        detail = _text_excerpt(response.content.decode("utf-8", "replace"))
-    if hint is None and response.status_code == 404:
-        request = response.request
-        hint = f"Nothing at {request.method} {request.url}: check the url and the model id"
-    return APIError(response.status_code, detail, hint)
+    request = response.request
+    return api_error_of(
+        response.status_code, response.content, str(request.method), str(request.url), hint
+    )
 
 
 def _check_url(url: object) -> str:
@@ -246,16 +245,6 @@ def _sent(exc: BaseException) -> bool:
     )
 
 
-def _text_excerpt(text: str) -> str:
-    # An HTML error page (the stock service's 500s and 404s): its title says the most.
-    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-    if title:
-        text = title.group(1)
-    text = re.sub(r"<[^>]+>", " ", text)
-    text = " ".join(text.split())
-    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
-
-
 class Transport:
     """One requests.Session bound to a service's base URL."""
 
@@ -300,9 +289,7 @@ class Transport:
 
     def url(self, path: str) -> str:
         """Resolve ``path`` (API path, site-relative or absolute URL) against the base URL."""
-        if path.startswith(("http://", "https://", "/")):
-            return urljoin(self.base_url, path)
-        return self.base_url + path
+        return join_url(self.base_url, path)
 
     def request(
         self,
@@ -371,27 +358,18 @@ class Transport:
             ) from exc
         except (requests.Timeout, requests.ConnectionError) as exc:
             if _timed_out(exc):
-                raise RequestTimeout(
-                    f"{method} {url}: no answer within the {self.timeout} s timeout "
-                    "(connect, read); raise WebClient(timeout=...) for slow services"
-                ) from exc
+                raise RequestTimeout(timeout_message(method, url, self.timeout)) from exc
             if body is not None and _sent(exc):
-                raise ConnectError(
-                    f"{method} {url}: the connection broke after the request was sent, so "
-                    f"its outcome is unknown ({_root_cause(exc)}); WebClient(retry_updates=True) "
-                    "resends updates safely to services that honour Idempotency-Key"
-                ) from exc
+                raise ConnectError(broken_message(method, url, _root_cause(exc))) from exc
             raise ConnectError(
-                f"{method} {url}: cannot reach the service at {self.base_url}: {_root_cause(exc)}"
+                unreachable_message(method, url, self.base_url, _root_cause(exc))
             ) from exc
         except requests.RequestException as exc:
             raise TransportError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """Seconds to wait before a resend: Retry-After when given, else full jitter."""
-        if retry_after is not None and retry_after.strip().isdigit():
-            return min(float(retry_after), _BACKOFF_MAX)
-        return random.uniform(0.0, min(_BACKOFF_MAX, self.backoff_factor * 2**attempt))
+        return backoff(attempt, retry_after, self.backoff_factor)
 
     def read_body(self, response: requests.Response, progress: Progress | None = None) -> Any:
         """Read a streamed response into one writable buffer, with no intermediate copies.
@@ -453,9 +431,8 @@ class Transport:
                 progress,
             )
             try:
-                if place is None:
-                    return _whole(download, memoryview(b""))
-                return _placed(download, place)
+                reads = whole_reads(size) if place is None else placed_reads(size, place)
+                return download.run(reads)
             finally:
                 download.close()
         except requests.Timeout as exc:
@@ -481,55 +458,14 @@ class Transport:
                 representation.
         """
         request = broken.request
-        headers = {
-            name: value
-            for name, value in request.headers.items()
-            if name.lower() not in ("content-length", "range", "if-range")
-        }
-        headers.update({"Range": f"bytes={start}-", "If-Range": etag})
+        headers = rest_headers(request.headers, start, etag)
         assert request.url is not None  # a sent request has its URL
         rest = self._send("GET", request.url, None, headers, None, True)
-        expected = f"bytes {start}-{length - 1}/{length}"
-        if rest.status_code != 206 or rest.headers.get("Content-Range") != expected:
+        try:
+            check_rest(
+                request.url, rest.status_code, rest.headers.get("Content-Range"), start, length
+            )
+        except TransportError:
             rest.close()
-            raise TransportError(
-                f"download of {request.url} broke at byte {start} of {length}, and the service "
-                f"answered {rest.status_code} ({rest.headers.get('Content-Range')!r}) to a "
-                f"request for the rest: the weights may have changed meanwhile; fetch again"
-            )
+            raise
         return rest
-
-
-def _whole(download: Download, head: memoryview) -> memoryview:
-    """Read the whole body into a fresh buffer, after the ``head`` read so far."""
-    view = np.empty(download.length, np.uint8).data
-    view[: head.nbytes] = head
-    download.read(window_of(view), download.length)
-    return view
-
-
-def _placed(
-    download: Download, place: Callable[[memoryview, int], Sequence[memoryview] | int | None]
-) -> memoryview | None:
-    """Read the body where ``place`` says (None), or whole when it says None (the body)."""
-    head = np.empty(min(download.length, _HEAD), np.uint8).data
-    while True:
-        download.read(window_of(head), head.nbytes)
-        placed = place(head, download.length)
-        if not isinstance(placed, int):
-            break
-        if not head.nbytes < placed <= download.length:
-            raise ValueError(
-                f"asked for {placed} first bytes after {head.nbytes}, of {download.length}"
-            )
-        grown = np.empty(placed, np.uint8).data
-        grown[: head.nbytes] = head
-        head = grown
-    if placed is None:
-        return _whole(download, head)
-    scatter = Scatter(placed)
-    if scatter.nbytes != download.length:
-        raise ValueError(f"placed {scatter.nbytes} bytes of a body of {download.length}")
-    scatter.fill(head)
-    download.read(scatter.window, download.length)
-    return None

@@ -127,13 +127,15 @@ class AdminClient:
         aggregate_fraction: float | None = None,
         aggregate_values: str | None = None,
         clients: list[str] | None = None,
+        aggregator_args: Any = None,
     ) -> dict[str, Any]:
         """Create a federated model and return it.
 
         Args:
             name: Its name.
             aggregator: ``avg_values_if_data``, ``average_layers`` or (reference server)
-                ``fed_avg``.
+                any installed aggregator: ``fed_avg``, ``fed_adam``, ``fed_yogi``,
+                ``median``, ``trimmed_mean`` and plugins' (docs/ROUNDS.md lists them).
             requirement: When a round runs: ``all_clients`` (an update from every
                 registered client), ``require_x_updates`` (``x`` updates) or None: every
                 single update then makes its own aggregate, so pick one of the others
@@ -159,6 +161,9 @@ class AdminClient:
                 (None: the default), ``float16``, ``q2`` to ``q8`` (b-bit stochastic
                 quantization) or ``ternary`` (one magnitude per tensor).
             clients: UUIDs of clients to register with it.
+            aggregator_args: (reference server) The aggregator's arguments, a JSON
+                object, e.g. ``{"trim": 0.2}`` for ``trimmed_mean`` or ``{"eta": 0.1}``
+                for ``fed_adam``; None: its defaults.
 
         Raises:
             APIError: the service refused (the detail says which field and why).
@@ -178,6 +183,8 @@ class AdminClient:
             body["aggregate_fraction"] = aggregate_fraction
         if aggregate_values is not None:
             body["aggregate_values"] = aggregate_values
+        if aggregator_args is not None:
+            body["aggregator_args"] = aggregator_args
         if clients is not None:
             body["clients"] = clients
         if initial_model is not None:

@@ -11,6 +11,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .settings import BLOBS_ENV, DATABASE_ENV, S3_ENDPOINT_URL_ENV
+
 __all__ = ["main"]
 
 
@@ -63,6 +65,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "max_header_bytes",
             "upload_expiry",
             "upload_quota",
+            "database",
+            "blobs",
+            "s3_endpoint_url",
+            "round_lease",
         )
         if getattr(args, name) is not None
     }
@@ -102,6 +108,7 @@ def _cmd_admin(args: argparse.Namespace) -> int:
                     initial_model=initial,
                     aggregate_fraction=args.aggregate_fraction,
                     aggregate_values=args.aggregate_values,
+                    aggregator_args=args.aggregator_args,
                 )
             elif args.admin_command == "models":
                 result = admin.list_models()
@@ -138,6 +145,21 @@ def _with_status_name(update: dict[str, object]) -> dict[str, object]:
         if key == "status" and isinstance(value, UpdateStatus):
             shown["status_name"] = value.name
     return shown
+
+
+def _json_object(text: str) -> dict[str, object]:
+    """``--aggregator-args``: a JSON object (argparse reports the error otherwise)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc})") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"trim\": 0.2}}', got {text!r}"
+        )
+    return value
 
 
 def _read_initial_model(path: str) -> list[object]:
@@ -268,6 +290,36 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="most bytes one client's open resumable uploads may declare in all "
         "(default: twice --max-body-bytes)",
     )
+    serve.add_argument(
+        "--database",
+        default=None,
+        metavar="URL",
+        help="the metadata database: postgresql://user:password@host:port/name, which "
+        "any number of replicas behind one load balancer share (give each the same URL, "
+        f"--blobs and --data-dir or bucket; docs/SCALING.md) (default ${DATABASE_ENV}, "
+        "else SQLite in --data-dir, one server per directory)",
+    )
+    serve.add_argument(
+        "--blobs",
+        default=None,
+        metavar="URL",
+        help=f"where payloads live: s3://bucket/prefix (default ${BLOBS_ENV}, else "
+        "<data-dir>/blobs)",
+    )
+    serve.add_argument(
+        "--s3-endpoint-url",
+        default=None,
+        metavar="URL",
+        help="the S3-compatible object store of --blobs (MinIO, Ceph, R2, ...) "
+        f"(default ${S3_ENDPOINT_URL_ENV}, else AWS)",
+    )
+    serve.add_argument(
+        "--round-lease",
+        type=_seconds,
+        default=None,
+        help="seconds a replica's claim on a running round lasts unless renewed: how "
+        "soon another replica completes the round of one that died (default 30)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     admin = commands.add_parser(
@@ -287,7 +339,15 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     create.add_argument(
         "--aggregator",
         default="avg_values_if_data",
-        help="avg_values_if_data (default), average_layers or fed_avg",
+        help="avg_values_if_data (default), average_layers, or on the reference server any "
+        "installed aggregator: fed_avg, fed_adam, fed_yogi, median, trimmed_mean, plugins'",
+    )
+    create.add_argument(
+        "--aggregator-args",
+        type=_json_object,
+        metavar="JSON",
+        help="(reference server) the aggregator's arguments, e.g. '{\"trim\": 0.2}' for "
+        "trimmed_mean or '{\"eta\": 0.1}' for fed_adam (see docs/ROUNDS.md)",
     )
     create.add_argument(
         "--requirement",
@@ -374,6 +434,13 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         default=None,
         help="the server's data directory (default $FMA_CONNECT_DATA_DIR or ./fma-connect-data)",
     )
+    token.add_argument(
+        "--database",
+        default=None,
+        metavar="URL",
+        help=f"the server's PostgreSQL database, as serve --database (default ${DATABASE_ENV}; "
+        "unset: the SQLite file in --data-dir)",
+    )
     token.set_defaults(func=_cmd_admin_token)
 
 
@@ -395,7 +462,7 @@ def _cmd_admin_token(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        print(read_admin_token(args.data_dir or default_data_dir()))
+        print(read_admin_token(args.data_dir or default_data_dir(), args.database))
     except DataDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -478,6 +545,27 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     bench.set_defaults(func=_cmd_bench)
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import main as simulate_main
+
+    return simulate_main(args)
+
+
+def _add_simulate_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .simulate import add_arguments
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run N asyncio clients for R rounds through real HTTP (latency, updates/s)",
+        description="Run N AsyncWebClients in one process for R rounds against the "
+        "reference server (or --url): per round the p50/p99 latency of each call, updates "
+        "per second, bytes, errors and the server's memory; then check that every update "
+        "was stored once and every client got every aggregate (docs/ASYNC.md).",
+    )
+    add_arguments(simulate)
+    simulate.set_defaults(func=_cmd_simulate)
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -496,6 +584,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_server_commands(commands)
     _add_demo_command(commands)
     _add_bench_command(commands)
+    _add_simulate_command(commands)
     return parser
 
 

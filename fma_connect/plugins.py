@@ -7,8 +7,8 @@ Environment variables:
 * ``FMA_CONNECT_STRICT_PLUGINS=1`` - a plugin that fails to import or to register raises
   :class:`~fma_connect.exceptions.PluginError` instead of warning and being skipped.
 
-A registry clash (two codecs, or two framework adapters, with one name) is an error in
-every mode.
+A registry clash (two codecs, two framework adapters, or two aggregators with one name) is
+an error in every mode.
 """
 
 from __future__ import annotations
@@ -25,14 +25,16 @@ import pluggy
 
 from . import hookspecs
 from .exceptions import PluginError
-from .registry import CodecRegistry, FrameworkRegistry
+from .registry import AggregatorRegistry, CodecRegistry, FrameworkRegistry
 
 __all__ = [
     "BUILTIN_PLUGINS",
     "PluginManager",
     "PluginWarning",
+    "build_aggregator_registry",
     "build_codec_registry",
     "build_framework_registry",
+    "default_aggregator_registry",
     "default_codec_registry",
     "default_framework_registry",
     "plugin_manager",
@@ -52,6 +54,8 @@ BUILTIN_PLUGINS = (
     "fma_connect.frameworks.torch_adapter",
     "fma_connect.frameworks.tf_adapter",
     "fma_connect.frameworks.sklearn_adapter",
+    # The server's aggregators: this module imports the server's code only in its hook.
+    "fma_connect.builtin_aggregators",
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -153,10 +157,22 @@ def build_framework_registry(pm: PluginManager) -> FrameworkRegistry:
     return registry
 
 
+def build_aggregator_registry(pm: PluginManager) -> AggregatorRegistry:
+    """Run every plugin's ``fma_connect_register_aggregators`` hook into a new registry.
+
+    Raises:
+        PluginError: two plugins registered the same aggregator name, or (strict mode) a
+            plugin's hook raised.
+    """
+    registry = AggregatorRegistry()
+    _register_all(pm, pm.hook.fma_connect_register_aggregators, registry, "aggregators")
+    return registry
+
+
 def _register_all(
     pm: PluginManager,
     hook: pluggy.HookCaller,
-    registry: CodecRegistry | FrameworkRegistry,
+    registry: CodecRegistry | FrameworkRegistry | AggregatorRegistry,
     what: str,
 ) -> None:
     # One call per implementation (instead of the hook caller) so each registration
@@ -198,3 +214,9 @@ def default_codec_registry() -> CodecRegistry:
 def default_framework_registry() -> FrameworkRegistry:
     """Return the process-wide framework adapter registry (built once, like the codecs')."""
     return build_framework_registry(_default_plugin_manager())
+
+
+@functools.cache
+def default_aggregator_registry() -> AggregatorRegistry:
+    """Return the process-wide aggregator registry (built once, like the codecs')."""
+    return build_aggregator_registry(_default_plugin_manager())

@@ -2,19 +2,33 @@
 
 * :class:`CodecRegistry`: codecs, looked up by name, media type or payload tag.
 * :class:`FrameworkRegistry`: framework adapters, asked in turn to claim an object.
+* :class:`AggregatorRegistry`: the reference server's aggregators, by name (see
+  :mod:`fma_connect.server.aggregators` for what an aggregator provides).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .codecs.base import Codec, codec_problem
 from .exceptions import FrameworkError, PluginError, UnknownCodecError
 from .frameworks.base import Framework
 
-__all__ = ["CodecInfo", "CodecRegistry", "FrameworkInfo", "FrameworkRegistry"]
+if TYPE_CHECKING:  # the server's module (and numpy work) is imported only by the server
+    from .server.aggregators.base import Aggregator
+
+__all__ = [
+    "AggregatorInfo",
+    "AggregatorRegistry",
+    "CodecInfo",
+    "CodecRegistry",
+    "FrameworkInfo",
+    "FrameworkRegistry",
+    "UnknownAggregatorError",
+]
 
 
 class _Info(Protocol):
@@ -227,3 +241,91 @@ class FrameworkRegistry(_Registry[FrameworkInfo]):
 
     def __iter__(self) -> Iterator[FrameworkInfo]:
         return iter(self._infos.values())
+
+
+class UnknownAggregatorError(PluginError, LookupError):
+    """No aggregator of that name is registered (the message lists the installed ones)."""
+
+
+#: An aggregator's name: what a model's ``aggregator`` field holds (lowercase snake_case,
+#: like the stock ``avg_values_if_data``; digits and hyphens allowed after the first letter).
+_AGGREGATOR_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class AggregatorInfo:
+    """A registered aggregator and where it came from.
+
+    Attributes:
+        aggregator: The aggregator object.
+        plugin: The name of the plugin that registered it (``fma_connect.builtin_aggregators``
+            for ours).
+        distribution: The distribution that ships the plugin, when known.
+        version: That distribution's version, when known.
+    """
+
+    aggregator: Aggregator
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+class AggregatorRegistry(_Registry[AggregatorInfo]):
+    """Aggregators by name. Names are unique: registering a taken name is an error."""
+
+    _kind = "aggregator"
+
+    def add(self, aggregator: Aggregator) -> None:
+        """Register ``aggregator`` under ``aggregator.name``.
+
+        Raises:
+            PluginError: the object lacks an aggregator's attributes (``name``,
+                ``summary``, ``weighted``, ``check_args``, ``start``), its name is not
+                lowercase snake_case, or the name is taken.
+        """
+        is_aggregator = (
+            isinstance(getattr(aggregator, "name", None), str)
+            and isinstance(getattr(aggregator, "summary", None), str)
+            and isinstance(getattr(aggregator, "weighted", None), bool)
+            and callable(getattr(aggregator, "check_args", None))
+            and callable(getattr(aggregator, "start", None))
+        )
+        name = aggregator.name if is_aggregator else ""
+        if is_aggregator and not _AGGREGATOR_NAME.fullmatch(name):
+            raise PluginError(
+                f"{self.source[0]} registered the aggregator {aggregator!r} named {name!r}; "
+                "expected a lowercase name of letters, digits, '_' and '-' starting with a "
+                "letter (at most 64 characters), e.g. 'trimmed_mean'"
+            )
+        self._check(
+            aggregator,
+            is_aggregator,
+            name,
+            "aggregator attributes (name, summary, weighted, check_args, start)",
+        )
+        self._infos[name] = AggregatorInfo(aggregator, *self.source)
+
+    def get(self, name: str) -> Aggregator:
+        """Return the aggregator named ``name``.
+
+        Raises:
+            UnknownAggregatorError: no such aggregator; the message lists the installed ones.
+        """
+        try:
+            return self._infos[name].aggregator
+        except (KeyError, TypeError):
+            raise UnknownAggregatorError(
+                f"no aggregator named {name!r}; installed aggregators: {', '.join(self.names())}"
+            ) from None
+
+    def info(self, name: str) -> AggregatorInfo:
+        """Return the registration record of ``name`` (see :meth:`get` for errors)."""
+        self.get(name)
+        return self._infos[name]
+
+    def names(self) -> list[str]:
+        """Return the registered names, sorted."""
+        return sorted(self._infos)
+
+    def __iter__(self) -> Iterator[AggregatorInfo]:
+        return iter(sorted(self._infos.values(), key=lambda info: info.aggregator.name))

@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import blake3
-import requests
+import orjson
 
+from ._messages import Flow, Reply, Request
 from ._transport import Chunks, dumps_json
-from .exceptions import APIError, TransportError
+from .exceptions import APIError, DecodeError, TransportError
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -26,7 +27,7 @@ __all__ = [
     "MAX_CHUNKS",
     "MIN_CHUNK",
     "RESUMABLE_HEADER",
-    "upload",
+    "upload_flow",
 ]
 
 #: The header of ``OPTIONS /model_updates/`` that names where uploads start.
@@ -45,7 +46,8 @@ _ROUNDS = 3
 _OCTETS = "application/octet-stream"
 _JSON = "application/json"
 
-Call = Callable[..., requests.Response]
+#: Sends one request as the client (its errors and hints): ``reply = yield from call(r)``.
+Call = Callable[[Request], Flow[Reply]]
 Progress = Callable[[int, int | None], None]
 
 
@@ -78,7 +80,7 @@ def digest(pieces: Sequence[memoryview]) -> str:
     return hasher.hexdigest()
 
 
-def upload(
+def upload_flow(
     call: Call,
     uploads_path: str,
     payload: Sequence[Any],
@@ -88,11 +90,13 @@ def upload(
     headers: dict[str, str],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Progress | None = None,
-) -> requests.Response:
-    """Send ``payload`` as a resumable upload; return the completing response.
+) -> Flow[Reply]:
+    """Send ``payload`` as a resumable upload; return the completing reply.
+
+    A flow of :mod:`fma_connect._messages` (no I/O here): both clients run it.
 
     Args:
-        call: Sends one request (the client's ``_call``: its errors, retries and hints).
+        call: Sends one request (the client protocol's ``call``: its errors and hints).
         uploads_path: Where uploads start (the service's ``FMA-Resumable-Uploads``).
         payload: The encoded update's buffers.
         media_type: Its codec's media type.
@@ -117,7 +121,7 @@ def upload(
         "chunk_size": chunk_size,
         "chunks": [digest(pieces) for pieces in chunks],
     }
-    state = _open(call, uploads_path, manifest, headers)
+    state = yield from _open(call, uploads_path, manifest, headers)
     shown = _Monotonic(progress, size) if progress is not None else None
     for _ in range(_ROUNDS):
         done = state["received_bytes"]
@@ -126,21 +130,27 @@ def upload(
         for index in state["missing"]:
             pieces = chunks[index]
             report = None if shown is None else shown.offset(done)
-            call(
-                "PUT",
-                f"{uploads_path}{state['id']}/chunks/{index}/",
-                body=Chunks(pieces, report),
-                content_type=_OCTETS,
-                headers=headers,
-                resend=True,  # a chunk is idempotent: the same bytes at the same place
+            yield from call(
+                Request(
+                    "PUT",
+                    f"{uploads_path}{state['id']}/chunks/{index}/",
+                    Chunks(pieces, report),
+                    _OCTETS,
+                    headers,
+                    resend=True,  # a chunk is idempotent: the same bytes at the same place
+                )
             )
             done += sum(piece.nbytes for piece in pieces)
         try:
-            return call(
-                "POST",
-                f"{uploads_path}{state['id']}/complete/",
-                headers=headers,
-                resend=True,  # completing twice answers the same update
+            return (
+                yield from call(
+                    Request(
+                        "POST",
+                        f"{uploads_path}{state['id']}/complete/",
+                        headers=headers,
+                        resend=True,  # completing twice answers the same update
+                    )
+                )
             )
         except APIError as exc:
             if exc.status_code != 409 or not isinstance(exc.detail, dict):
@@ -160,17 +170,17 @@ def upload(
 
 def _open(
     call: Call, uploads_path: str, manifest: dict[str, Any], headers: dict[str, str]
-) -> dict[str, Any]:
+) -> Flow[dict[str, Any]]:
     """Announce the upload (the same manifest finds the same open upload again)."""
-    response = call(
-        "POST",
-        uploads_path,
-        body=dumps_json(manifest),
-        content_type=_JSON,
-        headers=headers,
-        resend=True,
+    reply = yield from call(
+        Request("POST", uploads_path, dumps_json(manifest), _JSON, headers, resend=True)
     )
-    state: dict[str, Any] = response.json()
+    try:
+        state = orjson.loads(reply.content or b"")
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"POST {reply.url} answered a body that is not JSON: {exc}") from exc
+    if not isinstance(state, dict):
+        raise DecodeError(f"POST {reply.url} answered {state!r}, expected a JSON object")
     return state
 
 

@@ -1,5 +1,7 @@
 """Contract checks and hypothesis strategies for codec authors (and for our own codecs).
 
+Aggregator authors have :func:`check_aggregator` (see :mod:`fma_connect.aggregator_testing`).
+
 A plugin's test suite needs one call::
 
     from fma_connect.testing import check_codec
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -60,9 +62,13 @@ from .codecs.context import (
 )
 from .exceptions import DecodeError
 
+if TYPE_CHECKING:  # the server extra: imported only when check_aggregator runs
+    from .server.aggregators import Aggregator
+
 __all__ = [
     "BODY_FORMS",
     "bases_for",
+    "check_aggregator",
     "check_codec",
     "check_round_trip",
     "holding",
@@ -74,6 +80,41 @@ __all__ = [
 ]
 
 Tolerance = Callable[[np.ndarray, np.ndarray], bool]
+
+
+def check_aggregator(
+    aggregator: Aggregator,
+    *,
+    args: Any = None,
+    max_examples: int = 50,
+    order_matters: bool = False,
+    robust_to: int = 0,
+) -> None:
+    """Run the aggregator contract on a reference-server aggregator; raise AssertionError
+    on a breach.
+
+    What it checks is listed in :mod:`fma_connect.aggregator_testing`, which needs the
+    ``server`` extra (imported here only when called, so codec authors need not install it).
+
+    Args:
+        aggregator: The aggregator under test (see :mod:`fma_connect.server.aggregators`).
+        args: The ``aggregator_args`` to run it with (None: its defaults).
+        max_examples: Hypothesis examples per property.
+        order_matters: Skip the check that the order of updates does not matter.
+        robust_to: Check that this many poisoned updates (values 1e6 off) cannot move a
+            coordinate out of the honest updates' range.
+    """
+    from .aggregator_testing import check_aggregator as check
+
+    check(
+        aggregator,
+        args=args,
+        max_examples=max_examples,
+        order_matters=order_matters,
+        robust_to=robust_to,
+    )
+
+
 #: What the contract checks: a codec, or a codec that takes a context.
 AnyCodec = Codec | ContextCodec
 

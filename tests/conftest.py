@@ -4,10 +4,22 @@ Every test fails (at teardown) when a reference server running in the test proce
 logged an error during it: an unhandled exception, or a 5xx answer. Bad input must get
 a 4xx. A test that provokes a server error on purpose says so with
 ``@pytest.mark.server_errors_expected("why")``.
+
+Every test of the server suite (``tests/server/``) using ``data_dir`` (so ``server`` and
+``admin``) runs twice, once per database backend: ``[sqlite]`` (the data directory's
+file) and ``[postgresql]`` (a fresh database of a throwaway cluster started once per
+session, see :mod:`fma_connect.server.pgcluster`; ``FMA_CONNECT_DATABASE`` names it during the test,
+so every server the test starts, in a thread or a child process, uses it). If PostgreSQL
+is not installed, the ``[postgresql]`` runs error (``apt-get install postgresql``): they
+are never skipped. A test about SQLite itself (it opens the file) is listed in
+:data:`SQLITE_ONLY` and runs on SQLite alone, as do the tests outside the server suite
+(reliability, plugins: they run servers of their own, and what they check does not
+depend on the database; tests/reliability/test_replicas.py runs replicas on PostgreSQL).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -22,6 +34,7 @@ from fma_connect import CodecRegistry, build_codec_registry, plugin_manager
 
 if TYPE_CHECKING:  # the server extra is not installed in every tox env
     from fma_connect.admin import AdminClient
+    from fma_connect.server.pgcluster import Cluster
     from fma_connect.server.testing import RunningServer
 
 # CI runs are reproducible: derandomized examples, no example database, no deadline.
@@ -71,7 +84,7 @@ _SERVER_ERRORS = ServerErrors()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the opt-out marker and start watching the server loggers."""
+    """Register the opt-out marker, start watching the server loggers, forget any database."""
     config.addinivalue_line(
         "markers",
         f"{EXPECTED_MARKER}(reason): the test provokes a server error (a 5xx answer or an "
@@ -79,6 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     for name in SERVER_LOGGERS:
         logging.getLogger(name).addFilter(_SERVER_ERRORS)
+    # Each test picks its database (the ``database`` fixture): not the developer's.
+    os.environ.pop("FMA_CONNECT_DATABASE", None)
 
 
 @pytest.fixture(autouse=True)
@@ -104,9 +119,76 @@ def registry() -> CodecRegistry:
     return build_codec_registry(plugin_manager(autoload=False))
 
 
+#: The database backends the server tests run on.
+BACKENDS = ("sqlite", "postgresql")
+#: Tests (``module::name``) that read or change the SQLite file, or test what only a
+#: server with its own database does (the data directory's lock): SQLite alone.
+SQLITE_ONLY = frozenset(
+    {
+        "test_server_downstream.py::"
+        "test_a_database_from_before_sparse_aggregates_is_upgraded_in_place",
+        "test_server_downstream.py::test_a_json_initial_model_of_an_older_server_is_still_a_base",
+        "test_sparse_round_memory.py::"
+        "test_the_initial_model_is_stored_in_msgpack_where_json_answers_stay_the_same",
+        "test_sparse_round_memory.py::test_the_initial_model_keeps_its_names_in_msgpack",
+        "test_server_hostile.py::test_a_remote_ref_is_refused_and_never_fetched",
+    }
+)
+_DATABASES = itertools.count(1)
+
+
+_SERVER_SUITE = Path(__file__).parent / "server"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every server-suite test that uses ``backend`` (through ``data_dir``) on each
+    backend; other tests keep the ``backend`` fixture's SQLite (and their names)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    key = f"{metafunc.definition.path.name}::{metafunc.definition.originalname}"
+    if metafunc.definition.path.is_relative_to(_SERVER_SUITE) and key not in SQLITE_ONLY:
+        metafunc.parametrize("backend", list(BACKENDS))
+
+
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    """A fresh data directory for a reference server."""
+def backend() -> str:
+    """The database backend of the test (parametrized in the server suite, see above)."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (made on first use, then removed)."""
+    from fma_connect.server.pgcluster import throwaway_cluster
+
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def database(
+    backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str | None]:
+    """The test's database URL (None: SQLite in the data directory), set as
+    ``FMA_CONNECT_DATABASE`` for every server the test starts; dropped after it."""
+    from fma_connect.settings import DATABASE_ENV
+
+    if backend == "sqlite":
+        monkeypatch.delenv(DATABASE_ENV, raising=False)
+        yield None
+        return
+    cluster: Cluster = request.getfixturevalue("postgres_cluster")
+    name = f"test_{os.getpid()}_{next(_DATABASES)}"
+    url = cluster.create_database(name)
+    monkeypatch.setenv(DATABASE_ENV, url)
+    yield url
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, database: str | None) -> Path:
+    """A fresh data directory for a reference server (with a fresh database, see
+    ``database``)."""
     return tmp_path / "data"
 
 

@@ -1,17 +1,12 @@
-"""Aggregators and aggregation requirements of the reference server.
-
-Aggregators (the stock names plus a weighted FedAvg):
-
-* ``avg_values_if_data`` - element-wise unweighted mean of the round's updates.
-* ``average_layers`` - unweighted mean per layer. On tensors this is the same mean as
-  ``avg_values_if_data``; both names exist so that stock model definitions work. Unlike
-  the stock service, layers of different shapes are fine for both.
-* ``fed_avg`` - the mean weighted by each update's ``num_examples`` (default 1).
+"""Aggregation requirements of the reference server: when a round may run.
 
 Requirements: ``all_clients`` (every registered client sent an update) and
 ``require_x_updates`` (``requirement_args: [x]``); none means one update is enough.
 
-The arithmetic of the mean is in :mod:`.mean`.
+The aggregators (how a round combines its updates: the stock means, FedAvg, FedAdam,
+FedYogi, median, trimmed mean and plugins') are in :mod:`.aggregators`, registered
+through the ``fma_connect_register_aggregators`` hook; the arithmetic of the mean is in
+:mod:`.mean`.
 """
 
 from __future__ import annotations
@@ -20,18 +15,10 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 __all__ = [
-    "AGGREGATORS",
     "REQUIREMENTS",
     "check_requirement_args",
     "requirement_met",
 ]
-
-#: Aggregator name -> whether it weights updates by ``num_examples``.
-AGGREGATORS: dict[str, bool] = {
-    "avg_values_if_data": False,
-    "average_layers": False,
-    "fed_avg": True,
-}
 
 
 def _all_clients(clients: Collection[str], senders: Sequence[str], args: Sequence[Any]) -> bool:

@@ -38,6 +38,7 @@ from .bounds import (
 )
 from .errors import NOT_FOUND, HTTPError
 from .httputil import JSONResponse
+from .leases import DEFAULT_LEASE
 from .limits import DEFAULT_MAX_TENSORS
 from .rounds import AutoAggregate
 from .service import Service
@@ -65,6 +66,10 @@ def create_app(
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     upload_expiry: float = DEFAULT_EXPIRY,
     upload_quota: int | None = None,
+    database: str | None = None,
+    blobs: str | None = None,
+    s3_endpoint_url: str | None = None,
+    round_lease: float = DEFAULT_LEASE,
 ) -> Starlette:
     """Build the server's ASGI app over a data directory (opened now, closed at shutdown).
 
@@ -92,6 +97,15 @@ def create_app(
             docs/UPLOADS.md); then it is refused and deleted.
         upload_quota: Most bytes one client's open resumable uploads may declare
             (None: twice ``max_body_bytes``).
+        database: The metadata database: a ``postgresql://user:password@host:port/name``
+            URL, which any number of replicas (servers started with the same URL, behind
+            one load balancer) share; None: ``FMA_CONNECT_DATABASE``, else SQLite in
+            ``data_dir`` (one server per directory). See docs/SCALING.md.
+        blobs: Where payloads live: ``s3://bucket/prefix``, or None
+            (``FMA_CONNECT_BLOBS``, else ``data_dir/blobs``).
+        s3_endpoint_url: The S3 endpoint for ``blobs`` (an S3-compatible store's URL).
+        round_lease: Seconds a replica's lease on a running round lasts unless renewed:
+            how soon another replica takes over the round of one that died.
 
     The connection-level bounds (all but ``idle_timeout`` on request bodies) are
     enforced by the server that runs the app: build its config with
@@ -119,6 +133,10 @@ def create_app(
         upload_quota=upload_quota if upload_quota is not None else 2 * max_body_bytes,
         # Held requests may take half the connections: the others stay free to serve.
         max_held=max(1, max_connections // 2),
+        database=database,
+        blobs=blobs,
+        s3_endpoint_url=s3_endpoint_url,
+        round_lease=round_lease,
     )
 
     @asynccontextmanager

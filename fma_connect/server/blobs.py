@@ -1,6 +1,12 @@
-"""Payload files of the reference server: written atomically, named by the server.
+"""Payloads of the reference server (blobs): written atomically, named by the server.
 
-A blob is written to a temporary file in the blob directory, flushed and fsynced, then
+:class:`BlobStore` is both the interface every caller uses (routes, rounds, uploads,
+aggregation) and its embedded default, a local directory; :func:`open_blob_store`
+picks the store a server runs on: this directory, or S3-compatible object storage
+(:class:`~.object_store.S3BlobStore`, ``s3://bucket/prefix``), which overrides each
+method and keeps the same guarantees.
+
+In the directory, a blob is written to a temporary file, flushed and fsynced, then
 renamed into place with :func:`os.replace` and the directory fsynced: after a crash a
 blob either exists whole or not at all. File names are random and never derived from
 user input. Temporary files and blobs no row points at (left by a crash between the
@@ -18,11 +24,15 @@ import threading
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Self
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 
-__all__ = ["BlobStore", "BlobStream", "BlobWriter"]
+if TYPE_CHECKING:
+    from .upload_parts import UploadParts
+
+__all__ = ["BlobStore", "BlobStream", "BlobWriter", "open_blob_store"]
 
 _TMP_PREFIX = ".tmp-"
 _SUFFIX = ".blob"
@@ -47,14 +57,17 @@ class BlobWriter:
     guarantee is the commit's, as before: a blob is durable once it returns.
     """
 
-    def __init__(self, directory: Path, written: Path | None = None) -> None:
+    def __init__(self, directory: Path, written: Path | None = None, *, sync: bool = True) -> None:
         """
         Args:
             directory: The blob directory.
             written: A file written elsewhere on the same file system (a finished
                 resumable upload), moved in to be committed or discarded as it is.
+            sync: Sync the file to disk as it grows (False: a spool whose bytes go
+                elsewhere at the commit, as an object store's writer does).
         """
         self._directory = directory
+        self._sync_enabled = sync
         self.temp_path = directory / f"{_TMP_PREFIX}{secrets.token_hex(16)}"
         if written is not None:
             os.replace(written, self.temp_path)
@@ -71,6 +84,8 @@ class BlobWriter:
     def write(self, chunk: Any) -> None:
         """Append a bytes-like chunk."""
         self.nbytes += self._file.write(chunk)
+        if not self._sync_enabled:
+            return
         if self.nbytes - self._synced_to >= SYNC_EVERY and not self._sync_running():
             self._file.flush()
             self._synced_to = self.nbytes
@@ -114,10 +129,11 @@ class BlobWriter:
             self._map = mmap.mmap(fd, nbytes)
         finally:
             os.close(fd)
-        self._syncing = threading.Thread(
-            target=self._sync_behind, name="fma-blob-sync", daemon=True
-        )
-        self._syncing.start()
+        if self._sync_enabled:
+            self._syncing = threading.Thread(
+                target=self._sync_behind, name="fma-blob-sync", daemon=True
+            )
+            self._syncing.start()
         return self._map
 
     def _sync_behind(self) -> None:
@@ -152,7 +168,7 @@ class BlobWriter:
             self._file.close()
             self.temp_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> BlobWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -165,11 +181,23 @@ class BlobWriter:
 
 
 class BlobStore:
-    """The blob files under ``<data_dir>/blobs``."""
+    """The blob files under ``<data_dir>/blobs``; the interface of every blob store.
+
+    A blob is named by the server when it is committed (:meth:`BlobWriter.commit`),
+    never changes afterwards, and is read whole (:meth:`read`), in a span
+    (:meth:`read_range`) or streamed to a response (:meth:`stream_file`). The bytes
+    of open resumable uploads are kept by :meth:`upload_parts`.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / "blobs"
         self.directory.mkdir(parents=True, exist_ok=True)
+
+    def upload_parts(self, data_dir: Path) -> UploadParts:
+        """The store of the open resumable uploads' bytes (``<data_dir>/uploads``)."""
+        from .upload_parts import UploadParts  # here: it imports this module
+
+        return UploadParts(self, data_dir / "uploads")
 
     def writer(self) -> BlobWriter:
         """Start a new blob."""
@@ -203,6 +231,16 @@ class BlobStore:
         The map is released when the last array viewing it is garbage collected.
         """
         return _map(self.path(filename))
+
+    def read_range(self, filename: str, offset: int, length: int) -> bytes | None:
+        """The ``length`` bytes of a blob from ``offset``; None if the blob is gone, its
+        name is not a blob's, or it is shorter."""
+        try:
+            with open(self.path(filename), "rb") as file:
+                data = os.pread(file.fileno(), length, offset)
+        except (OSError, ValueError):
+            return None
+        return data if len(data) == length else None
 
     def iter_file(self, filename: str) -> Iterator[bytes]:
         """Open a blob now and return an iterator over its bytes in 1 MiB chunks.
@@ -249,6 +287,42 @@ class BlobStore:
                 entry.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def open_blob_store(
+    url: str | None, data_dir: Path, *, endpoint_url: str | None = None
+) -> BlobStore:
+    """The blob store a server keeps its payloads in.
+
+    Args:
+        url: None (or empty) for the local directory ``<data_dir>/blobs``, the embedded
+            default; ``s3://bucket`` or ``s3://bucket/prefix`` for S3-compatible object
+            storage, with credentials, region and options from the usual AWS environment
+            variables and config files (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ...).
+        data_dir: The server's data directory; an object store keeps only scratch files
+            there (blobs being written or read, see :class:`~.object_store.S3BlobStore`).
+        endpoint_url: The object store's URL, for an S3-compatible store other than AWS
+            (MinIO, Ceph RGW, Cloudflare R2, ...); None: boto3's own choice (AWS, or
+            ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` when set).
+
+    Raises:
+        ValueError: ``url`` is not one of the above.
+        OSError: the bucket cannot be reached (:class:`~.object_store.ObjectStoreError`
+            says why: credentials, a missing bucket, the endpoint).
+    """
+    if not url:
+        return BlobStore(data_dir)
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            f"expected blobs at s3://bucket or s3://bucket/prefix (or none, for the "
+            f"directory {data_dir / 'blobs'}), got {url!r}"
+        )
+    from .object_store import S3BlobStore  # here: boto3 is imported only to be used
+
+    return S3BlobStore.connect(
+        parts.netloc, parts.path.strip("/"), data_dir, endpoint_url=endpoint_url
+    )
 
 
 class BlobStream:

@@ -1,9 +1,11 @@
 """The server's data directory: checked, created, and held by one server at a time.
 
-A server takes an exclusive ``flock`` on ``<data_dir>/fma.lock`` for as long as it
-runs, so a second server on the same directory (which would corrupt the blob sweep and
-the rounds) refuses to start. The kernel drops the lock when the process dies, so a
-crash never leaves a stale lock behind.
+With its SQLite database (the default), a server takes an exclusive ``flock`` on
+``<data_dir>/fma.lock`` for as long as it runs, so a second server on the same directory
+(which would corrupt the blob sweep and the rounds) refuses to start. The kernel drops
+the lock when the process dies, so a crash never leaves a stale lock behind. Replicas
+on one PostgreSQL database may share a directory: they take no lock (see
+:mod:`.service` for what their start-up sweeps leave alone).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+
+from ..settings import DATABASE_ENV
 
 try:
     import fcntl
@@ -79,29 +83,62 @@ class DataDirLock:
             self._fd = None
 
 
-def read_admin_token(data_dir: Path) -> str:
-    """Return the admin token stored in a data directory, without starting a server.
+def read_admin_token(data_dir: Path, database: str | None = None) -> str:
+    """Return the admin token a server stored, without starting a server.
+
+    Args:
+        data_dir: The server's data directory (its SQLite database is read).
+        database: The server's PostgreSQL URL instead (default ``FMA_CONNECT_DATABASE``).
 
     Raises:
         DataDirError: not a directory, no database, or no admin token in it yet.
     """
+    url = database or os.environ.get(DATABASE_ENV) or None
+    if url is not None:
+        return _postgres_admin_token(url)
     if data_dir.exists() and not data_dir.is_dir():
         raise DataDirError(f"data directory {data_dir} is not a directory (it is a file)")
-    database = data_dir / DATABASE
+    path = data_dir / DATABASE
     missing = DataDirError(
         f"no admin token stored in {data_dir}: start `fma-connect serve --data-dir "
         f"{data_dir}` once (it creates one), or set FMA_CONNECT_ADMIN_TOKEN"
     )
-    if not database.is_file():
+    if not path.is_file():
         raise missing
     try:
-        conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             row = conn.execute("SELECT token FROM users WHERE id = 1").fetchone()
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise DataDirError(f"cannot read {database}: {exc}") from exc
+        raise DataDirError(f"cannot read {path}: {exc}") from exc
     if row is None:
         raise missing
     return str(row[0])
+
+
+def _postgres_admin_token(url: str) -> str:
+    import psycopg
+
+    from .database import open_database, shown_url
+
+    missing = DataDirError(
+        f"no admin token stored in the database {shown_url(url)}: start `fma-connect serve "
+        "--database ...` once (it creates one), or set FMA_CONNECT_ADMIN_TOKEN"
+    )
+    try:
+        database = open_database(url, Path())
+    except RuntimeError as exc:  # DatabaseError: an unknown URL, or unreachable
+        raise DataDirError(str(exc)) from exc
+    try:
+        row = database.one("SELECT token FROM users WHERE id = 1")
+    except psycopg.errors.UndefinedTable:
+        raise missing from None
+    except psycopg.Error as exc:
+        raise DataDirError(f"cannot read the database {database.where}: {exc}") from exc
+    finally:
+        database.close()
+    if row is None:
+        raise missing
+    return str(row["token"])

@@ -55,7 +55,18 @@ import numpy as np
 from ..codecs.base import Tensors
 from .structure import by_name, positional
 
-__all__ = ["FOLD_AT", "SLICE", "Accumulator", "LazyTensor", "Update", "all_finite"]
+__all__ = [
+    "FOLD_AT",
+    "SLICE",
+    "Accumulator",
+    "Layout",
+    "LazyTensor",
+    "Update",
+    "all_finite",
+    "cast_values",
+    "part",
+    "views_files",
+]
 
 #: Elements per slice when checking, summing and casting (2 MiB of float64): a few
 #: slices are the working memory of a round beyond its result.
@@ -105,17 +116,128 @@ Weight = int | Fraction
 _INT64_SAFE = 2**62
 
 
-class Accumulator:
-    """Weighted mean of updates with the structure of the first one added."""
+class Layout:
+    """The names, shapes and result dtypes of a round's accepted updates.
+
+    What every aggregator of the reference server shares with the mean: the first
+    accepted update fixes the structure; a later one is matched to it by name (or by
+    position, for plain JSON), refused with a reason when it differs or holds NaN or
+    infinity, and its dtypes promote the result's (see the module).
+
+    Attributes:
+        names: The tensors' names (those of a named update, once one was accepted).
+        shapes: Their shapes.
+        count: How many updates were accepted.
+    """
 
     def __init__(self) -> None:
-        self._names: list[str] = []
+        self.names: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
         #: Per tensor, the promoted dtype of the typed updates (None: none was typed),
         #: of the plain JSON ones (None: none was plain), and the range of their integers.
         self._typed: list[np.dtype[Any] | None] = []
         self._plain: list[np.dtype[Any] | None] = []
         self._span: list[tuple[int, int] | None] = []
-        self._shapes: list[tuple[int, ...]] = []
+        self.count = 0
+
+    def accept(self, tensors: Update, *, typed: bool = True) -> tuple[Update, list[Fraction]] | str:
+        """Check an update against the accepted ones and record it.
+
+        Args:
+            tensors: The update (arrays or lazy tensors).
+            typed: Whether its dtypes are the sender's (False for plain JSON).
+
+        Returns:
+            Why it is refused (nothing is recorded then); else its tensors in the
+            accepted order (lazy integer tensors rebuilt) and each one's largest
+            absolute value.
+        """
+        # Integer and bool sums are bounded from whole tensors (_widen): those are rebuilt.
+        tensors = [(name, _materialised(array)) for name, array in tensors]
+        if self.names and not positional(self.names):
+            # Named: match by name (by_name reads the names only, lazy tensors pass).
+            tensors = by_name(self.names, cast(Tensors, tensors)) or tensors
+        reason = self._mismatch(tensors)
+        if reason is not None:
+            return reason
+        magnitudes: list[Fraction] = []
+        for name, array in tensors:  # one pass: the largest value, and whether all are finite
+            magnitude = _max_abs(array)
+            if magnitude is None:
+                return f"tensor {name!r} holds NaN or infinite values"
+            magnitudes.append(magnitude)
+        if not self.names:
+            self.names = [name for name, _ in tensors]
+            self.shapes = [array.shape for _, array in tensors]
+            self._typed = [None] * len(tensors)
+            self._plain = [None] * len(tensors)
+            self._span = [None] * len(tensors)
+        elif positional(self.names):  # the result takes the names of any named update
+            self.names = [name for name, _ in tensors]
+        seen = self._typed if typed else self._plain
+        for i, (_, array) in enumerate(tensors):
+            before = seen[i]
+            seen[i] = array.dtype if before is None else _promote(before, array.dtype)
+            if not typed and array.dtype.kind in "iu" and array.size:
+                assert isinstance(array, np.ndarray)  # lazy integer tensors were rebuilt
+                low, high = int(array.min()), int(array.max())
+                span = self._span[i]
+                self._span[i] = (
+                    (low, high) if span is None else (min(low, span[0]), max(high, span[1]))
+                )
+        self.count += 1
+        return tensors, magnitudes
+
+    def planned(self) -> list[tuple[str, tuple[int, ...], np.dtype[Any]]]:
+        """The name, shape and result dtype of each tensor (see the module).
+
+        Raises:
+            ValueError: no update was accepted.
+        """
+        if not self.count:
+            raise ValueError("no update was added")
+        return [
+            (name, shape, _result_dtype(typed, plain, span))
+            for name, shape, typed, plain, span in zip(
+                self.names, self.shapes, self._typed, self._plain, self._span, strict=True
+            )
+        ]
+
+    def _mismatch(self, tensors: Update) -> str | None:
+        if not tensors:
+            return "the update holds no tensors"
+        for name, array in tensors:
+            if array.dtype.kind not in "biufcV":
+                return f"tensor {name!r} has the non-numeric dtype {array.dtype}"
+        if not self.names:
+            return None
+        if len(tensors) != len(self.names):
+            return (
+                f"expected {len(self.names)} tensors like the round's accepted updates, "
+                f"got {len(tensors)}"
+            )
+        by_position = positional(self.names) or positional([n for n, _ in tensors])
+        for i, ((name, array), expected, shape) in enumerate(
+            zip(tensors, self.names, self.shapes, strict=True)
+        ):
+            if not by_position and name != expected:
+                return (
+                    f"tensor {i} is named {name!r}; the round's accepted updates have "
+                    f"{expected!r} there"
+                )
+            if array.shape != shape:
+                return (
+                    f"tensor {expected!r} has shape {list(array.shape)}; the round's "
+                    f"accepted updates have {list(shape)}"
+                )
+        return None
+
+
+class Accumulator:
+    """Weighted mean of updates with the structure of the first one added."""
+
+    def __init__(self) -> None:
+        self._layout = Layout()
         self._wide: list[np.dtype[Any]] = []
         self._held: list[tuple[Update, Weight]] = []
         #: What the held updates cost: the bytes of their lazy tensors, and how many of
@@ -132,7 +254,15 @@ class Accumulator:
         #: cannot overflow (see :meth:`_rescale`).
         self._magnitudes: list[Fraction] = []
         self._exps: list[int] = []
-        self.count = 0
+
+    @property
+    def count(self) -> int:
+        """How many updates were added."""
+        return self._layout.count
+
+    @property
+    def _shapes(self) -> list[tuple[int, ...]]:
+        return self._layout.shapes
 
     def add(self, tensors: Update, weight: float = 1.0, *, typed: bool = True) -> str | None:
         """Add an update; return why it was refused (and leave the mean unchanged), or None.
@@ -146,50 +276,22 @@ class Accumulator:
             typed: Whether its dtypes are the sender's (False for plain JSON, whose
                 dtypes are guessed from the numbers); see the module for the result's.
         """
-        # Integer and bool sums are bounded from whole tensors (_widen): those are rebuilt.
-        tensors = [(name, _materialised(array)) for name, array in tensors]
-        if self._names and not positional(self._names):
-            # Named: match by name (by_name reads the names only, lazy tensors pass).
-            tensors = by_name(self._names, cast(Tensors, tensors)) or tensors
-        reason = self._mismatch(tensors)
-        if reason is not None:
-            return reason
-        magnitudes: list[Fraction] = []
-        for name, array in tensors:  # one pass: the largest value, and whether all are finite
-            magnitude = _max_abs(array)
-            if magnitude is None:
-                return f"tensor {name!r} holds NaN or infinite values"
-            magnitudes.append(magnitude)
-        if not self._names:
-            self._names = [name for name, _ in tensors]
-            self._shapes = [array.shape for _, array in tensors]
+        first = not self._layout.count
+        accepted = self._layout.accept(tensors, typed=typed)
+        if isinstance(accepted, str):
+            return accepted
+        tensors, magnitudes = accepted
+        if first:
             self._wide = [_start_wide(array.dtype) for _, array in tensors]
-            self._typed = [None] * len(tensors)
-            self._plain = [None] * len(tensors)
-            self._span = [None] * len(tensors)
             self._bounds = [0] * len(tensors)
             self._magnitudes = [Fraction(0)] * len(tensors)
             self._exps = [0] * len(tensors)
             self._model_nbytes = sum(array.size * array.dtype.itemsize for _, array in tensors)
-        elif positional(self._names):  # the mean takes the names of any named update
-            self._names = [name for name, _ in tensors]
-        seen = self._typed if typed else self._plain
-        for i, (_, array) in enumerate(tensors):
-            before = seen[i]
-            seen[i] = array.dtype if before is None else _promote(before, array.dtype)
-            if not typed and array.dtype.kind in "iu" and array.size:
-                assert isinstance(array, np.ndarray)  # lazy integer tensors were rebuilt
-                low, high = int(array.min()), int(array.max())
-                span = self._span[i]
-                self._span[i] = (
-                    (low, high) if span is None else (min(low, span[0]), max(high, span[1]))
-                )
         scale = _exact(weight)
         self._widen(tensors, scale)
         self._rescale(magnitudes, scale)
         self._held.append((tensors, scale))
         self._weight += scale
-        self.count += 1
         arrays = [array for _, array in tensors if isinstance(array, np.ndarray)]
         self._held_bytes += sum(
             array.held_nbytes for _, array in tensors if not isinstance(array, np.ndarray)
@@ -209,14 +311,7 @@ class Accumulator:
         A mean beyond the range of its planned dtype comes in float64 instead (see
         :meth:`result`), which only computing it tells.
         """
-        if not self.count:
-            raise ValueError("no update was added")
-        return [
-            (name, shape, _result_dtype(typed, plain, span))
-            for name, shape, typed, plain, span in zip(
-                self._names, self._shapes, self._typed, self._plain, self._span, strict=True
-            )
-        ]
+        return self._layout.planned()
 
     def result(self, out: Sequence[np.ndarray] | None = None) -> Tensors:
         """Return the weighted mean, each tensor in the dtype the module describes.
@@ -284,7 +379,7 @@ class Accumulator:
         # Each weighting and each addition rounds by at most half an ulp (2**970 at the
         # top of the range), and a sum rounds to infinity from 2**1024 - 2**970: so n
         # terms stay finite while the exact bound is at most this.
-        terms = self.count + 1
+        terms = self.count  # the update being added is counted already
         threshold = 2**1024 - terms * 2**971
         for i, magnitude in enumerate(magnitudes):
             self._magnitudes[i] += magnitude * scale
@@ -349,35 +444,6 @@ class Accumulator:
                     _add_scaled(total[start:stop], _part(array, start, stop), weight, e)
         self._held = []
         self._held_bytes = self._held_files = 0
-
-    def _mismatch(self, tensors: Update) -> str | None:
-        if not tensors:
-            return "the update holds no tensors"
-        for name, array in tensors:
-            if array.dtype.kind not in "biufcV":
-                return f"tensor {name!r} has the non-numeric dtype {array.dtype}"
-        if not self._names:
-            return None
-        if len(tensors) != len(self._names):
-            return (
-                f"expected {len(self._names)} tensors like the round's accepted updates, "
-                f"got {len(tensors)}"
-            )
-        by_position = positional(self._names) or positional([n for n, _ in tensors])
-        for i, ((name, array), expected, shape) in enumerate(
-            zip(tensors, self._names, self._shapes, strict=True)
-        ):
-            if not by_position and name != expected:
-                return (
-                    f"tensor {i} is named {name!r}; the round's accepted updates have "
-                    f"{expected!r} there"
-                )
-            if array.shape != shape:
-                return (
-                    f"tensor {expected!r} has shape {list(array.shape)}; the round's "
-                    f"accepted updates have {list(shape)}"
-                )
-        return None
 
 
 def _views_files(arrays: Sequence[np.ndarray]) -> bool:
@@ -624,3 +690,20 @@ def _cast(mean: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     if dtype.kind in "fV" and mean.dtype.kind == "c":
         mean = mean.real
     return mean.astype(dtype)
+
+
+def part(tensor: np.ndarray | LazyTensor, start: int, stop: int) -> np.ndarray:
+    """Flat elements ``start`` to ``stop`` of an array (a view where it can be) or a lazy
+    tensor (rebuilt): how aggregators read an update a slice at a time."""
+    return _part(tensor, start, stop)
+
+
+def cast_values(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """Float64 (or complex128) results in a result ``dtype`` as the mean casts them:
+    integers rounded to nearest and clipped to their range, bools from 0.5 up."""
+    return _cast(values, dtype)
+
+
+def views_files(arrays: Sequence[np.ndarray]) -> bool:
+    """Whether every array views a memory-mapped file (holding it costs no memory)."""
+    return _views_files(arrays)

@@ -1,6 +1,8 @@
 """Aggregation rounds of the reference server: when they run and what they record.
 
-Rounds of one model never overlap (a lock per model). A round takes the model's
+Rounds of one model never overlap, in one server (a lock per model) nor across replicas
+sharing a database (the model's lease, see :mod:`.leases`: a replica that dies mid-round
+leaves it to another, which finds its updates PENDING again). A round takes the model's
 PENDING updates, marks them RUNNING, averages them one at a time from their
 memory-mapped blobs, and commits the aggregate and every update's final status
 (COMPLETE, or INVALID with its reason) in one transaction. If it fails, the updates
@@ -20,15 +22,17 @@ import numpy as np
 from ..codecs.base import Tensors
 from ..codecs.context import CodecContext, MissingBaseError
 from ..exceptions import CodecError, EncodeError
-from ..registry import CodecRegistry
+from ..plugins import default_aggregator_registry
+from ..registry import AggregatorRegistry, CodecRegistry, UnknownAggregatorError
 from . import store as st
-from .aggregation import AGGREGATORS, requirement_met
+from .aggregation import requirement_met
+from .aggregators import Aggregation, AggregatorArgsError, Contribution, RoundContext
 from .blobs import BlobStore
 from .errors import HTTPError, bad_request, not_found
 from .in_place import InPlace
+from .leases import DEFAULT_LEASE, RoundLeases
 from .limits import PausePoint
 from .locks import KeyedLocks
-from .mean import Accumulator
 from .sparse_aggregates import Step, sparse_step
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
@@ -53,6 +57,10 @@ class Rounds:
         pause: The crash tests' pause point.
         stored: Called with the model's id after a round stored an aggregate (it wakes
             the requests waiting for one, see :mod:`.waiting`).
+        aggregators: The aggregators models may name; default: every installed one
+            (:func:`~fma_connect.plugins.default_aggregator_registry`).
+        lease: Seconds a round's lease lasts unless renewed (see :mod:`.leases`): how
+            long after a replica died mid-round another takes the round over.
     """
 
     def __init__(
@@ -64,7 +72,10 @@ class Rounds:
         auto_aggregate: AutoAggregate,
         pause: PausePoint,
         stored: Callable[[int], None],
+        aggregators: AggregatorRegistry | None = None,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
+        self.aggregators = default_aggregator_registry() if aggregators is None else aggregators
         self.store = store
         self.blobs = blobs
         self.registry = registry
@@ -72,18 +83,72 @@ class Rounds:
         self._pause = pause
         self._stored = stored
         self._model_locks = KeyedLocks()
+        self.leases = RoundLeases(store, lease)
+        store.round_fence = self.leases.fence
+        if not store.db.shared:  # the database is this server's alone: leases are a dead one's
+            self.leases.clear()
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         if auto_aggregate == "background":
             self._worker = threading.Thread(target=self._work, name="fma-aggregation", daemon=True)
             self._worker.start()
+        self._closing = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if store.db.shared:
+            self._watcher = threading.Thread(
+                target=self._watch, name="fma-rounds-watch", daemon=True
+            )
+            self._watcher.start()
 
     def close(self) -> None:
-        """Stop the background worker (after the rounds already queued)."""
+        """Stop the background worker (after the rounds already queued) and the watcher."""
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
         if self._worker is not None:
             self._queue.put(None)
             self._worker.join()
             self._worker = None
+
+    def _watch(self) -> None:
+        """With a shared database: take over the rounds of replicas that died mid-round,
+        and wake this server's held requests when another replica stores an aggregate."""
+        seen: int | None = None  # the newest aggregate id seen
+        interval = min(1.0, self.leases.duration / 4)
+        while not self._closing.wait(interval):
+            try:
+                for model_id in self.leases.expired():
+                    log.warning(
+                        "taking over the round of model %s from a replica that stopped", model_id
+                    )
+                    self._take_over(model_id)
+                row = self.store.one("SELECT MAX(id) AS id FROM aggregates")  # the key's end
+                newest = int(row["id"] or 0) if row else 0
+                if seen is not None and newest > seen:
+                    for found in self.store.all(
+                        "SELECT DISTINCT federated_model FROM aggregates WHERE id > ?", (seen,)
+                    ):
+                        self._stored(found["federated_model"])
+                seen = newest
+            except Exception:  # the database is away for a moment: try again next time
+                log.warning("the rounds watcher could not read the database", exc_info=True)
+
+    def _take_over(self, model_id: int) -> None:
+        """Take an expired lease (its round's updates are PENDING again in the same
+        transaction), then run the round the dead replica did not finish, if automatic
+        rounds are on."""
+        # Under the model's lock, as every use of a lease in this server: a round of this
+        # server holding it meanwhile is never mistaken for the dead one's.
+        with self._model_locks.hold(model_id):
+            try:
+                if not self.leases.try_take(model_id):
+                    return  # another replica was quicker
+            except HTTPError:
+                return  # the model is gone
+            self.leases.release(model_id)
+        if self.auto_aggregate != "off":
+            self._auto_round(model_id)
 
     def wait_idle(self) -> None:
         """Block until the background worker has run every queued round."""
@@ -138,22 +203,24 @@ class Rounds:
             finally:
                 self._queue.task_done()
 
+    def _state(self, model_id: int) -> tuple[Row, list[Row], list[str]]:
+        """The model, its PENDING updates and its clients.
+
+        Raises:
+            HTTPError: 404, no such model.
+        """
+        model = self.store.get_model(model_id)
+        if model is None:
+            raise not_found()
+        return model, self.store.pending_updates(model_id), self.store.model_clients(model_id)
+
     def _round(self, model_id: int, *, auto: bool) -> Row | None:
-        with self._model_locks.hold(model_id):
-            model = self.store.get_model(model_id)
-            if model is None:
-                raise not_found()
-            pending = self.store.pending_updates(model_id)
-            clients = self.store.model_clients(model_id)
-            if auto and not (
-                model["allow_aggregation"]
-                and requirement_met(
-                    model["requirement"],
-                    model["requirement_args"],
-                    clients,
-                    [u["client"] for u in pending if u["client"] in clients],
-                )
-            ):
+        # Most updates leave the requirement unmet: seen without the lease's two writes.
+        if auto and not _requirement_met(*self._state(model_id)):
+            return None
+        with self._model_locks.hold(model_id), self.leases.hold(model_id):
+            model, pending, clients = self._state(model_id)  # read again under the lease
+            if auto and not _requirement_met(model, pending, clients):
                 return None
             if not pending:
                 raise bad_request(
@@ -165,7 +232,7 @@ class Rounds:
             try:
                 aggregate_id, invalid = self._average(model, pending, set(clients), auto=auto)
             except BaseException:
-                self.store.set_update_status(ids, st.PENDING, only=st.RUNNING)
+                self.leases.put_back(model_id, ids)  # unless another replica took them over
                 raise
         if aggregate_id is None and auto:
             if invalid:
@@ -188,19 +255,18 @@ class Rounds:
         meet the model's requirement; otherwise the refused ones are marked INVALID and
         the valid ones wait (PENDING) for more.
         """
-        weighted = AGGREGATORS[model["aggregator"]]
+        # One context for the round: a base that several updates start from is read once.
+        context = CodecContext(bases=ModelBases(self.store, self.blobs, self.registry, model["id"]))
+        aggregation, old_state = self._start(model, context)
         allowed = None
         if model["furthest_base_agg"]:
             recent = self.store.recent_aggregate_ids(model["id"], model["furthest_base_agg"])
             allowed = set(recent) if recent else None
-        accumulator = Accumulator()
         used: list[int] = []
         codecs: list[str] = []
         invalid: dict[int, str] = {}
         if self.store.latest_aggregate(model["id"]) is None and model["current_artifact"] is None:
             pending = self._by_first_round_majority(pending, clients)
-        # One context for the round: a base that several updates start from is read once.
-        context = CodecContext(bases=ModelBases(self.store, self.blobs, self.registry, model["id"]))
         for update in pending:
             reason = None
             if update["client"] not in clients:
@@ -220,10 +286,11 @@ class Rounds:
                 except OSError as exc:  # no server path in a reason clients can read
                     reason = f"the stored update cannot be read: {exc.strerror or exc}"
                 else:
-                    weight = float(update["num_examples"] or 1) if weighted else 1.0
                     # Every codec but plain JSON carries the dtypes the sender chose.
                     typed = update["codec"] != "json"
-                    reason = accumulator.add(tensors, weight, typed=typed)
+                    reason = aggregation.add(
+                        Contribution(tensors, update["num_examples"], update["client"], typed)
+                    )
                     del tensors
             if reason is None:
                 used.append(update["id"])
@@ -238,7 +305,8 @@ class Rounds:
                 self.store.set_update_status(used, st.PENDING, only=st.RUNNING)
                 return None, invalid
         self._pause.reached("round-running")
-        result = self._store_result(accumulator, codecs, model, context) if used else None
+        result = self._store_result(aggregation, codecs, model, context) if used else None
+        state = None if result is None else self._store_state(aggregation)
         self._pause.reached("round-stored")
         stale = model["residual_blob"]
         stale_file = None if stale is None else self.store.get_blob(stale)["filename"]
@@ -251,14 +319,73 @@ class Rounds:
                 invalid,
                 step=None if result is None else result.step,
                 residual=None if result is None else result.residual,
+                state=state,
             )
         except BaseException:
             if result is not None:
                 self.blobs.delete([new.filename for new in result if new is not None])
+            if state is not None:
+                self.blobs.delete([state.filename])
             raise
         if result is not None and stale_file is not None:  # the round replaced it
             self.blobs.delete([stale_file])
+        if state is not None and old_state is not None:  # replaced with the aggregate
+            self.blobs.delete([old_state])
         return aggregate_id, invalid
+
+    def _start(self, model: Row, context: CodecContext) -> tuple[Aggregation, str | None]:
+        """Begin the round of the model's aggregator; also return its state's blob file.
+
+        Raises:
+            HTTPError: 400, the aggregator is not installed (any more) or its stored
+                ``aggregator_args`` no longer suit it.
+        """
+        name = model["aggregator"]
+        try:
+            aggregator = self.aggregators.get(name)
+            args = aggregator.check_args(model["aggregator_args"])
+        except (UnknownAggregatorError, AggregatorArgsError) as exc:
+            raise bad_request(
+                "aggregator", f"Federated model {model['id']} cannot aggregate: {exc}"
+            ) from None
+        row = self.store.aggregator_state(model["id"])
+        latest = self.store.latest_aggregate(model["id"])
+        # A state continues only from the aggregate it was made with: after a round of
+        # another aggregator (or a state another one kept), the aggregator starts afresh.
+        mine = (
+            row
+            if row is not None
+            and row["aggregator"] == name
+            and latest is not None
+            and row["aggregate"] == latest["id"]
+            else None
+        )
+
+        def current() -> Tensors | None:
+            assert context.bases is not None
+            try:
+                return list(context.bases(None if latest is None else latest["id"]))
+            except MissingBaseError:  # neither an aggregate nor an initial model yet
+                return None
+
+        def state() -> Tensors | None:
+            if mine is None:
+                return None
+            return load(self.blobs, self.store.get_blob(mine["blob"]), self.registry)
+
+        round_context = RoundContext(model["id"], args, current, state)
+        return aggregator.start(round_context), None if row is None else row["filename"]
+
+    def _store_state(self, aggregation: Aggregation) -> NewBlob | None:
+        """Write the state the aggregation keeps for the next round (None: it keeps none).
+
+        It is stored in ``msgpack`` (lossless, a view of its file when read) and
+        committed with the round's aggregate (see :meth:`Store.record_round`).
+        """
+        state = aggregation.state()
+        if state is None:
+            return None
+        return store_tensors(self.blobs, state, self.registry.get("msgpack"))
 
     def _by_first_round_majority(self, pending: list[Row], clients: set[str]) -> list[Row]:
         """Order a model's first round so that the structure most clients sent comes first.
@@ -307,7 +434,7 @@ class Rounds:
         return [update for _, _, members in ordered for update in members] + unread
 
     def _store_result(
-        self, accumulator: Accumulator, codecs: list[str], model: Row, context: CodecContext
+        self, aggregation: Aggregation, codecs: list[str], model: Row, context: CodecContext
     ) -> Result:
         """Store the round's aggregate; with ``aggregate_fraction``, as a sparse step from
         the previous one (see :mod:`.sparse_aggregates`), with the step and the residual.
@@ -318,9 +445,9 @@ class Rounds:
         candidates = result_codec(codecs, self.registry)
         placed = None
         if model["aggregate_fraction"] is None:
-            placed = InPlace.open(self.blobs, accumulator.planned(), candidates[0])
+            placed = InPlace.open(self.blobs, aggregation.planned(), candidates[0])
         try:
-            aggregate = accumulator.result(None if placed is None else placed.arrays)
+            aggregate = aggregation.result(None if placed is None else placed.arrays)
             step = None
             if model["aggregate_fraction"] is not None:
                 step = self._sparse_step(aggregate, model, context)
@@ -383,6 +510,14 @@ class Result(NamedTuple):
     aggregate: NewBlob
     step: NewBlob | None = None
     residual: NewBlob | None = None
+
+
+def _requirement_met(model: Row, pending: list[Row], clients: list[str]) -> bool:
+    """Whether an automatic round of the model runs now."""
+    senders = [u["client"] for u in pending if u["client"] in clients]
+    return bool(model["allow_aggregation"]) and requirement_met(
+        model["requirement"], model["requirement_args"], clients, senders
+    )
 
 
 def _describe(structure: Structure) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -41,7 +42,18 @@ def _model_id(request: Request) -> int:
 
 
 def _model_json(request: Request, row: Row) -> JSONResponse:
-    return JSONResponse(model_json(row, service(request).store.model_clients(row["id"])))
+    return JSONResponse(_model_body(row, service(request).store.model_clients(row["id"])))
+
+
+def _model_body(row: Row, clients: list[str]) -> dict[str, Any]:
+    """A FederatedModel, with the reference server's ``aggregator_args`` after
+    ``aggregator`` (the stock service has no such field)."""
+    body: dict[str, Any] = {}
+    for field, value in model_json(row, clients).items():
+        body[field] = value
+        if field == "aggregator":
+            body["aggregator_args"] = row.get("aggregator_args")
+    return body
 
 
 async def create_model(request: Request) -> Response:
@@ -65,7 +77,7 @@ def list_models(request: Request) -> Response:
     svc = service(request)
     authenticate(request, svc.store).require_admin()
     rows = paginate(request, "models", {}, **_MODELS_PAGE)
-    return JSONResponse([model_json(row, svc.store.model_clients(row["id"])) for row in rows])
+    return JSONResponse([_model_body(row, svc.store.model_clients(row["id"])) for row in rows])
 
 
 def get_model(request: Request) -> Response:

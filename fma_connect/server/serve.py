@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
+from ..settings import DATA_DIR_ENV
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TENSORS, create_app
 from .bounds import (
     DEFAULT_HEADER_TIMEOUT,
@@ -19,7 +20,10 @@ from .bounds import (
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_MAX_HEADER_BYTES,
 )
+from .database import DatabaseError
 from .datadir import DataDirError
+from .leases import DEFAULT_LEASE
+from .migrations import LATEST
 from .protocol import server_config
 from .rounds import AutoAggregate
 from .uploads import DEFAULT_EXPIRY
@@ -32,7 +36,7 @@ DEFAULT_DATA_DIR = "fma-connect-data"
 
 def default_data_dir() -> Path:
     """``FMA_CONNECT_DATA_DIR``, else ``./fma-connect-data``."""
-    return Path(os.environ.get("FMA_CONNECT_DATA_DIR") or DEFAULT_DATA_DIR)
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -72,12 +76,17 @@ def serve(
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     upload_expiry: float = DEFAULT_EXPIRY,
     upload_quota: int | None = None,
+    database: str | None = None,
+    blobs: str | None = None,
+    s3_endpoint_url: str | None = None,
+    round_lease: float = DEFAULT_LEASE,
 ) -> int:
     """Serve until interrupted; return the exit code.
 
     Prints ``listening on http://HOST:PORT`` once the port is bound (with ``port`` 0,
     the port the system chose), and the admin token when this start created it.
-    The limits and bounds (``max_body_bytes`` ... ``upload_quota``) are
+    The limits and bounds (``max_body_bytes`` ... ``upload_quota``) and the storage
+    (``database``, ``blobs``, ``s3_endpoint_url``, ``round_lease``) are
     :func:`~fma_connect.server.create_app`'s.
 
     The port is bound before the data directory is opened, so a start that fails
@@ -103,8 +112,12 @@ def serve(
             max_header_bytes=max_header_bytes,
             upload_expiry=upload_expiry,
             upload_quota=upload_quota,
+            database=database,
+            blobs=blobs,
+            s3_endpoint_url=s3_endpoint_url,
+            round_lease=round_lease,
         )
-    except (DataDirError, OSError, sqlite3.Error, ValueError) as exc:
+    except (DataDirError, DatabaseError, OSError, sqlite3.Error, ValueError) as exc:
         where = f" (database in {data_dir})" if isinstance(exc, sqlite3.Error) else ""
         print(f"error: {exc}{where}", file=sys.stderr)
         sock.close()
@@ -114,13 +127,22 @@ def serve(
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     print(f"fma-connect server: data in {data_dir.resolve()}")
+    db = service.store.db
+    if db.shared:
+        print(f"database: {db.where} (shared: replicas may use it at once)")
+    if service.store.schema_found != 0 and service.store.schema_found < LATEST:
+        print(f"database schema upgraded from version {service.store.schema_found} to {LATEST}")
     if service.admin_token_created:
         print(f"admin token (created now, stored in the database): {service.admin_token}")
     else:
-        where = shlex.quote(str(data_dir.resolve()))
+        where = (
+            f"--database {shlex.quote(db.where)}"
+            if db.shared
+            else f"--data-dir {shlex.quote(str(data_dir.resolve()))}"
+        )
         print(
             "admin token: the stored one (or FMA_CONNECT_ADMIN_TOKEN); "
-            f"run `fma-connect admin-token --data-dir {where}` to print it"
+            f"run `fma-connect admin-token {where}` to print it"
         )
     print(f"listening on http://{shown}:{bound_port}", flush=True)
     config = server_config(app, log_level=log_level, lifespan="on")

@@ -4,6 +4,14 @@ Everything here is synchronous and thread-safe; the routes run it in a worker th
 An update is checked against its model's structure (its initial model or latest
 aggregate) and stored in one step. Rounds are run by
 :class:`~.rounds.Rounds`; updates a crash left RUNNING are PENDING again at start-up.
+
+The database is SQLite in the data directory (one server at a time: the directory is
+locked), or a PostgreSQL that any number of replicas share (``database``; see
+docs/SCALING.md). At start a server sweeps what a crash left behind. On a database it
+owns alone that is everything no row points at; on a shared one, another replica may be
+writing right now, so only what is provably orphaned goes (upload files whose upload is
+gone, see :meth:`~.uploads.Uploads.sweep`): blob files are not swept there, and a
+round a dead replica left RUNNING is taken over when its lease expires (:mod:`.leases`).
 """
 
 from __future__ import annotations
@@ -23,11 +31,13 @@ from ..codecs.base import Tensors, decode_with, read_tag
 from ..codecs.context import CodecContext, MissingBaseError
 from ..exceptions import CodecError, EncodeError, TooManyTensorsError
 from ..registry import CodecRegistry
+from ..settings import BLOBS_ENV, DATABASE_ENV, S3_ENDPOINT_URL_ENV
 from . import jsonstream
-from .blobs import BlobStore, BlobWriter
+from .blobs import BlobWriter, open_blob_store
 from .datadir import DataDirLock, prepare
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
 from .jsonvalues import shown
+from .leases import DEFAULT_LEASE
 from .limits import DEFAULT_MAX_TENSORS, PausePoint, check_tensors_schema, too_many_tensors
 from .locks import KeyedLocks
 from .mean import all_finite
@@ -66,7 +76,8 @@ class Service:
     """The server's state and operations over one data directory.
 
     Args:
-        data_dir: Holds ``fma.sqlite3`` and ``blobs/``; created if missing.
+        data_dir: Holds ``fma.sqlite3`` (unless ``database`` is given), ``blobs/`` and
+            ``uploads/``; created if missing. Replicas sharing a database share it too.
         registry: The codecs updates may use.
         admin_token: Token of the admin (user 1); default ``FMA_CONNECT_ADMIN_TOKEN``,
             else the stored one, else a new random one. A token given either way
@@ -76,6 +87,13 @@ class Service:
         upload_expiry: Seconds a resumable upload lives after its last activity.
         upload_quota: Most bytes a client's open resumable uploads may declare.
         max_held: Most ``get_latest_aggregate`` requests held at once (see :mod:`.waiting`).
+        database: A ``postgresql://`` URL of a database replicas share; default
+            ``FMA_CONNECT_DATABASE``, else SQLite in ``data_dir``.
+        blobs: Where payloads live (see :func:`~.blobs.open_blob_store`); default
+            ``FMA_CONNECT_BLOBS``, else ``data_dir/blobs``.
+        s3_endpoint_url: The S3 endpoint of ``blobs``; default
+            ``FMA_CONNECT_S3_ENDPOINT_URL``.
+        round_lease: Seconds a round's lease lasts unless renewed (see :mod:`.leases`).
 
     Attributes:
         admin_token: The admin's token.
@@ -85,7 +103,8 @@ class Service:
         waiters: The requests held until a new aggregate (:class:`~.waiting.Waiters`).
 
     Raises:
-        DataDirError: ``data_dir`` is a file, or another server is using it.
+        DataDirError: ``data_dir`` is a file, or another server is using it (SQLite).
+        DatabaseError: the database cannot be opened, or is newer than this code.
     """
 
     def __init__(
@@ -99,23 +118,39 @@ class Service:
         upload_expiry: float = DEFAULT_EXPIRY,
         upload_quota: int = DEFAULT_UPLOAD_QUOTA,
         max_held: int = 64,
+        database: str | None = None,
+        blobs: str | None = None,
+        s3_endpoint_url: str | None = None,
+        round_lease: float = DEFAULT_LEASE,
     ) -> None:
         prepare(data_dir)
-        self._dir_lock = DataDirLock(data_dir)
+        database = database or os.environ.get(DATABASE_ENV) or None
+        # Replicas on one PostgreSQL may share the directory; SQLite has one server.
+        own = database is None or database.lower().startswith("sqlite:")
+        self._dir_lock = DataDirLock(data_dir) if own else None
+        store = None
         try:
-            self.store = Store(data_dir / "fma.sqlite3")
-            self.blobs = BlobStore(data_dir)
+            self.store = store = Store(data_dir / "fma.sqlite3", database)
+            self.blobs = open_blob_store(
+                blobs or os.environ.get(BLOBS_ENV) or None,
+                data_dir,
+                endpoint_url=s3_endpoint_url or os.environ.get(S3_ENDPOINT_URL_ENV) or None,
+            )
             token = admin_token or os.environ.get(TOKEN_ENV) or None
             self.admin_token, self.admin_token_created = self.store.ensure_admin(token)
-            if self.store.reset_running():
-                log.warning("updates left RUNNING by an interrupted round are PENDING again")
-            self.blobs.sweep(self.store.blob_filenames())
+            if not self.store.db.shared:
+                if self.store.reset_running():
+                    log.warning("updates left RUNNING by an interrupted round are PENDING again")
+                self.blobs.sweep(self.store.blob_filenames())
             self.uploads = Uploads(
                 self.store, self.blobs, data_dir, expiry=upload_expiry, quota=upload_quota
             )
             self.uploads.sweep()
         except BaseException:
-            self._dir_lock.release()
+            if store is not None:
+                store.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()
             raise
         self.registry = registry
         self.max_tensors = max_tensors
@@ -133,13 +168,15 @@ class Service:
             auto_aggregate=auto_aggregate,
             pause=self._pause,
             stored=self.waiters.notify,
+            lease=round_lease,
         )
 
     def close(self) -> None:
         """Stop the aggregation worker and close the database."""
         self.rounds.close()
         self.store.close()
-        self._dir_lock.release()
+        if self._dir_lock is not None:
+            self._dir_lock.release()
 
     # -- models ----------------------------------------------------------------------
 

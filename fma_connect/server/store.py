@@ -1,9 +1,11 @@
-"""Metadata of the reference server in SQLite: users, clients, models, updates, aggregates.
+"""Metadata of the reference server: users, clients, models, updates, aggregates.
 
 The tables of resumable uploads in progress are here too; their queries are in
 :mod:`.uploads`. Payloads live in blob files (:mod:`.blobs`); rows point at them through
-the ``blobs`` table. One connection, shared by the server's threads behind a lock, runs in WAL mode
-with ``synchronous=FULL``: a write that returned is on disk, so an acknowledged update
+the ``blobs`` table. The database is SQLite in the data directory, or a PostgreSQL that
+replicas share (:mod:`.database`: what a transaction guarantees on each; the SQL here is
+the subset both speak). Its schema is versioned and upgraded at start
+(:mod:`.migrations`). A write that returned is on disk, so an acknowledged update
 survives a crash or restart. Rows come back as plain dicts; JSON columns are decoded.
 
 A write that needs a row another request may delete meanwhile (an update or a round of
@@ -14,18 +16,18 @@ raises the 4xx :class:`~.errors.HTTPError` the request answers, not a foreign-ke
 from __future__ import annotations
 
 import secrets
-import sqlite3
-import threading
 import uuid as uuid_module
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
+from .database import Connection, Database, open_database
 from .errors import HTTPError, bad_request, not_found
+from .migrations import migrate
 
 __all__ = ["PENDING", "NewBlob", "Row", "Store", "now"]
 
@@ -33,120 +35,10 @@ Row = dict[str, Any]
 
 PENDING, RUNNING, COMPLETE, FAILED, INVALID = range(5)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    username TEXT NOT NULL UNIQUE,
-    token TEXT NOT NULL UNIQUE
-);
-CREATE TABLE IF NOT EXISTS clients (uuid TEXT PRIMARY KEY, created_on TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS models (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    developer INTEGER NOT NULL REFERENCES users(id),
-    aggregator TEXT NOT NULL,
-    allow_aggregation INTEGER NOT NULL,
-    requirement TEXT,
-    requirement_args TEXT,
-    update_schema TEXT,
-    client_agg_results_schema TEXT,
-    furthest_base_agg INTEGER,
-    aggregate_fraction REAL,
-    aggregate_values TEXT,
-    residual_blob INTEGER,
-    current_artifact INTEGER,
-    created_on TEXT NOT NULL,
-    last_modified TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS model_clients (
-    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-    client TEXT NOT NULL REFERENCES clients(uuid),
-    PRIMARY KEY (federated_model, client)
-);
-CREATE TABLE IF NOT EXISTS blobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-    codec TEXT NOT NULL,
-    filename TEXT NOT NULL UNIQUE,
-    nbytes INTEGER NOT NULL,
-    tensor_names TEXT
-);
-CREATE TABLE IF NOT EXISTS updates (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-    client TEXT NOT NULL REFERENCES clients(uuid),
-    base_aggregate INTEGER,
-    num_examples INTEGER,
-    status INTEGER NOT NULL,
-    status_reason TEXT,
-    blob INTEGER NOT NULL REFERENCES blobs(id),
-    idempotency_key TEXT,
-    applied_aggregate INTEGER,
-    created_on TEXT NOT NULL,
-    UNIQUE (client, idempotency_key)
-);
-CREATE INDEX IF NOT EXISTS updates_model_status ON updates (federated_model, status);
-CREATE TABLE IF NOT EXISTS aggregates (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-    blob INTEGER NOT NULL REFERENCES blobs(id),
-    parent INTEGER,
-    step_blob INTEGER,
-    aggregator TEXT NOT NULL,
-    validation_score REAL,
-    created_on TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-    blob INTEGER NOT NULL REFERENCES blobs(id),
-    aggregate INTEGER,
-    version TEXT NOT NULL,
-    created_on TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS uploads (
-    id TEXT PRIMARY KEY,
-    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-    client TEXT NOT NULL REFERENCES clients(uuid),
-    fields TEXT NOT NULL,
-    codec TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    chunk_size INTEGER NOT NULL,
-    chunks TEXT NOT NULL,
-    manifest TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    update_id INTEGER,
-    created_on TEXT NOT NULL,
-    expires REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS uploads_client ON uploads (client, manifest);
-CREATE TABLE IF NOT EXISTS upload_chunks (
-    upload TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
-    idx INTEGER NOT NULL,
-    boot TEXT,
-    PRIMARY KEY (upload, idx)
-);
-CREATE TABLE IF NOT EXISTS chunk_index (
-    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
-    digest TEXT NOT NULL,
-    blob INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
-    offset INTEGER NOT NULL,
-    length INTEGER NOT NULL,
-    PRIMARY KEY (federated_model, digest)
-);
-CREATE TABLE IF NOT EXISTS scores (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    aggregate INTEGER NOT NULL REFERENCES aggregates(id) ON DELETE CASCADE,
-    client TEXT NOT NULL REFERENCES clients(uuid),
-    validation_results TEXT NOT NULL,
-    created_on TEXT NOT NULL,
-    UNIQUE (aggregate, client)
-);
-"""
-
 #: Model columns stored as JSON text.
 _JSON_COLUMNS = (
     "requirement_args",
+    "aggregator_args",
     "update_schema",
     "client_agg_results_schema",
     "validation_results",
@@ -164,6 +56,7 @@ MODEL_FIELDS = (
     "furthest_base_agg",
     "aggregate_fraction",
     "aggregate_values",
+    "aggregator_args",
 )
 
 
@@ -189,86 +82,58 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
-    row = {column[0]: value for column, value in zip(cursor.description, values, strict=True)}
-    for key in _JSON_COLUMNS:
-        if row.get(key) is not None:
-            row[key] = orjson.loads(row[key])
-    return row
-
-
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
 class Store:
-    """The server's SQLite database (``<data_dir>/fma.sqlite3``)."""
+    """The server's database: a SQLite file (``<data_dir>/fma.sqlite3``), or the one
+    ``database`` names.
 
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = _row
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
-            self._conn.execute(f"PRAGMA {pragma}")
-        self._conn.executescript(_SCHEMA)
-        self._migrate()
+    Args:
+        path: The SQLite file, used when ``database`` is None.
+        database: A ``postgresql://`` URL (see :func:`~.database.open_database`).
 
-    def _migrate(self) -> None:
-        """Bring a database made by an earlier version up to this schema, in place."""
-        columns = {row["name"] for row in self.all("PRAGMA table_info(blobs)")}
-        if "tensor_names" not in columns:  # before names of plain JSON tensors were kept
-            self._conn.execute("ALTER TABLE blobs ADD COLUMN tensor_names TEXT")
-        columns = {row["name"] for row in self.all("PRAGMA table_info(models)")}
-        if "aggregate_fraction" not in columns:  # before sparse aggregates
-            for column in (
-                "aggregate_fraction REAL",
-                "aggregate_values TEXT",
-                "residual_blob INTEGER",
-            ):
-                self._conn.execute(f"ALTER TABLE models ADD COLUMN {column}")
-            self._conn.execute("ALTER TABLE aggregates ADD COLUMN step_blob INTEGER")
-        columns = {row["name"] for row in self.all("PRAGMA table_info(upload_chunks)")}
-        if "boot" not in columns:  # the first resumable uploads: every chunk is checked
-            self._conn.execute("ALTER TABLE upload_chunks ADD COLUMN boot TEXT")
+    Attributes:
+        db: The database (:attr:`~.database.Database.shared` says whether other
+            servers use it too).
+        schema_found: The schema version the database had before this start (0: new,
+            or made before versioning); it is :data:`~.migrations.LATEST` now.
+
+    Raises:
+        DatabaseError: it cannot be opened, or its schema is newer than this code.
+    """
+
+    def __init__(self, path: Path, database: str | None = None) -> None:
+        self.db: Database = open_database(database, path, _JSON_COLUMNS)
+        #: Called inside :meth:`record_round`'s transaction with the model's id; it raises
+        #: to refuse the commit (a round whose lease was taken over, see :mod:`.leases`).
+        self.round_fence: Callable[[Connection, int], None] | None = None
+        try:
+            self.schema_found, _ = migrate(self.db)
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
+        """Close the database."""
+        self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[Connection]:
         """Run the block as one write transaction (rolled back if it raises)."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        return self.db.transaction()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a query and return every row.
 
-        SQLite integers have 64 bits: a parameter beyond them (an id from a URL, a
-        page number) matches no row, instead of failing.
+        Integers have 64 bits: a parameter beyond them (an id from a URL, a page
+        number) matches no row, instead of failing.
         """
-        with self._lock:
-            try:
-                rows: list[Row] = self._conn.execute(sql, params).fetchall()
-            except OverflowError:
-                return []
-            return rows
+        return self.db.all(sql, params)
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         """Run a query and return its first row, or None (see :meth:`all`)."""
-        with self._lock:
-            try:
-                row: Row | None = self._conn.execute(sql, params).fetchone()
-            except OverflowError:
-                return None
-            return row
+        return self.db.one(sql, params)
 
     def count(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a ``SELECT COUNT(*) AS n ...`` query."""
@@ -326,7 +191,8 @@ class Store:
                     "INSERT INTO clients (uuid, created_on) VALUES (?, ?)", (client, now())
                 )
             conn.execute(
-                "INSERT OR IGNORE INTO model_clients (federated_model, client) VALUES (?, ?)",
+                "INSERT INTO model_clients (federated_model, client) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (model_id, client),
             )
         return client
@@ -400,10 +266,10 @@ class Store:
         with self.transaction() as conn:
             cursor = conn.execute(
                 f"INSERT INTO models ({columns}, created_on, last_modified) "
-                f"VALUES ({', '.join('?' * len(MODEL_FIELDS))}, ?, ?)",
+                f"VALUES ({', '.join('?' * len(MODEL_FIELDS))}, ?, ?) RETURNING id",
                 (*values, stamp, stamp),
             )
-            model_id = int(cursor.lastrowid or 0)
+            model_id = int(cursor.fetchone()["id"])
             _set_clients(conn, model_id, clients)
             if initial is not None:
                 blob = _insert_blob(conn, model_id, initial)
@@ -433,7 +299,14 @@ class Store:
             files = [row["filename"] for row in rows.fetchall()]
             scores = "SELECT id FROM aggregates WHERE federated_model = ?"
             conn.execute(f"DELETE FROM scores WHERE aggregate IN ({scores})", (model_id,))
-            for table in ("updates", "artifacts", "aggregates", "model_clients", "blobs"):
+            for table in (
+                "updates",
+                "artifacts",
+                "aggregates",
+                "aggregator_states",
+                "model_clients",
+                "blobs",
+            ):
                 conn.execute(f"DELETE FROM {table} WHERE federated_model = ?", (model_id,))
             conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
         return files
@@ -483,7 +356,8 @@ class Store:
             blob_id = _insert_blob(conn, fields["federated_model"], blob)
             cursor = conn.execute(
                 "INSERT INTO updates (federated_model, client, base_aggregate, num_examples, "
-                "status, blob, idempotency_key, created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "status, blob, idempotency_key, created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
                 (
                     fields["federated_model"],
                     fields["client"],
@@ -495,7 +369,7 @@ class Store:
                     now(),
                 ),
             )
-            return self._update(conn, int(cursor.lastrowid or 0)), True
+            return self._update(conn, int(cursor.fetchone()["id"])), True
 
     def update_by_key(self, client: str, key: str) -> Row | None:
         """Return the update ``client`` sent with idempotency ``key``."""
@@ -539,6 +413,7 @@ class Store:
         *,
         step: NewBlob | None = None,
         residual: NewBlob | None = None,
+        state: NewBlob | None = None,
     ) -> int | None:
         """Commit an aggregation round in one transaction; return the new aggregate's id.
 
@@ -553,12 +428,20 @@ class Store:
             residual: The model's new residual (see ``aggregate_fraction``), which
                 replaces the one it had (its row is deleted; the caller deletes its file);
                 None: it has none after this round.
+            state: The aggregator's new state (a stateful aggregator such as
+                ``fed_adam``), which replaces the model's previous one in the same
+                transaction, so the state always belongs to the newest aggregate (the
+                caller deletes the old file, see :meth:`aggregator_state`); None: the
+                state is left as it is.
 
         Raises:
-            HTTPError: 404, the model was deleted during the round.
+            HTTPError: 404, the model was deleted during the round; what
+                :attr:`round_fence` raises (409, the round was taken over).
         """
         with self.transaction() as conn:
             _require(conn, "models", model_id, not_found)
+            if self.round_fence is not None:
+                self.round_fence(conn, model_id)
             conn.executemany(
                 "UPDATE updates SET status = ?, status_reason = ? WHERE id = ?",
                 [(INVALID, reason, i) for i, reason in invalid.items()],
@@ -572,10 +455,10 @@ class Store:
             step_id = None if step is None else _insert_blob(conn, model_id, step)
             cursor = conn.execute(
                 "INSERT INTO aggregates (federated_model, blob, parent, step_blob, aggregator, "
-                "created_on) VALUES (?, ?, ?, ?, ?, ?)",
+                "created_on) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (model_id, blob_id, parent, step_id, aggregator, now()),
             )
-            aggregate_id = int(cursor.lastrowid or 0)
+            aggregate_id = int(cursor.fetchone()["id"])
             conn.executemany(
                 "UPDATE updates SET status = ?, applied_aggregate = ? WHERE id = ?",
                 [(COMPLETE, aggregate_id, i) for i in used],
@@ -587,7 +470,44 @@ class Store:
             conn.execute("UPDATE models SET residual_blob = ? WHERE id = ?", (new, model_id))
             if old is not None:
                 conn.execute("DELETE FROM blobs WHERE id = ?", (old,))
+            if state is not None:
+                _replace_state(conn, model_id, aggregator, state, aggregate_id)
             return aggregate_id
+
+    # -- aggregator states ---------------------------------------------------------
+
+    def aggregator_state(self, model_id: int) -> Row | None:
+        """The model's aggregator state, if it has one.
+
+        Returns:
+            ``{federated_model, blob, aggregator, aggregate, updated_on, codec,
+            filename}``: the state's tensors are in blob ``blob`` (file ``filename``,
+            codec ``codec``), written by aggregator ``aggregator`` in the round that
+            made aggregate ``aggregate``.
+        """
+        sql = (
+            "SELECT s.*, b.codec AS codec, b.filename AS filename FROM aggregator_states s "
+            "JOIN blobs b ON b.id = s.blob WHERE s.federated_model = ?"
+        )
+        return self.one(sql, (model_id,))
+
+    def replace_aggregator_state(
+        self, model_id: int, aggregator: str, blob: NewBlob | None, aggregate: int | None
+    ) -> str | None:
+        """Replace (``blob`` None: drop) the model's aggregator state.
+
+        Returns:
+            The previous state's blob file, which the caller deletes; None when there
+            was none.
+
+        Raises:
+            HTTPError: 404, the model is gone.
+        """
+        with self.transaction() as conn:
+            _require(conn, "models", model_id, not_found)
+            if blob is None:
+                return _drop_state(conn, model_id)
+            return _replace_state(conn, model_id, aggregator, blob, aggregate)
 
     # -- aggregates, artifacts, scores ---------------------------------------------
 
@@ -642,11 +562,11 @@ class Store:
                 )
                 cursor = conn.execute(
                     "INSERT INTO scores (aggregate, client, validation_results, created_on) "
-                    "VALUES (?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?) RETURNING id",
                     (aggregate_id, client, orjson.dumps(results).decode(), now()),
                 )
-                return int(cursor.lastrowid or 0)
-        except sqlite3.IntegrityError:
+                return int(cursor.fetchone()["id"])
+        except self.db.integrity_errors:
             return None
 
     def get_score(self, score_id: int) -> Row | None:
@@ -672,13 +592,13 @@ class Store:
         ]
         clause = f" WHERE {' AND '.join(w for w, _ in where)}" if where else ""
         params = [value for _, value in where]
-        total = self.count(f"SELECT COUNT(*) AS n FROM ({select}{clause})", params)
+        total = self.count(f"SELECT COUNT(*) AS n FROM ({select}{clause}) AS page", params)
         rows = self.all(
             f"{select}{clause} ORDER BY {alias}id DESC LIMIT ? OFFSET ?", [*params, limit, offset]
         )
         return rows, total
 
-    def _update(self, conn: sqlite3.Connection, update_id: int) -> Row:
+    def _update(self, conn: Connection, update_id: int) -> Row:
         row: Row = conn.execute(f"{_UPDATE_SELECT} WHERE u.id = ?", (update_id,)).fetchone()
         return row
 
@@ -705,9 +625,7 @@ def _model_value(key: str, value: Any) -> Any:
     return value
 
 
-def _require(
-    conn: sqlite3.Connection, table: str, row_id: int, error: Callable[[], HTTPError]
-) -> None:
+def _require(conn: Connection, table: str, row_id: int, error: Callable[[], HTTPError]) -> None:
     """Raise ``error()`` unless ``table`` has the row (checked inside the write's transaction)."""
     if conn.execute(f"SELECT id FROM {table} WHERE id = ?", (row_id,)).fetchone() is None:
         raise error()
@@ -717,30 +635,58 @@ def _deleted(field: str, row_id: int) -> HTTPError:
     return bad_request(field, f'Invalid pk "{row_id}" - object does not exist (it was deleted).')
 
 
-def _set_clients(conn: sqlite3.Connection, model_id: int, clients: Sequence[str]) -> None:
+def _set_clients(conn: Connection, model_id: int, clients: Sequence[str]) -> None:
     conn.executemany(
-        "INSERT OR IGNORE INTO model_clients (federated_model, client) VALUES (?, ?)",
+        "INSERT INTO model_clients (federated_model, client) VALUES (?, ?) ON CONFLICT DO NOTHING",
         [(model_id, client) for client in clients],
     )
 
 
-def _insert_blob(conn: sqlite3.Connection, model_id: int, blob: NewBlob) -> int:
+def _insert_blob(conn: Connection, model_id: int, blob: NewBlob) -> int:
     cursor = conn.execute(
         "INSERT INTO blobs (federated_model, codec, filename, nbytes, tensor_names) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?) RETURNING id",
         (model_id, blob.codec, blob.filename, blob.nbytes, _json_or_none(blob.tensor_names)),
     )
-    return int(cursor.lastrowid or 0)
+    return int(cursor.fetchone()["id"])
+
+
+def _drop_state(conn: Connection, model_id: int) -> str | None:
+    """Delete the model's aggregator state row and its blob row; return the blob file."""
+    sql = (
+        "SELECT s.blob AS blob, b.filename AS filename FROM aggregator_states s "
+        "JOIN blobs b ON b.id = s.blob WHERE s.federated_model = ?"
+    )
+    old = conn.execute(sql, (model_id,)).fetchone()
+    if old is None:
+        return None
+    conn.execute("DELETE FROM aggregator_states WHERE federated_model = ?", (model_id,))
+    conn.execute("DELETE FROM blobs WHERE id = ?", (old["blob"],))
+    return str(old["filename"])
+
+
+def _replace_state(
+    conn: Connection, model_id: int, aggregator: str, blob: NewBlob, aggregate: int | None
+) -> str | None:
+    """Put ``blob`` in as the model's aggregator state; return the old state's blob file."""
+    old = _drop_state(conn, model_id)
+    blob_id = _insert_blob(conn, model_id, blob)
+    conn.execute(
+        "INSERT INTO aggregator_states (federated_model, blob, aggregator, aggregate, "
+        "updated_on) VALUES (?, ?, ?, ?, ?)",
+        (model_id, blob_id, aggregator, aggregate, now()),
+    )
+    return old
 
 
 def _insert_artifact(
-    conn: sqlite3.Connection, model_id: int, blob_id: int, aggregate_id: int | None, version: str
+    conn: Connection, model_id: int, blob_id: int, aggregate_id: int | None, version: str
 ) -> int:
     cursor = conn.execute(
         "INSERT INTO artifacts (federated_model, blob, aggregate, version, created_on) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?) RETURNING id",
         (model_id, blob_id, aggregate_id, version, now()),
     )
-    artifact_id = int(cursor.lastrowid or 0)
+    artifact_id = int(cursor.fetchone()["id"])
     conn.execute("UPDATE models SET current_artifact = ? WHERE id = ?", (artifact_id, model_id))
     return artifact_id

@@ -5,20 +5,24 @@
     with running_server(tmp_path) as (url, token):
         WebClient(model_id, url=url).send_update(weights)
 
-Both bind 127.0.0.1 on an ephemeral port and wait until the server answers.
+Both bind 127.0.0.1 on an ephemeral port and wait until the server answers. Both take
+``database=`` (a ``postgresql://`` URL); several processes on one such database and one
+data directory are replicas of one service.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,13 @@ import uvicorn
 from .app import create_app
 from .protocol import server_config
 
-__all__ = ["RunningServer", "ServerProcess", "running_server", "running_server_process"]
+__all__ = [
+    "RoundRobinProxy",
+    "RunningServer",
+    "ServerProcess",
+    "running_server",
+    "running_server_process",
+]
 
 _READY_TIMEOUT = 30.0
 _LISTENING = re.compile(r"listening on (http://\S+)")
@@ -51,7 +61,8 @@ def running_server(data_dir: str | Path, **options: Any) -> Iterator[RunningServ
 
     Args:
         data_dir: The server's data directory.
-        **options: Passed to :func:`~fma_connect.server.create_app`.
+        **options: Passed to :func:`~fma_connect.server.create_app` (``database=``,
+            ``auto_aggregate=``, ...).
 
     Yields:
         ``(url, admin_token)``; the app's :class:`~fma_connect.server.Service` is not
@@ -113,7 +124,12 @@ class ServerProcess:
 
 @contextmanager
 def running_server_process(
-    data_dir: str | Path, *, admin_token: str | None = None, args: tuple[str, ...] = ()
+    data_dir: str | Path,
+    *,
+    admin_token: str | None = None,
+    args: tuple[str, ...] = (),
+    database: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``fma-connect serve`` on an ephemeral port in a child process for the block.
 
@@ -125,12 +141,20 @@ def running_server_process(
         data_dir: The server's data directory.
         admin_token: The admin token to use (default: a random one).
         args: Extra ``serve`` arguments.
+        database: The ``--database`` URL (None: the child's ``FMA_CONNECT_DATABASE``, if
+            this process has it set, else SQLite in ``data_dir``).
+        env: Environment variables set for the child only (a pause point for one replica).
 
     Raises:
         RuntimeError: the process exited or did not announce its address within 30 s.
     """
     token = admin_token or secrets.token_hex(20)
-    env = {**os.environ, "FMA_CONNECT_ADMIN_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    child_env = {
+        **os.environ,
+        "FMA_CONNECT_ADMIN_TOKEN": token,
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     command = [
         sys.executable,
         "-m",
@@ -140,9 +164,14 @@ def running_server_process(
         "0",
         "--data-dir",
         str(data_dir),
+        *(("--database", database) if database else ()),
     ]
     process = subprocess.Popen(
-        [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        [*command, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env,
     )
     handle = None
     output: list[str] = []
@@ -183,3 +212,95 @@ def _wait_for_url(process: subprocess.Popen[str], seen: list[str]) -> str:
             raise RuntimeError(f"fma-connect serve did not start:\n{''.join(seen)}")
         time.sleep(0.02)
     return result[0]
+
+
+class RoundRobinProxy:
+    """A TCP load balancer on 127.0.0.1 for tests: each connection goes to the next of
+    ``backends`` (``http://host:port`` URLs) in turn, skipping one that refuses it (a
+    killed replica), as an HTTP load balancer's health check would.
+
+    Use as a context manager; :attr:`url` is where clients connect. Bytes are copied as
+    they come, by two threads per connection: for tests and benchmarks on loopback, not
+    for production.
+    """
+
+    def __init__(self, backends: Sequence[str]) -> None:
+        self._backends = [_host_port(url) for url in backends]
+        self._next = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._closing = False
+        self._open: set[socket.socket] = set()
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._accept, name="fma-test-proxy", daemon=True)
+
+    def __enter__(self) -> RoundRobinProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing = True
+        self._listener.close()
+        with self._lock:
+            for sock in list(self._open):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def send_next_to(self, index: int) -> None:
+        """Send the next new connection to backend ``index`` (then on in turn from there):
+        for a test that needs one request on a chosen replica behind the proxy."""
+        with self._lock:
+            self._next = index
+
+    def _connect(self) -> socket.socket | None:
+        for _ in range(len(self._backends)):
+            with self._lock:
+                backend = self._backends[self._next % len(self._backends)]
+                self._next += 1
+            try:
+                return socket.create_connection(backend, timeout=10)
+            except OSError:
+                continue  # down: the next one
+        return None
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = self._connect()
+        if upstream is None:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._open.update((client, upstream))
+        pump = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        pump.start()
+        _pump(client, upstream)
+        pump.join()
+        with self._lock:
+            self._open.difference_update((client, upstream))
+        client.close()
+        upstream.close()
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    """Copy ``source`` to ``target`` until either ends."""
+    try:
+        while data := source.recv(1 << 16):
+            target.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+    return host, int(port)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import os
 import re
 import secrets
 import threading
@@ -55,12 +54,16 @@ DEFAULT_EXPIRY = 24 * 3600
 #: Most bytes one client's open uploads may declare in all (two of the largest updates).
 DEFAULT_UPLOAD_QUOTA = 32 << 30
 _ID = re.compile(r"[0-9a-f]{32}")
-_SUFFIX = ".part"
 #: The columns :meth:`Uploads.row` reads: all but the digests (see ``_manifest``).
 _COLUMNS = (
     "id, federated_model, client, fields, codec, size, chunk_size, manifest, "
-    "idempotency_key, update_id, created_on, expires"
+    "idempotency_key, update_id, created_on, expires, completing_until"
 )
+#: Seconds a server's claim to complete an upload lasts (a replica that died completing
+#: it leaves the upload to a later completion once it passed).
+_COMPLETION_CLAIM = 600.0
+#: Most seconds a completion waits for another replica's completion of the same upload.
+_COMPLETION_WAIT = 120.0
 #: An open upload's activity: it lives ``expiry`` seconds from now.
 _TOUCH = "UPDATE uploads SET expires = ? WHERE id = ? AND update_id IS NULL"
 #: Uploads whose digests are kept parsed.
@@ -91,8 +94,9 @@ class Uploads:
     ) -> None:
         self.store = store
         self.blobs = blobs
+        #: The uploads' bytes, as the blob store keeps them (see :mod:`.upload_parts`).
+        self.parts = blobs.upload_parts(data_dir)
         self.directory = data_dir / "uploads"
-        self.directory.mkdir(exist_ok=True)
         self.expiry = expiry
         self.quota = quota
         #: Names this run of the server: chunks recorded under another were received by
@@ -102,7 +106,7 @@ class Uploads:
         self._digests: dict[str, tuple[str, ...]] = {}  # see _manifest
         self._cache_lock = threading.Lock()
         #: Who writes which chunk now (see :mod:`.chunk_writes`).
-        self.writers = ChunkWriters(self._path)
+        self.writers = ChunkWriters(self.parts)
 
     # -- opening ---------------------------------------------------------------------
 
@@ -148,8 +152,7 @@ class Uploads:
                     ),
                 )
             # The row first: a file is never without its row (see sweep).
-            with open(self._path(upload_id), "xb") as file:
-                file.truncate(manifest.size)  # holes until written: no disk used yet
+            self.parts.create(upload_id, manifest.size)
             self._copy_known(upload_id, manifest)
         except BaseException:
             self._delete(upload_id)
@@ -188,7 +191,7 @@ class Uploads:
         for start in range(0, len(wanted), 500):  # SQLite's bound on parameters
             part = wanted[start : start + 500]
             rows = self.store.all(
-                "SELECT c.digest, c.offset, c.length, b.filename FROM chunk_index c "
+                'SELECT c.digest, c."offset", c.length, b.filename FROM chunk_index c '
                 "JOIN blobs b ON b.id = c.blob WHERE c.federated_model = ? AND c.digest IN "
                 f"({', '.join('?' * len(part))})",
                 (manifest.fields["federated_model"], *part),
@@ -197,33 +200,22 @@ class Uploads:
         if not known:
             return
         copied = []
-        fd = os.open(self._path(upload_id), os.O_WRONLY)
-        try:
-            for index, digest in enumerate(manifest.digests):
-                source = known.get(digest)
-                offset, length = manifest.span(index)
-                if source is None or source["length"] != length:
-                    continue
-                data = self._read_blob(source["filename"], source["offset"], length)
-                if data is None or digest_of(data) != digest:
-                    continue  # the blob is gone or not what was indexed: sent again
-                os.pwrite(fd, data, offset)
-                copied.append(index)
-        finally:
-            os.close(fd)
+        for index, digest in enumerate(manifest.digests):
+            source = known.get(digest)
+            offset, length = manifest.span(index)
+            if source is None or source["length"] != length:
+                continue
+            data = self.blobs.read_range(source["filename"], source["offset"], length)
+            if data is None or digest_of(data) != digest:
+                continue  # the blob is gone or not what was indexed: sent again
+            self.parts.put(upload_id, index, offset, data)
+            copied.append(index)
         with self.store.transaction() as conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO upload_chunks (upload, idx, boot) VALUES (?, ?, ?)",
+                "INSERT INTO upload_chunks (upload, idx, boot) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 [(upload_id, index, self.boot) for index in copied],
             )
-
-    def _read_blob(self, filename: str, offset: int, length: int) -> bytes | None:
-        try:
-            with open(self.blobs.path(filename), "rb") as file:
-                data = os.pread(file.fileno(), length, offset)
-        except (OSError, ValueError):
-            return None
-        return data if len(data) == length else None
 
     # -- state -------------------------------------------------------------------------
 
@@ -287,13 +279,15 @@ class Uploads:
         row = self.row(client, upload_id)
         if row["update_id"] is not None:
             raise detail(409, f"Upload {upload_id} is complete (update {row['update_id']}).")
+        if (row["completing_until"] or 0) > time.time():  # by another replica (see complete)
+            raise detail(409, f"Upload {upload_id} is being completed.")
         manifest = self._manifest(row)
         if not 0 <= index < len(manifest.digests):
             raise not_found(
                 f"Upload {upload_id} has chunks 0 to {len(manifest.digests) - 1}, not {index}."
             )
         offset, length = manifest.span(index)
-        return offset, length, manifest.digests[index], self._path(upload_id)
+        return offset, length, manifest.digests[index], self.parts.target(upload_id)
 
     def done(self, upload_id: str, index: int, claim: object, nbytes: int, whole: bool) -> None:
         """End a claim (:class:`~.chunk_writes.ChunkWriters`) after ``nbytes`` of the
@@ -302,16 +296,24 @@ class Uploads:
         newer request took the claim over."""
         if not self.writers.holds(claim, upload_id, index):
             return
+        if whole and not self.writers.publish(claim, upload_id, index):
+            return  # taken over while it was published: the newer request records it
         with self.store.transaction() as conn:
             if whole:  # unless the upload went meanwhile (abandoned, superseded)
                 conn.execute(
-                    "INSERT OR REPLACE INTO upload_chunks (upload, idx, boot) "
-                    "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM uploads WHERE id = ?)",
+                    "INSERT INTO upload_chunks (upload, idx, boot) "
+                    "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM uploads WHERE id = ?) "
+                    "ON CONFLICT (upload, idx) DO UPDATE SET boot = excluded.boot",
                     (upload_id, index, self.boot, upload_id),
                 )
                 conn.execute(  # and the upload lives on from now (see expiry)
                     _TOUCH,
                     (time.time() + self.expiry, upload_id),
+                )
+            elif self.store.db.shared:  # not a newer request's record on another replica
+                conn.execute(  # (completion checks every chunk there, see _damaged)
+                    "DELETE FROM upload_chunks WHERE upload = ? AND idx = ? AND boot = ?",
+                    (upload_id, index, self.boot),
                 )
             else:
                 conn.execute(
@@ -332,16 +334,43 @@ class Uploads:
                 of ``add`` (the upload is then deleted: its bytes are final).
         """
         with self._locks.hold(upload_id):
-            row = self.row(client, upload_id)
-            stored = self.store.update_by_key(client, row["idempotency_key"])
-            if stored is not None:  # completed before (perhaps cut off before the answer)
-                return stored, False
+            deadline = time.monotonic() + _COMPLETION_WAIT
+            pause = 0.02
+            while True:
+                row = self.row(client, upload_id)
+                stored = self.store.update_by_key(client, row["idempotency_key"])
+                if stored is not None:  # completed before (perhaps cut off before the answer)
+                    return stored, False
+                if self._claim_completion(upload_id):
+                    break
+                if time.monotonic() > deadline:  # another replica completes it, slowly
+                    raise detail(409, f"Upload {upload_id} is being completed; ask again.")
+                time.sleep(pause)
+                pause = min(2 * pause, 0.5)
             manifest = self._manifest(row)
             interrupted = self.writers.stop(upload_id)  # from here on no chunk is written
             try:
                 return self._complete(upload_id, row, manifest, interrupted, add)
             finally:
                 self.writers.resume(upload_id)
+                self._end_completion(upload_id)
+
+    def _claim_completion(self, upload_id: str) -> bool:
+        """Claim the completion of an open upload for this server: replicas sharing the
+        database complete an upload once (the others wait, then answer its update), and
+        take no chunk of it meanwhile (:meth:`chunk_target`)."""
+        now = time.time()
+        with self.store.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE uploads SET completing_until = ? WHERE id = ? AND update_id IS NULL "
+                "AND (completing_until IS NULL OR completing_until < ?)",
+                (now + _COMPLETION_CLAIM, upload_id, now),
+            )
+            return cursor.rowcount > 0
+
+    def _end_completion(self, upload_id: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE uploads SET completing_until = NULL WHERE id = ?", (upload_id,))
 
     def _complete(
         self, upload_id: str, row: Row, manifest: Manifest, interrupted: set[int], add: AddUpdate
@@ -358,7 +387,7 @@ class Uploads:
                 "chunks: PUT them, then complete it again.",
                 missing=missing,
             )
-        writer = self.blobs.adopt(self._path(upload_id))
+        writer = self.parts.assemble(upload_id, manifest.size, manifest.chunk_size)
         try:
             key = row["idempotency_key"]
             update, created = add(manifest.fields, manifest.codec, writer, key)
@@ -374,16 +403,22 @@ class Uploads:
     def _damaged(self, upload_id: str, manifest: Manifest, interrupted: set[int]) -> list[int]:
         """The chunks whose bytes on disk no longer match their digests, of those received
         by an earlier run of the server or being rewritten when the completion began
-        (forgotten here, to be sent again)."""
+        (forgotten here, to be sent again).
+
+        With a shared database every chunk is checked (BLAKE3 reads ~4 GB/s): a request
+        on another replica that this one's claims cannot stop may have written into the
+        file after its chunk was recorded.
+        """
+        everything = self.store.db.shared
         earlier = [
             row["idx"]
             for row in self.store.all(
-                "SELECT idx FROM upload_chunks WHERE upload = ? AND boot IS NOT ?",
-                (upload_id, self.boot),
+                "SELECT idx FROM upload_chunks WHERE upload = ? AND (boot IS NULL OR boot <> ?)",
+                (upload_id, "" if everything else self.boot),
             )
         ]
         earlier = sorted(set(earlier) | interrupted)
-        if not earlier:
+        if not earlier or self.parts.durable:  # published chunks are whole and stay so
             return []
         damaged = []
         with open(self._path(upload_id), "rb") as file:
@@ -419,14 +454,15 @@ class Uploads:
             conn.execute("DELETE FROM upload_chunks WHERE upload = ?", (upload_id,))
             if blob is not None:
                 conn.executemany(
-                    "INSERT OR REPLACE INTO chunk_index (federated_model, digest, blob, offset, "
-                    "length) VALUES (?, ?, ?, ?, ?)",
+                    'INSERT INTO chunk_index (federated_model, digest, blob, "offset", length) '
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (federated_model, digest) DO UPDATE SET "
+                    'blob = excluded.blob, "offset" = excluded."offset", length = excluded.length',
                     [
                         (model_id, digest, blob["blob"], *manifest.span(i))
                         for i, digest in enumerate(manifest.digests)
                     ],
                 )
-        self._path(upload_id).unlink(missing_ok=True)
+        self.parts.discard(upload_id)
 
     # -- upkeep ------------------------------------------------------------------------
 
@@ -449,19 +485,23 @@ class Uploads:
 
     def sweep(self) -> int:
         """Delete expired uploads and files no open upload owns (left by a crash, or by
-        a deleted model); return how many went. Call only at start-up."""
+        a deleted model); return how many went. Call only at start-up.
+
+        With a shared database only expired uploads go: another replica may be opening
+        an upload right now, its row committed after this sweep read the open uploads and
+        its file made before the sweep lists the files. Files a crash left without their
+        row stay there; the expiry deletes every other upload's file with its row.
+        """
         gone = self.expire()
+        if self.store.db.shared:
+            return gone
         owned = {r["id"] for r in self.store.all("SELECT id FROM uploads WHERE update_id IS NULL")}
-        for entry in self.directory.iterdir():
-            if entry.name.removesuffix(_SUFFIX) not in owned:
-                entry.unlink(missing_ok=True)
-                gone += 1
-        return gone
+        return gone + self.parts.sweep(owned)
 
     def _delete(self, upload_id: str) -> None:
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-        self._path(upload_id).unlink(missing_ok=True)
+        self.parts.discard(upload_id)
         with self._cache_lock:
             self._digests.pop(upload_id, None)
 
@@ -473,7 +513,7 @@ class Uploads:
             )
 
     def _path(self, upload_id: str) -> Path:
-        return self.directory / f"{upload_id}{_SUFFIX}"
+        return self.parts.path(upload_id)
 
     def _manifest(self, row: Row) -> Manifest:
         """The manifest of an upload row (:meth:`row`'s, without its digests): every chunk's

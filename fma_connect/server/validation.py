@@ -23,7 +23,10 @@ from ..codecs.base import Tensors, read_tag
 from ..codecs.sparse_delta import VALUE_CODINGS
 from ..dtypes import dtype_from_tag
 from ..exceptions import DecodeError
-from .aggregation import AGGREGATORS, REQUIREMENTS, check_requirement_args
+from ..plugins import default_aggregator_registry
+from ..registry import AggregatorRegistry
+from .aggregation import REQUIREMENTS, check_requirement_args
+from .aggregators import AggregatorArgsError
 from .errors import HTTPError, bad_request
 from .jsonvalues import MAX_JSON_DEPTH, deeper_than, shown
 from .mean import all_finite
@@ -49,6 +52,7 @@ __all__ = [
 #: What a new model gets for a field the request leaves out.
 MODEL_DEFAULTS: dict[str, Any] = {
     "aggregator": "avg_values_if_data",
+    "aggregator_args": None,
     "allow_aggregation": True,
     "requirement": None,
     "requirement_args": None,
@@ -72,9 +76,22 @@ _INTEGER = re.compile(rf"-?[0-9]{{1,{sys.int_info.default_max_str_digits}}}")
 
 
 def model_fields(
-    body: Mapping[str, Any], store: Store, *, current: Mapping[str, Any] | None = None
+    body: Mapping[str, Any],
+    store: Store,
+    *,
+    current: Mapping[str, Any] | None = None,
+    aggregators: AggregatorRegistry | None = None,
 ) -> tuple[dict[str, Any], list[str] | None]:
     """Validate a model definition (all of it, or a PATCH of ``current``).
+
+    A PATCH that changes ``aggregator`` without ``aggregator_args`` drops the old
+    aggregator's arguments (they were checked against it, not the new one).
+
+    Args:
+        body: The request's fields.
+        store: For the developer and clients named.
+        current: The model a PATCH changes (None: a new model).
+        aggregators: The installed aggregators (default: every installed one).
 
     Returns:
         The fields to store and the client UUIDs (None when ``clients`` was not sent).
@@ -82,6 +99,13 @@ def model_fields(
     check_depth(body)
     errors: dict[str, list[str]] = {}
     fields = {key: body[key] for key in MODEL_FIELDS if key in body}
+    if (
+        current is not None
+        and "aggregator" in fields
+        and fields["aggregator"] != current.get("aggregator")
+        and "aggregator_args" not in fields
+    ):
+        fields["aggregator_args"] = None
     merged = {**MODEL_DEFAULTS, **(current or {}), **fields}
 
     name = merged.get("name")
@@ -94,8 +118,15 @@ def model_fields(
         errors["developer"] = [f"Incorrect type. Expected pk value, received {shown(developer)}."]
     elif not store.user_exists(developer):
         errors["developer"] = [f'Invalid pk "{developer}" - object does not exist.']
-    if not isinstance(merged["aggregator"], str) or merged["aggregator"] not in AGGREGATORS:
-        errors["aggregator"] = [_choice(merged["aggregator"], AGGREGATORS)]
+    aggregators = default_aggregator_registry() if aggregators is None else aggregators
+    aggregator = merged["aggregator"]
+    if not isinstance(aggregator, str) or aggregator not in aggregators:
+        errors["aggregator"] = [_choice(aggregator, dict.fromkeys(aggregators.names()))]
+    else:
+        try:
+            aggregators.get(aggregator).check_args(merged["aggregator_args"])
+        except AggregatorArgsError as exc:
+            errors["aggregator_args"] = [str(exc)]
     if type(merged["allow_aggregation"]) is not bool:
         errors["allow_aggregation"] = [
             f"Must be a valid boolean, got {shown(merged['allow_aggregation'])}."

@@ -48,3 +48,24 @@ def test_a_background_sync_error_fails_the_commit(
         with pytest.raises(OSError, match="I/O error"):
             writer.commit()
     assert not list(store.directory.iterdir())  # discarded: nothing half-written stays
+
+
+def test_a_spool_for_an_object_store_is_never_synced_to_local_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object store makes an S3 blob durable: syncing its local spool would only wait."""
+    monkeypatch.setattr(blobs, "SYNC_EVERY", 1000)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    spool = blobs.BlobWriter(directory, sync=False)
+    with spool:
+        for _ in range(10):
+            spool.write(b"y" * 700)
+        mapped = blobs.BlobWriter(directory, sync=False)
+        with mapped:
+            mapped.map(5000)[:4] = b"head"
+            assert bytes(mapped.contents()[:4]) == b"head"
+    assert synced == []
+    assert spool.nbytes == 7000 and list(directory.iterdir()) == []  # both discarded

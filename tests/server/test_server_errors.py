@@ -137,7 +137,7 @@ def test_invalid_model_definitions_get_400(server: RunningServer, admin: AdminCl
     cases = [
         ({"developer": 1}, "name"),
         ({"name": "m", "developer": 99}, "developer"),
-        ({"name": "m", "developer": 1, "aggregator": "median"}, "aggregator"),
+        ({"name": "m", "developer": 1, "aggregator": "geometric_median"}, "aggregator"),
         ({"name": "m", "developer": 1, "requirement": "require_x_updates"}, "requirement_args"),
         ({"name": "m", "developer": 1, "update_schema": {"type": 5}}, "update_schema"),
         ({"name": "m", "developer": 1, "clients": ["nope"]}, "clients"),
