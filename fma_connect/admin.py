@@ -128,6 +128,10 @@ class AdminClient:
         aggregate_values: str | None = None,
         clients: list[str] | None = None,
         aggregator_args: Any = None,
+        round_deadline: float | None = None,
+        round_quorum: int | None = None,
+        min_clients: int | None = None,
+        drop_after_missed: int | None = None,
     ) -> dict[str, Any]:
         """Create a federated model and return it.
 
@@ -164,6 +168,15 @@ class AdminClient:
             aggregator_args: (reference server) The aggregator's arguments, a JSON
                 object, e.g. ``{"trim": 0.2}`` for ``trimmed_mean`` or ``{"eta": 0.1}``
                 for ``fed_adam``; None: its defaults.
+            round_deadline: (reference server) Seconds after a round's first update
+                when the round runs with what arrived, if ``round_quorum`` clients sent
+                it (docs/ROUNDS.md, "Round policies"); None: no deadline.
+            round_quorum: (reference server) The fewest clients a deadline round
+                takes (None: 1).
+            min_clients: (reference server) No automatic round while fewer clients
+                are registered.
+            drop_after_missed: (reference server) ``all_clients`` stops waiting for a
+                client that missed this many rounds in a row, until it sends again.
 
         Raises:
             APIError: the service refused (the detail says which field and why).
@@ -185,6 +198,13 @@ class AdminClient:
             body["aggregate_values"] = aggregate_values
         if aggregator_args is not None:
             body["aggregator_args"] = aggregator_args
+        policy = {
+            "round_deadline": round_deadline,
+            "round_quorum": round_quorum,
+            "min_clients": min_clients,
+            "drop_after_missed": drop_after_missed,
+        }
+        body.update({key: value for key, value in policy.items() if value is not None})
         if clients is not None:
             body["clients"] = clients
         if initial_model is not None:

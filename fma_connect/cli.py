@@ -109,6 +109,10 @@ def _cmd_admin(args: argparse.Namespace) -> int:
                     aggregate_fraction=args.aggregate_fraction,
                     aggregate_values=args.aggregate_values,
                     aggregator_args=args.aggregator_args,
+                    round_deadline=args.round_deadline,
+                    round_quorum=args.round_quorum,
+                    min_clients=args.min_clients,
+                    drop_after_missed=args.drop_after_missed,
                 )
             elif args.admin_command == "models":
                 result = admin.list_models()
@@ -377,6 +381,32 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--aggregate-values",
         metavar="CODING",
         help="how those changes are coded: float32 (default), float16, q2..q8 or ternary",
+    )
+    create.add_argument(
+        "--round-deadline",
+        type=float,
+        metavar="SECONDS",
+        help="(reference server) a round runs this long after its first update with what "
+        "arrived, if --round-quorum clients sent it (docs/ROUNDS.md)",
+    )
+    create.add_argument(
+        "--round-quorum",
+        type=int,
+        metavar="N",
+        help="the fewest clients a deadline round takes (default 1)",
+    )
+    create.add_argument(
+        "--min-clients",
+        type=int,
+        metavar="N",
+        help="(reference server) no automatic round while fewer clients are registered",
+    )
+    create.add_argument(
+        "--drop-after-missed",
+        type=int,
+        metavar="K",
+        help="(reference server) all_clients stops waiting for a client that missed K rounds "
+        "in a row, until it sends an update again",
     )
     _action(actions, "models", "list the federated models")
     delete = _action(

@@ -11,6 +11,7 @@ request is an ordinary event: one INFO line, and nothing of the request is kept.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,7 +37,8 @@ from .bounds import (
     Bounds,
     default_max_connections,
 )
-from .errors import NOT_FOUND, HTTPError
+from .deadlines import Clock
+from .errors import NOT_FOUND, HTTPError, ObjectStoreError
 from .httputil import JSONResponse
 from .leases import DEFAULT_LEASE
 from .limits import DEFAULT_MAX_TENSORS
@@ -70,6 +72,7 @@ def create_app(
     blobs: str | None = None,
     s3_endpoint_url: str | None = None,
     round_lease: float = DEFAULT_LEASE,
+    clock: Clock = time.time,
 ) -> Starlette:
     """Build the server's ASGI app over a data directory (opened now, closed at shutdown).
 
@@ -106,6 +109,8 @@ def create_app(
         s3_endpoint_url: The S3 endpoint for ``blobs`` (an S3-compatible store's URL).
         round_lease: Seconds a replica's lease on a running round lasts unless renewed:
             how soon another replica takes over the round of one that died.
+        clock: The time now, for round deadlines: ``time.time``; tests pass a clock they
+            move (see :mod:`.policies`).
 
     The connection-level bounds (all but ``idle_timeout`` on request bodies) are
     enforced by the server that runs the app: build its config with
@@ -137,6 +142,7 @@ def create_app(
         blobs=blobs,
         s3_endpoint_url=s3_endpoint_url,
         round_lease=round_lease,
+        clock=clock,
     )
 
     @asynccontextmanager
@@ -154,6 +160,7 @@ def create_app(
             HTTPException: _starlette_error,
             BodyStalled: _body_stalled,
             ClientDisconnect: _client_gone,
+            ObjectStoreError: _store_away,
             Exception: _unexpected_error,
         },
         lifespan=lifespan,
@@ -203,6 +210,12 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
         received,
     )
     return Response(status_code=499)  # nobody reads it: the server drops it
+
+
+async def _store_away(request: Request, exc: Exception) -> Response:
+    log.warning("%s %s: the object store failed: %s", request.method, request.url.path, exc)
+    body = {"detail": "The payload store is unavailable; try again shortly."}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 
 def _who(request: Request) -> str:

@@ -189,6 +189,10 @@ class BlobStore:
     of open resumable uploads are kept by :meth:`upload_parts`.
     """
 
+    #: Whether :meth:`sweep` is safe while other servers write to the same store (a
+    #: directory's is not: it deletes what is not referenced yet, whatever its age).
+    sweeps_while_shared = False
+
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / "blobs"
         self.directory.mkdir(parents=True, exist_ok=True)

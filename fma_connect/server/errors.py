@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "HTTPError",
+    "ObjectStoreError",
     "bad_request",
     "forbidden",
     "not_found",
@@ -21,6 +22,16 @@ __all__ = [
 NOT_FOUND = "Not found."
 NOT_AUTHENTICATED = "Authentication credentials were not provided."
 NO_PERMISSION = "You do not have permission to perform this action."
+
+
+class ObjectStoreError(OSError):
+    """A request to the object store failed (what was asked, and the store's answer).
+
+    An :class:`OSError`, as a blob file that cannot be read raises: callers that
+    survive an unreadable file survive an unreachable store alike. A missing object
+    raises :class:`FileNotFoundError` instead. A request it reaches unhandled is
+    answered 503 with ``Retry-After`` (the store may be back in a moment).
+    """
 
 
 class HTTPError(Exception):

@@ -219,6 +219,17 @@ def _step_3(conn: Connection, dialect: str) -> None:
     _add_column(conn, dialect, "uploads", "completing_until REAL")
 
 
+def _step_4(conn: Connection, dialect: str) -> None:
+    # A model's round policy (see policies.py); NULL: off, as for every older model.
+    for column in (
+        "round_deadline REAL",
+        "round_quorum INTEGER",
+        "min_clients INTEGER",
+        "drop_after_missed INTEGER",
+    ):
+        _add_column(conn, dialect, "models", column)
+
+
 class Step(NamedTuple):
     """One schema change: its number, what it does, and the function doing it."""
 
@@ -232,6 +243,7 @@ STEPS = (
     Step(1, "the tables of fma-connect 0.1 (before versioning)", _step_1),
     Step(2, "aggregator arguments (models.aggregator_args) and states", _step_2),
     Step(3, "replicas: round leases (round_leases), upload completion claims", _step_3),
+    Step(4, "round policies: deadline, quorum, minimum clients, missed rounds", _step_4),
 )
 #: The schema version this code writes.
 LATEST = STEPS[-1].version

@@ -9,16 +9,9 @@ from collections.abc import Iterator
 import urllib3.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .errors import ObjectStoreError
+
 __all__ = ["ObjectStoreError", "asking", "store_error"]
-
-
-class ObjectStoreError(OSError):
-    """A request to the object store failed (what was asked, and the store's answer).
-
-    An :class:`OSError`, as a blob file that cannot be read raises: callers that
-    survive an unreadable file survive an unreachable store alike. A missing object
-    raises :class:`FileNotFoundError` instead.
-    """
 
 
 def store_error(exc: BaseException, what: str) -> OSError:

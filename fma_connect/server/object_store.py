@@ -135,6 +135,8 @@ class S3BlobStore(BlobStore):
         ValueError: ``part_size`` is below S3's least part, or ``concurrency`` below 1.
     """
 
+    sweeps_while_shared = True  # what it deletes is older than sweep_grace
+
     def __init__(
         self,
         client: S3Client,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -25,14 +26,15 @@ from ..exceptions import CodecError, EncodeError
 from ..plugins import default_aggregator_registry
 from ..registry import AggregatorRegistry, CodecRegistry, UnknownAggregatorError
 from . import store as st
-from .aggregation import requirement_met
 from .aggregators import Aggregation, AggregatorArgsError, Contribution, RoundContext
 from .blobs import BlobStore
+from .deadlines import Clock, Deadlines
 from .errors import HTTPError, bad_request, not_found
 from .in_place import InPlace
 from .leases import DEFAULT_LEASE, RoundLeases
 from .limits import PausePoint
 from .locks import KeyedLocks
+from .policies import Decision, RoundPolicy, decide, epoch
 from .sparse_aggregates import Step, sparse_step
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
@@ -61,6 +63,7 @@ class Rounds:
             (:func:`~fma_connect.plugins.default_aggregator_registry`).
         lease: Seconds a round's lease lasts unless renewed (see :mod:`.leases`): how
             long after a replica died mid-round another takes the round over.
+        clock: The time now, for round deadlines (see :mod:`.policies`).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Rounds:
         stored: Callable[[int], None],
         aggregators: AggregatorRegistry | None = None,
         lease: float = DEFAULT_LEASE,
+        clock: Clock = time.time,
     ) -> None:
         self.aggregators = default_aggregator_registry() if aggregators is None else aggregators
         self.store = store
@@ -92,6 +96,11 @@ class Rounds:
         if auto_aggregate == "background":
             self._worker = threading.Thread(target=self._work, name="fma-aggregation", daemon=True)
             self._worker.start()
+        self._clock = clock
+        self._deadlines: Deadlines | None = None
+        if auto_aggregate != "off":
+            self._deadlines = Deadlines(clock, self._deadline_came)
+            self._schedule_waiting()
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
         if store.db.shared:
@@ -106,6 +115,9 @@ class Rounds:
         if self._watcher is not None:
             self._watcher.join()
             self._watcher = None
+        if self._deadlines is not None:
+            self._deadlines.close()
+            self._deadlines = None
         if self._worker is not None:
             self._queue.put(None)
             self._worker.join()
@@ -131,6 +143,7 @@ class Rounds:
                     ):
                         self._stored(found["federated_model"])
                 seen = newest
+                self._schedule_waiting()  # deadlines of rounds whose updates others stored
             except Exception:  # the database is away for a moment: try again next time
                 log.warning("the rounds watcher could not read the database", exc_info=True)
 
@@ -214,13 +227,57 @@ class Rounds:
             raise not_found()
         return model, self.store.pending_updates(model_id), self.store.model_clients(model_id)
 
+    def _schedule_waiting(self) -> None:
+        """Schedule the deadline of every model with a deadline whose round has updates
+        (at start, and on a shared database for the updates other replicas stored)."""
+        if self._deadlines is None:
+            return
+        sql = (
+            "SELECT m.id, m.round_deadline, MIN(u.created_on) AS first FROM models m "
+            "JOIN updates u ON u.federated_model = m.id AND u.status = ? "
+            "WHERE m.round_deadline IS NOT NULL GROUP BY m.id, m.round_deadline"
+        )
+        for row in self.store.all(sql, (st.PENDING,)):
+            self._deadlines.schedule(row["id"], epoch(row["first"]) + row["round_deadline"])
+
+    def _deadline_came(self, model_id: int) -> None:
+        """A model's round deadline came: run its round if the policy says so now."""
+        if self.auto_aggregate == "background":
+            self._queue.put(model_id)
+        else:
+            self._auto_round(model_id)
+
+    def _decide(self, model: Row, pending: list[Row], clients: list[str]) -> Decision:
+        """Whether an automatic round of the model runs now, given its PENDING updates;
+        a deadline still to come is scheduled."""
+        if not model["allow_aggregation"]:
+            return Decision(False, why="aggregation is disabled")
+        policy = RoundPolicy.of(model)
+        registered = set(clients)
+        arrived = [
+            (u["client"], epoch(u["created_on"])) for u in pending if u["client"] in registered
+        ]
+        missed = {} if policy.drop_after_missed is None else self.store.missed_rounds(model["id"])
+        decision = decide(
+            model["requirement"],
+            model["requirement_args"],
+            policy,
+            clients,
+            arrived,
+            missed,
+            self._clock(),
+        )
+        if decision.wake_at is not None and self._deadlines is not None:
+            self._deadlines.schedule(model["id"], decision.wake_at)
+        return decision
+
     def _round(self, model_id: int, *, auto: bool) -> Row | None:
         # Most updates leave the requirement unmet: seen without the lease's two writes.
-        if auto and not _requirement_met(*self._state(model_id)):
+        if auto and not self._decide(*self._state(model_id)).run:
             return None
         with self._model_locks.hold(model_id), self.leases.hold(model_id):
             model, pending, clients = self._state(model_id)  # read again under the lease
-            if auto and not _requirement_met(model, pending, clients):
+            if auto and not self._decide(model, pending, clients).run:
                 return None
             if not pending:
                 raise bad_request(
@@ -298,9 +355,8 @@ class Rounds:
             else:
                 invalid[update["id"]] = reason
         if used and auto and invalid:
-            senders = [u["client"] for u in pending if u["id"] in set(used)]
-            args = (model["requirement"], model["requirement_args"], sorted(clients), senders)
-            if not requirement_met(*args):
+            valid = [u for u in pending if u["id"] in set(used)]
+            if not self._decide(model, valid, sorted(clients)).run:
                 self.store.record_round(model["id"], None, model["aggregator"], [], invalid)
                 self.store.set_update_status(used, st.PENDING, only=st.RUNNING)
                 return None, invalid
@@ -510,14 +566,6 @@ class Result(NamedTuple):
     aggregate: NewBlob
     step: NewBlob | None = None
     residual: NewBlob | None = None
-
-
-def _requirement_met(model: Row, pending: list[Row], clients: list[str]) -> bool:
-    """Whether an automatic round of the model runs now."""
-    senders = [u["client"] for u in pending if u["client"] in clients]
-    return bool(model["allow_aggregation"]) and requirement_met(
-        model["requirement"], model["requirement_args"], clients, senders
-    )
 
 
 def _describe(structure: Structure) -> str:

@@ -10,7 +10,8 @@ locked), or a PostgreSQL that any number of replicas share (``database``; see
 docs/SCALING.md). At start a server sweeps what a crash left behind. On a database it
 owns alone that is everything no row points at; on a shared one, another replica may be
 writing right now, so only what is provably orphaned goes (upload files whose upload is
-gone, see :meth:`~.uploads.Uploads.sweep`): blob files are not swept there, and a
+gone, see :meth:`~.uploads.Uploads.sweep`, and objects of an object store older than its
+grace period): blob files of a shared directory are not swept there, and a
 round a dead replica left RUNNING is taken over when its lease expires (:mod:`.leases`).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import uuid as uuid_module
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +37,7 @@ from ..settings import BLOBS_ENV, DATABASE_ENV, S3_ENDPOINT_URL_ENV
 from . import jsonstream
 from .blobs import BlobWriter, open_blob_store
 from .datadir import DataDirLock, prepare
+from .deadlines import Clock
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
 from .jsonvalues import shown
 from .leases import DEFAULT_LEASE
@@ -94,6 +97,7 @@ class Service:
         s3_endpoint_url: The S3 endpoint of ``blobs``; default
             ``FMA_CONNECT_S3_ENDPOINT_URL``.
         round_lease: Seconds a round's lease lasts unless renewed (see :mod:`.leases`).
+        clock: The time now, for round deadlines (tests move it; see :mod:`.policies`).
 
     Attributes:
         admin_token: The admin's token.
@@ -122,6 +126,7 @@ class Service:
         blobs: str | None = None,
         s3_endpoint_url: str | None = None,
         round_lease: float = DEFAULT_LEASE,
+        clock: Clock = time.time,
     ) -> None:
         prepare(data_dir)
         database = database or os.environ.get(DATABASE_ENV) or None
@@ -141,6 +146,8 @@ class Service:
             if not self.store.db.shared:
                 if self.store.reset_running():
                     log.warning("updates left RUNNING by an interrupted round are PENDING again")
+                self.blobs.sweep(self.store.blob_filenames())
+            elif self.blobs.sweeps_while_shared:
                 self.blobs.sweep(self.store.blob_filenames())
             self.uploads = Uploads(
                 self.store, self.blobs, data_dir, expiry=upload_expiry, quota=upload_quota
@@ -169,6 +176,7 @@ class Service:
             pause=self._pause,
             stored=self.waiters.notify,
             lease=round_lease,
+            clock=clock,
         )
 
     def close(self) -> None:

@@ -57,6 +57,10 @@ MODEL_FIELDS = (
     "aggregate_fraction",
     "aggregate_values",
     "aggregator_args",
+    "round_deadline",
+    "round_quorum",
+    "min_clients",
+    "drop_after_missed",
 )
 
 
@@ -224,6 +228,37 @@ class Store:
             "WHERE mc.federated_model = ? ORDER BY mc.rowid"
         )
         return self.all(sql, (model_id,))
+
+    def missed_rounds(self, model_id: int) -> dict[str, int]:
+        """Registered client -> the model's rounds in a row that ran without it.
+
+        A client whose newest update to the model is waiting (PENDING or RUNNING) missed
+        none; else the count is of the aggregates made after the round of that update
+        (after the update itself, when no round took it), or after the client was created
+        when it sent none.
+        """
+        aggregates = self.all(
+            "SELECT id, created_on FROM aggregates WHERE federated_model = ? ORDER BY id",
+            (model_id,),
+        )
+        newest = self.all(
+            "SELECT mc.client, c.created_on AS registered_on, u.status, u.applied_aggregate, "
+            "u.created_on FROM model_clients mc JOIN clients c ON c.uuid = mc.client "
+            "LEFT JOIN updates u ON u.id = (SELECT MAX(id) FROM updates "
+            "WHERE federated_model = mc.federated_model AND client = mc.client) "
+            "WHERE mc.federated_model = ?",
+            (model_id,),
+        )
+        missed = {}
+        for row in newest:
+            if row["status"] in (PENDING, RUNNING):
+                missed[row["client"]] = 0
+            elif row["applied_aggregate"] is not None:
+                missed[row["client"]] = sum(a["id"] > row["applied_aggregate"] for a in aggregates)
+            else:
+                since = row["created_on"] or row["registered_on"]
+                missed[row["client"]] = sum(a["created_on"] > since for a in aggregates)
+        return missed
 
     def status_counts(self, model_id: int) -> dict[str, dict[int, int]]:
         """Client UUID -> status number -> how many of its updates to the model have it."""

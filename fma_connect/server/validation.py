@@ -30,6 +30,7 @@ from .aggregators import AggregatorArgsError
 from .errors import HTTPError, bad_request
 from .jsonvalues import MAX_JSON_DEPTH, deeper_than, shown
 from .mean import all_finite
+from .policies import POLICY_FIELDS, check_policy
 from .schemas import check_against_schema, schema_problem
 from .store import MODEL_FIELDS, Store
 
@@ -61,6 +62,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "furthest_base_agg": None,
     "aggregate_fraction": None,
     "aggregate_values": None,
+    **dict.fromkeys(POLICY_FIELDS),
 }
 _REQUIRED = "This field is required."
 #: Ids and counts are SQLite integers: 64-bit.
@@ -161,6 +163,10 @@ def model_fields(
     coding = merged["aggregate_values"]
     if coding is not None and (not isinstance(coding, str) or coding not in VALUE_CODINGS):
         errors["aggregate_values"] = [_choice(coding, VALUE_CODINGS)]
+    for key in POLICY_FIELDS:
+        problem = check_policy(key, merged[key])
+        if problem:
+            errors[key] = [problem]
     for key in _SCHEMA_FIELDS:
         problem = schema_problem(merged[key])
         if problem:

@@ -138,7 +138,14 @@ CREATE TABLE IF NOT EXISTS scores (
 """
 #: What later versions added to 0.1's tables (removed here to remake a 0.1 file).
 _ADDED_TABLES = ("schema_version", "aggregator_states", "round_leases")
-_ADDED_COLUMNS = (("models", "aggregator_args"), ("uploads", "completing_until"))
+_ADDED_COLUMNS = (
+    ("models", "aggregator_args"),
+    ("uploads", "completing_until"),
+    *(
+        ("models", policy)
+        for policy in ("round_deadline", "round_quorum", "min_clients", "drop_after_missed")
+    ),
+)
 
 
 def _columns(path: Path) -> dict[str, list[str]]:
@@ -205,6 +212,7 @@ def test_a_sqlite_file_of_0_1_is_upgraded_in_place_with_its_data(tmp_path: Path)
         # What the upgrade added works: a second round, and the new model fields.
         model_2, _ = _round(url, token)
         assert admin.get_model(model_2)["aggregator_args"] is None
+        assert admin.get_model(model_2)["round_deadline"] is None
     with sqlite3.connect(database) as db:
         versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY 1")]
     assert versions == list(range(1, LATEST + 1))

@@ -267,3 +267,25 @@ def test_the_environment_fixture_puts_an_unchanged_servers_blobs_in_the_bucket(
         admin.create_model("env", initial_model=[[1.0, 2.0]])
     assert len(_blob_keys(s3_bucket)) == 1  # the initial model
     _no_local_blobs(tmp_path / "data")
+
+
+def test_a_store_that_fails_is_answered_503_with_retry_after(
+    s3_server: RunningServer, s3_admin: AdminClient, s3_bucket: S3Bucket
+) -> None:
+    model = s3_admin.create_model("away", requirement="require_x_updates", requirement_args=[2])
+    client = WebClient(model["id"], url=s3_server.url, codec="msgpack", retries=0)
+    client.register()
+    s3_bucket.client.delete_bucket(Bucket=s3_bucket.name)  # empty: nothing stored yet
+    url = f"{s3_server.url}/api/v1/model_updates/"
+    body = b"".join(bytes(c) for c in MsgpackCodec().encode([("w", np.ones(4, np.float32))]))
+    answer = requests.post(
+        url,
+        data=body,
+        params={"federated_model": model["id"]},
+        headers={"CLIENT-UUID": client.uuid, "Content-Type": MSGPACK},
+        timeout=30,
+    )
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"] == "5"
+    assert answer.json() == {"detail": "The payload store is unavailable; try again shortly."}
+    assert s3_admin.list_updates(model["id"]) == []  # nothing half-stored
