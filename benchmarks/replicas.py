@@ -85,7 +85,16 @@ def _service(
                             data,
                             admin_token=TOKEN,
                             database=url,
-                            args=("--log-level", "error", "--round-lease", LEASE),
+                            # Every client comes through the proxy, from one address:
+                            # the per-address cap (64 by default) would refuse them.
+                            args=(
+                                "--log-level",
+                                "error",
+                                "--round-lease",
+                                LEASE,
+                                "--max-connections-per-client",
+                                "0",
+                            ),
                             env=env,
                         )
                     )

@@ -55,7 +55,7 @@ class Into:
         _check_apart(tensors)
         self.tree = tree
         self.arrays = [array for _, array in tensors]
-        self._laid: tuple[Layout, list[memoryview], list[str]] | None = None
+        self._laid: tuple[Layout, list[memoryview], list[np.ndarray]] | None = None
 
     @property
     def positional(self) -> bool:
@@ -71,10 +71,13 @@ class Into:
 
         def place(head: memoryview, length: int) -> Sequence[memoryview] | int | None:
             layout = laid_codec.layout(head, length)
-            if layout is None or isinstance(layout, int) or not self._fits(layout):
-                return layout if isinstance(layout, int) else None
-            segments, gaps = layout.segments(head, self.arrays)
-            self._laid = (layout, gaps, [tensor.name for tensor in layout.tensors])
+            if layout is None or isinstance(layout, int):
+                return layout
+            arrays = self._destinations(layout)
+            if arrays is None:
+                return None
+            segments, gaps = layout.segments(head, arrays)
+            self._laid = (layout, gaps, arrays)
             return segments
 
         return place
@@ -86,10 +89,10 @@ class Into:
             DecodeError: a tensor's checksum does not match, or padding is not zeros.
         """
         assert self._laid is not None  # after place() laid the body out
-        layout, gaps, names = self._laid
+        layout, gaps, arrays = self._laid
         self._laid = None
-        layout.check(self.arrays, gaps)
-        return list(zip(names, self.arrays, strict=True))
+        layout.check(arrays, gaps)
+        return [(tensor.name, array) for tensor, array in zip(layout.tensors, arrays, strict=True)]
 
     def restore(self, tensors: Tensors) -> Any:
         """Copy received tensors into the arrays (checked as ``Spec.restore`` checks them).
@@ -98,21 +101,39 @@ class Into:
             FrameworkError: count, names or shapes differ.
         """
         for array, received in zip(self.arrays, self.spec.arrays(tensors), strict=True):
-            if received is not array:  # a placed body is in the arrays already
+            if not _same(received, array):  # a placed body is in the arrays already
                 np.copyto(array, received)
         return self.tree
 
-    def _fits(self, layout: Layout) -> bool:
-        """Whether the body's tensors go byte for byte into the arrays, in order."""
-        if len(layout.tensors) != len(self.arrays):
-            return False
+    def _destinations(self, layout: Layout) -> list[np.ndarray] | None:
+        """The arrays the body's tensors go into byte for byte, in the body's order: by
+        name (a body may list named tensors in another order), or by position; None
+        when they do not all fit."""
         names = [tensor.name for tensor in layout.tensors]
-        if names != self.spec.names and not _positional(names):
-            return False
-        return all(
+        if len(names) != len(self.arrays):
+            return None
+        if names == self.spec.names or _positional(names):
+            arrays = self.arrays
+        elif len(set(names)) == len(names) and set(names) == set(self.spec.names):
+            by_name = dict(zip(self.spec.names, self.arrays, strict=True))
+            arrays = [by_name[name] for name in names]
+        else:
+            return None
+        fits = all(
             tensor.shape == array.shape and tensor.dtype == array.dtype and array.flags.c_contiguous
-            for tensor, array in zip(layout.tensors, self.arrays, strict=True)
+            for tensor, array in zip(layout.tensors, arrays, strict=True)
         )
+        return arrays if fits else None
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays are views of the same bytes in the same layout."""
+    return (
+        a.ctypes.data == b.ctypes.data
+        and a.shape == b.shape
+        and a.strides == b.strides
+        and a.dtype == b.dtype
+    )
 
 
 def _check_apart(tensors: Tensors) -> None:

@@ -44,17 +44,23 @@ def _client(server: RunningServer, model: int, codec: str = "msgpack") -> WebCli
 
 
 class _Spy:
-    """Counts the bodies written straight into ``into=`` arrays."""
+    """Counts the bodies written straight into ``into=`` arrays, and the copies made."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.placed = 0
-        real = into_module.Into.placed
+        self.copies = 0
+        real_placed, real_copyto = into_module.Into.placed, np.copyto
 
         def placed(into: into_module.Into) -> Any:
             self.placed += 1
-            return real(into)
+            return real_placed(into)
+
+        def copyto(*args: Any, **kwargs: Any) -> None:
+            self.copies += 1
+            real_copyto(*args, **kwargs)
 
         monkeypatch.setattr(into_module.Into, "placed", placed)
+        monkeypatch.setattr(np, "copyto", copyto)
 
 
 def test_the_latest_model_is_read_into_the_arrays_given(
@@ -72,7 +78,7 @@ def test_the_latest_model_is_read_into_the_arrays_given(
     latest = client.check_for_latest_model(update_after=-2, into=arrays)
 
     assert latest is not None and latest["values"] is arrays
-    assert spy.placed == 1  # from the socket into the arrays, not decoded and copied
+    assert spy.placed == 1 and spy.copies == 0  # from the socket into the arrays, no copy
     for name, array in arrays.items():
         assert array.ctypes.data == addresses[name]  # the same memory, overwritten
         assert array.dtype == sent[name].dtype and array.shape == sent[name].shape
@@ -225,3 +231,29 @@ def test_torch_weights_are_received_in_place_through_numpy_views(
     views = {name: t.detach().numpy() for name, t in module.state_dict().items()}
     client.check_for_latest_model(update_after=-2, into=views)
     assert torch.equal(module.weight.detach(), torch.full((3, 20), 0.25))
+
+
+def test_a_body_listing_named_tensors_in_another_order_goes_into_them_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fma_connect.codecs.msgpack_numpy import MsgpackCodec
+
+    sent: list[tuple[str, np.ndarray]] = [
+        ("z", np.arange(6, dtype=np.float32)),
+        ("a", np.arange(4, dtype=np.int64)),
+    ]
+    body = b"".join(bytes(c) for c in MsgpackCodec().encode(sent))
+    arrays = {"a": np.zeros(4, np.int64), "z": np.zeros(6, np.float32)}  # sorted: a, z
+    into = into_module.Into(arrays)
+    place = into.placer(MsgpackCodec())
+    assert place is not None
+    segments = place(memoryview(bytearray(body[:100])), len(body))
+    assert isinstance(segments, int) and 100 < segments <= len(body)  # more head, please
+    segments = place(memoryview(bytearray(body[:segments])), len(body))
+    assert isinstance(segments, list)
+    downloads.Scatter(segments).fill(memoryview(body))
+    spy = _Spy(monkeypatch)
+    assert into.restore(into.placed()) is arrays
+    assert spy.copies == 0
+    np.testing.assert_array_equal(arrays["z"], sent[0][1])
+    np.testing.assert_array_equal(arrays["a"], sent[1][1])
