@@ -237,28 +237,23 @@ class Store:
         (after the update itself, when no round took it), or after the client was created
         when it sent none.
         """
-        aggregates = self.all(
-            "SELECT id, created_on FROM aggregates WHERE federated_model = ? ORDER BY id",
-            (model_id,),
-        )
-        newest = self.all(
-            "SELECT mc.client, c.created_on AS registered_on, u.status, u.applied_aggregate, "
-            "u.created_on FROM model_clients mc JOIN clients c ON c.uuid = mc.client "
+        # One query: the model's aggregates are counted where they are, not read out
+        # (a decision runs on every update of a waiting round).
+        sql = (
+            "SELECT mc.client, CASE "
+            "WHEN u.status IN (?, ?) THEN 0 "
+            "WHEN u.applied_aggregate IS NOT NULL THEN (SELECT COUNT(*) FROM aggregates a "
+            "WHERE a.federated_model = mc.federated_model AND a.id > u.applied_aggregate) "
+            "ELSE (SELECT COUNT(*) FROM aggregates a WHERE a.federated_model = "
+            "mc.federated_model AND a.created_on > COALESCE(u.created_on, c.created_on)) "
+            "END AS missed "
+            "FROM model_clients mc JOIN clients c ON c.uuid = mc.client "
             "LEFT JOIN updates u ON u.id = (SELECT MAX(id) FROM updates "
             "WHERE federated_model = mc.federated_model AND client = mc.client) "
-            "WHERE mc.federated_model = ?",
-            (model_id,),
+            "WHERE mc.federated_model = ?"
         )
-        missed = {}
-        for row in newest:
-            if row["status"] in (PENDING, RUNNING):
-                missed[row["client"]] = 0
-            elif row["applied_aggregate"] is not None:
-                missed[row["client"]] = sum(a["id"] > row["applied_aggregate"] for a in aggregates)
-            else:
-                since = row["created_on"] or row["registered_on"]
-                missed[row["client"]] = sum(a["created_on"] > since for a in aggregates)
-        return missed
+        rows = self.all(sql, (PENDING, RUNNING, model_id))
+        return {row["client"]: int(row["missed"]) for row in rows}
 
     def status_counts(self, model_id: int) -> dict[str, dict[int, int]]:
         """Client UUID -> status number -> how many of its updates to the model have it."""
