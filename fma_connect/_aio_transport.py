@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from ._messages import (
     timeout_message,
     unreachable_message,
 )
+from ._tls import Cert, Verify, check_cert, check_verify, ssl_context, ssl_reason
 from ._transport import (
     _BACKOFF_FACTOR,
     DEFAULT_RETRIES,
@@ -91,7 +93,8 @@ class AsyncTransport:
     """One aiohttp.ClientSession bound to a service's base URL.
 
     Args:
-        base_url, timeout, retries, headers: As for :class:`fma_connect._transport.Transport`.
+        base_url, timeout, retries, headers, verify, cert: As for
+            :class:`fma_connect._transport.Transport`.
         session: An aiohttp.ClientSession to share (many clients in one process share
             one connection pool); the transport closes only a session it created.
         auth: None, a :class:`~fma_connect.TokenAuth`, an ``aiohttp.BasicAuth`` or a
@@ -110,8 +113,12 @@ class AsyncTransport:
         session: aiohttp.ClientSession | None = None,
         headers: Mapping[str, str] | None = None,
         auth: Any = None,
+        verify: Verify = True,
+        cert: Cert | None = None,
     ) -> None:
         self.base_url = _check_url(base_url).rstrip("/") + "/"
+        #: aiohttp's ``ssl=`` for each request (a caller's session too).
+        self._ssl = ssl_context(check_verify(verify), check_cert(cert))
         self.timeout = _check_timeout(timeout)
         if type(retries) is not int or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
@@ -262,6 +269,7 @@ class AsyncTransport:
                 params=query,
                 auth=self._basic,
                 allow_redirects=method == "GET",
+                ssl=self._ssl,
             )
         except aiohttp.ClientConnectorError as exc:
             raise _Unsent(
@@ -436,7 +444,9 @@ def _mapped(
 
 def _cause(exc: BaseException) -> str:
     """The innermost reason, e.g. "connection refused" (worded as ``_root_cause`` does)."""
-    error = getattr(exc, "os_error", None) or exc
+    error = getattr(exc, "os_error", None) or getattr(exc, "certificate_error", None) or exc
+    if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
+        return ssl_reason(error)
     errno = getattr(error, "errno", None)
     text = os.strerror(errno) if isinstance(errno, int) and errno else str(error)
     text = text or type(exc).__name__

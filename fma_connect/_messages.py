@@ -24,6 +24,7 @@ from urllib.parse import urljoin
 
 import orjson
 
+from ._tls import tls_hint
 from .exceptions import APIError, DecodeError
 
 __all__ = [
@@ -196,14 +197,14 @@ def broken_message(method: str, url: str, cause: str) -> str:
     """The ConnectError message of a request whose connection broke after it was sent."""
     return (
         f"{method} {url}: the connection broke after the request was sent, so its outcome "
-        f"is unknown ({cause}); WebClient(retry_updates=True) resends updates safely to "
-        "services that honour Idempotency-Key"
+        f"is unknown ({cause}){tls_hint(url, cause)}; WebClient(retry_updates=True) resends "
+        "updates safely to services that honour Idempotency-Key"
     )
 
 
 def unreachable_message(method: str, url: str, base_url: str, cause: str) -> str:
     """The ConnectError message of a request that never reached the service."""
-    return f"{method} {url}: cannot reach the service at {base_url}: {cause}"
+    return f"{method} {url}: cannot reach the service at {base_url}: {cause}{tls_hint(url, cause)}"
 
 
 def json_object(reply: Reply, body: Any = None) -> dict[str, Any]:

@@ -5,7 +5,9 @@ Nothing here knows a wire format; :mod:`fma_connect.clients` decides what to sen
 
 from __future__ import annotations
 
+import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -28,6 +30,7 @@ from ._messages import (
     timeout_message,
     unreachable_message,
 )
+from ._tls import Cert, Verify, check_cert, check_verify, ssl_reason
 from .exceptions import (
     APIError,
     ConfigurationError,
@@ -223,7 +226,9 @@ def _root_cause(exc: BaseException) -> str:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         innermost = current
-        if isinstance(current, OSError) and isinstance(current.strerror, str):
+        if isinstance(current, ssl.SSLError):
+            reason = ssl_reason(current)
+        elif isinstance(current, OSError) and isinstance(current.strerror, str):
             reason = current.strerror
         inner = getattr(current, "reason", None)
         if not isinstance(inner, BaseException):
@@ -246,7 +251,10 @@ def _sent(exc: BaseException) -> bool:
 
 
 class Transport:
-    """One requests.Session bound to a service's base URL."""
+    """One requests.Session bound to a service's base URL.
+
+    ``verify`` and ``cert`` are TLS's, as :mod:`fma_connect._tls` describes.
+    """
 
     def __init__(
         self,
@@ -257,12 +265,25 @@ class Transport:
         session: requests.Session | None = None,
         headers: Mapping[str, str] | None = None,
         auth: Any = None,
+        verify: Verify = True,
+        cert: Cert | None = None,
     ) -> None:
         self.base_url = _check_url(base_url).rstrip("/") + "/"
         self.timeout = _check_timeout(timeout)
         if type(retries) is not int or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
         _check_options(session, headers, auth)
+        # Passed with each request only when given, so a caller's session keeps its own
+        # verify/cert (and requests its REQUESTS_CA_BUNDLE) unless told otherwise.
+        self.tls: dict[str, Any] = {}
+        if check_verify(verify) is not True:
+            self.tls["verify"] = os.fspath(verify) if not isinstance(verify, bool) else verify
+        if check_cert(cert) is not None:
+            self.tls["cert"] = (
+                tuple(os.fspath(part) for part in cert)
+                if isinstance(cert, tuple)
+                else os.fspath(cert)  # type: ignore[arg-type]  # not None: checked above
+            )
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
         # Sent with each request rather than set on the session, so a caller's session
@@ -351,6 +372,7 @@ class Transport:
                 timeout=self.timeout,
                 stream=stream,
                 allow_redirects=method == "GET",
+                **self.tls,
             )
         except requests.exceptions.RetryError as exc:
             raise TransportError(

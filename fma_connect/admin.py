@@ -17,6 +17,7 @@ import orjson
 import requests
 
 from . import settings
+from ._tls import Cert, Verify
 from ._transport import API_PREFIX, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Transport, dumps_json
 from .auth import TokenAuth
 from .codecs.json_lists import JsonListsCodec
@@ -58,9 +59,11 @@ class AdminClient:
         timeout: Seconds, or ``(connect, read)``.
         retries: Retries of GETs and of connections that failed before sending.
         session: A requests.Session to use.
+        verify, cert: TLS, as for :class:`~fma_connect.WebClient`.
 
     Raises:
-        ConfigurationError: an option is malformed (url, token, timeout, retries, session).
+        ConfigurationError: an option is malformed (url, token, timeout, retries,
+            session, verify, cert).
     """
 
     def __init__(
@@ -71,6 +74,8 @@ class AdminClient:
         timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         session: requests.Session | None = None,
+        verify: Verify = True,
+        cert: Cert | None = None,
     ) -> None:
         if not isinstance(token, str) or not token.strip() or not token.isprintable():
             shown = "<hidden>" if isinstance(token, str) and token.strip() else repr(token)
@@ -85,6 +90,8 @@ class AdminClient:
             retries=retries,
             session=session,
             auth=TokenAuth(token),
+            verify=verify,
+            cert=cert,
         )
 
     def __repr__(self) -> str:

@@ -39,6 +39,7 @@ from . import settings
 from ._aio_transport import AsyncTransport
 from ._messages import Close, Command, Flow, ReadBody, Reply, Request, Sleep
 from ._protocol import ClientProtocol, read_timeout_of
+from ._tls import Cert, Verify
 from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Progress
 from .codecs.base import Codec
 from .codecs.context import ContextCodec
@@ -57,8 +58,9 @@ class AsyncWebClient:
 
     Args:
         federated_model_id, uuid, url, codec, timeout, retries, headers, registry,
-        progress, retry_updates, codec_state, resumable_from, upload_chunk_size:
-            As for :class:`~fma_connect.clients.WebClient`, with the same defaults.
+        progress, retry_updates, codec_state, resumable_from, upload_chunk_size, verify,
+        cert: As for :class:`~fma_connect.clients.WebClient`, with the same defaults
+            (``verify=True`` checks against the system's CAs, as aiohttp does).
         session: An ``aiohttp.ClientSession`` to use (share one among many clients);
             the client closes only a session it created. Its own session keeps up to
             16 connections.
@@ -94,6 +96,8 @@ class AsyncWebClient:
         codec_state: str | os.PathLike[str] | None = None,
         resumable_from: int | None = DEFAULT_RESUMABLE_FROM,
         upload_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        verify: Verify = True,
+        cert: Cert | None = None,
     ) -> None:
         self._url = url if url is not None else settings.default_url
         self._protocol = ClientProtocol(
@@ -110,7 +114,14 @@ class AsyncWebClient:
             clock=time.monotonic,
         )
         self._transport = AsyncTransport(
-            self._url, timeout=timeout, retries=retries, session=session, headers=headers, auth=auth
+            self._url,
+            timeout=timeout,
+            retries=retries,
+            session=session,
+            headers=headers,
+            auth=auth,
+            verify=verify,
+            cert=cert,
         )
 
     # -- properties -------------------------------------------------------------------

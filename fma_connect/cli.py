@@ -69,6 +69,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "blobs",
             "s3_endpoint_url",
             "round_lease",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
         )
         if getattr(args, name) is not None
     }
@@ -94,7 +97,8 @@ def _cmd_admin(args: argparse.Namespace) -> int:
         print("error: give --token or set FMA_CONNECT_ADMIN_TOKEN", file=sys.stderr)
         return 2
     try:
-        with AdminClient(args.url, token) as admin:
+        verify = True if args.cacert is None else args.cacert
+        with AdminClient(args.url, token, verify=verify, cert=args.cert) as admin:
             if args.admin_command == "create-model":
                 initial = None
                 if args.initial_model is not None:
@@ -324,6 +328,29 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="seconds a replica's claim on a running round lasts unless renewed: how "
         "soon another replica completes the round of one that died (default 30)",
     )
+    tls = serve.add_argument_group("TLS (docs/SECURITY.md)")
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate chain (leaf first; it may hold the key)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the PEM private key of --tls-cert, when that file does not hold it",
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="mutual TLS: accept only connections whose client certificate this PEM CA "
+        "file's CAs signed (clients pass cert=)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     admin = commands.add_parser(
@@ -335,6 +362,21 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     admin.add_argument("--url", default=None, help="service URL (default $FMA_CONNECT_URL)")
     admin.add_argument(
         "--token", default=None, help="admin token (default $FMA_CONNECT_ADMIN_TOKEN)"
+    )
+    admin.add_argument(
+        "--cacert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="check an https service's certificate against this PEM CA file (default: the "
+        "default CAs, or $REQUESTS_CA_BUNDLE)",
+    )
+    admin.add_argument(
+        "--cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a PEM client certificate and key, for a service with mutual TLS",
     )
     admin.set_defaults(func=_cmd_admin)
     actions = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")

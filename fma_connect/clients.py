@@ -24,6 +24,7 @@ import requests
 from . import settings
 from ._messages import Close, Command, Flow, ReadBody, Reply, Request, Sleep, run_flow
 from ._protocol import META_HEADER, ClientProtocol, Target, read_timeout_of
+from ._tls import Cert, Verify
 from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Progress, Transport
 from .codecs.base import Codec, Tensors
 from .codecs.context import ContextCodec
@@ -59,6 +60,12 @@ class WebClient:
             closes only a session it created.
         headers: Extra headers on every request.
         auth: A requests auth (e.g. :class:`fma_connect.TokenAuth`) for every request.
+        verify: TLS: True (default) checks the service's certificate against the
+            default CAs; the path of a PEM file (or directory) of CAs checks it against
+            those instead (a private CA); False checks nothing (anyone on the path can
+            then read and change the traffic). As requests' ``verify``.
+        cert: TLS: for a service that requires client certificates (mutual TLS), a PEM
+            file with the client's certificate and key, or a ``(cert, key)`` pair.
         registry: The codecs to use; default: every installed codec.
         progress: Called as ``progress(bytes_done, bytes_total_or_None)`` during uploads
             and downloads of weights.
@@ -101,6 +108,8 @@ class WebClient:
         codec_state: str | os.PathLike[str] | None = None,
         resumable_from: int | None = DEFAULT_RESUMABLE_FROM,
         upload_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        verify: Verify = True,
+        cert: Cert | None = None,
     ) -> None:
         self._url = url if url is not None else settings.default_url
         self._protocol = ClientProtocol(
@@ -117,7 +126,14 @@ class WebClient:
             clock=_monotonic,
         )
         self._transport = Transport(
-            self._url, timeout=timeout, retries=retries, session=session, headers=headers, auth=auth
+            self._url,
+            timeout=timeout,
+            retries=retries,
+            session=session,
+            headers=headers,
+            auth=auth,
+            verify=verify,
+            cert=cert,
         )
 
     # -- the seed's properties ------------------------------------------------------

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import ssl
 from typing import Any, ClassVar
 
 import httptools
@@ -254,11 +255,14 @@ class BoundedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def server_config(app: Starlette, **options: Any) -> uvicorn.Config:
+def server_config(
+    app: Starlette, *, tls: ssl.SSLContext | None = None, **options: Any
+) -> uvicorn.Config:
     """uvicorn's config to serve ``app`` within its bounds (``app.state.bounds``).
 
     Args:
         app: An app from :func:`~fma_connect.server.create_app`.
+        tls: Serve HTTPS with this context (see :func:`.tls.server_context`).
         **options: More :class:`uvicorn.Config` arguments (host, port, log_level...).
     """
     bounds: Bounds = app.state.bounds
@@ -270,6 +274,8 @@ def server_config(app: Starlette, **options: Any) -> uvicorn.Config:
     Protocol.limiter = ConnectionLimiter(bounds.max_connections, bounds.max_connections_per_client)
     if "log_config" not in options:
         options["log_config"] = _log_config(options.get("log_level") or "info")
+    if tls is not None:
+        options["ssl_context_factory"] = lambda _config, _default: tls
     return uvicorn.Config(app, http=Protocol, **options)
 
 

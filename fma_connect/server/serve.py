@@ -7,6 +7,7 @@ import os
 import shlex
 import socket
 import sqlite3
+import ssl
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .leases import DEFAULT_LEASE
 from .migrations import LATEST
 from .protocol import server_config
 from .rounds import AutoAggregate
+from .tls import TLSError, is_loopback, server_context
 from .uploads import DEFAULT_EXPIRY
 
 __all__ = ["DEFAULT_DATA_DIR", "bind", "serve"]
@@ -80,6 +82,9 @@ def serve(
     blobs: str | None = None,
     s3_endpoint_url: str | None = None,
     round_lease: float = DEFAULT_LEASE,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_client_ca: Path | None = None,
 ) -> int:
     """Serve until interrupted; return the exit code.
 
@@ -87,13 +92,27 @@ def serve(
     the port the system chose), and the admin token when this start created it.
     The limits and bounds (``max_body_bytes`` ... ``upload_quota``) and the storage
     (``database``, ``blobs``, ``s3_endpoint_url``, ``round_lease``) are
-    :func:`~fma_connect.server.create_app`'s.
+    :func:`~fma_connect.server.create_app`'s. With ``tls_cert`` (and ``tls_key`` unless
+    the certificate file holds the key) it serves HTTPS; with ``tls_client_ca`` too,
+    only to clients whose certificate that CA signed (see :mod:`.tls`). Without TLS on
+    an address other than loopback, it warns on stderr that everything crosses the
+    network in clear text.
 
-    The port is bound before the data directory is opened, so a start that fails
-    (port taken, directory in use by another server, not a directory) creates no
-    admin token that it would not show.
+    The TLS files are loaded, then the port is bound, before the data directory is
+    opened, so a start that fails (a bad certificate, port taken, directory in use by
+    another server, not a directory) creates no admin token that it would not show.
     """
     data_dir = data_dir if data_dir is not None else default_data_dir()
+    tls: ssl.SSLContext | None = None
+    if tls_cert is not None:
+        try:
+            tls = server_context(tls_cert, tls_key, tls_client_ca)
+        except TLSError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    elif tls_key is not None or tls_client_ca is not None:
+        print("error: --tls-key and --tls-client-ca need --tls-cert", file=sys.stderr)
+        return 1
     try:
         sock = bind(host, port)
     except OSError as exc:
@@ -144,8 +163,19 @@ def serve(
             "admin token: the stored one (or FMA_CONNECT_ADMIN_TOKEN); "
             f"run `fma-connect admin-token {where}` to print it"
         )
-    print(f"listening on http://{shown}:{bound_port}", flush=True)
-    config = server_config(app, log_level=log_level, lifespan="on")
+    if tls is None and not is_loopback(host):
+        print(
+            f"WARNING: serving plain HTTP on {host}, beyond this machine: client UUIDs, "
+            "admin tokens and model weights cross the network in clear text, readable and "
+            "changeable by anyone on the path. Give --tls-cert and --tls-key, or put a "
+            "TLS-terminating proxy in front and bind 127.0.0.1 (docs/SECURITY.md).",
+            file=sys.stderr,
+            flush=True,
+        )
+    scheme = "http" if tls is None else "https"
+    mutual = " (client certificates required)" if tls_client_ca is not None else ""
+    print(f"listening on {scheme}://{shown}:{bound_port}{mutual}", flush=True)
+    config = server_config(app, tls=tls, log_level=log_level, lifespan="on")
     with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn after a clean stop
         uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 _READY_TIMEOUT = 30.0
-_LISTENING = re.compile(r"listening on (http://\S+)")
+_LISTENING = re.compile(r"listening on (https?://\S+)")
 #: A line the child's log writes for an error (uvicorn's format) or a traceback.
 _ERROR_LINE = re.compile(r"(ERROR|CRITICAL):|Traceback \(most recent call last\)")
 log = logging.getLogger("fma_connect.server")
@@ -56,11 +57,15 @@ class RunningServer(NamedTuple):
 
 
 @contextmanager
-def running_server(data_dir: str | Path, **options: Any) -> Iterator[RunningServer]:
+def running_server(
+    data_dir: str | Path, *, tls: ssl.SSLContext | None = None, **options: Any
+) -> Iterator[RunningServer]:
     """Serve :func:`~fma_connect.server.create_app` in a thread for the block.
 
     Args:
         data_dir: The server's data directory.
+        tls: Serve HTTPS with this context (:func:`~fma_connect.server.tls.server_context`),
+            at ``https://127.0.0.1:PORT`` (so its certificate names that address).
         **options: Passed to :func:`~fma_connect.server.create_app` (``database=``,
             ``auto_aggregate=``, ...).
 
@@ -72,7 +77,9 @@ def running_server(data_dir: str | Path, **options: Any) -> Iterator[RunningServ
         RuntimeError: the server did not start within 30 s.
     """
     app = create_app(data_dir, **options)
-    config = server_config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = server_config(
+        app, tls=tls, host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fma-test-server", daemon=True)
     thread.start()
@@ -85,7 +92,8 @@ def running_server(data_dir: str | Path, **options: Any) -> Iterator[RunningServ
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", app.state.service.admin_token)
+        scheme = "http" if tls is None else "https"
+        yield RunningServer(f"{scheme}://127.0.0.1:{port}", app.state.service.admin_token)
     finally:
         server.should_exit = True
         thread.join(_READY_TIMEOUT)
