@@ -30,6 +30,7 @@ from .exceptions import (
     UnknownCodecError,
 )
 from .hookspecs import hookimpl
+from .identity import ClientKey
 from .plugins import (
     build_aggregator_registry,
     build_codec_registry,
@@ -51,6 +52,7 @@ __all__ = [
     "AdminClient",
     "AggregatorRegistry",
     "AsyncWebClient",
+    "ClientKey",
     "Codec",
     "CodecError",
     "CodecRegistry",

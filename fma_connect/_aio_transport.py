@@ -62,6 +62,8 @@ from .exceptions import (
     RequestTimeout,
     TransportError,
 )
+from .identity import RequestSigner
+from .signing import url_with_query
 
 __all__ = ["READ_BUFFER", "AsyncTransport"]
 
@@ -150,6 +152,9 @@ class AsyncTransport:
         self.backoff_factor = _BACKOFF_FACTOR
         self._session = session
         self._owns_session = session is None
+        #: Signs each attempt (an enrolled client's key), or None; every attempt,
+        #: retries and range resumes included, goes through :meth:`_send`, which signs it.
+        self.signer: RequestSigner | None = None
 
     def url(self, path: str) -> str:
         """Resolve ``path`` (API path, site-relative or absolute URL) against the base URL."""
@@ -254,6 +259,9 @@ class AsyncTransport:
         headers: dict[str, str],
         params: Mapping[str, Any] | None,
     ) -> aiohttp.ClientResponse:
+        if self.signer is not None:  # signed afresh for each attempt, over the query sent
+            url, params = url_with_query(url, params), None
+            headers = {**headers, **self.signer(method, url, headers)}
         data: Any = body
         if isinstance(body, Chunks):
             # A sized stream: aiohttp sends the Content-Length given instead of chunking.

@@ -34,9 +34,11 @@ from .codecs.base import Codec, Tensors
 from .codecs.context import ContextCodec, encode_with, load_state, save_state, uses_context
 from .codecs.json_lists import check_document_size
 from .exceptions import APIError, ConfigurationError, DecodeError, EncodeError
+from .identity import ClientKey, payload_sha256
 from .plugins import default_codec_registry
 from .registry import CodecRegistry
 from .resumable import MAX_CHUNK, MIN_CHUNK, RESUMABLE_HEADER, upload_flow
+from .signing import CLIENT_HEADER, UPDATE_SIGNATURE_HEADER, header
 from .spec import Spec, flatten
 
 __all__ = [
@@ -67,6 +69,9 @@ class ClientProtocol(Receiving):
         read_timeout: The transport's read timeout (None: none), which bounds how long
             a long-poll may ask the service to hold a request.
         clock: Monotonic seconds (the driver's, so tests can move it).
+        identity: The client's key (see :class:`~fma_connect.identity.ClientKey`): its
+            updates are signed, and the driver signs each request attempt with
+            :meth:`request_signature`. None: the UUID alone identifies the client.
 
     Raises:
         ConfigurationError: an option is not what it must be (the message says what).
@@ -86,6 +91,7 @@ class ClientProtocol(Receiving):
         upload_chunk_size: int,
         read_timeout: float | None,
         clock: Callable[[], float],
+        identity: ClientKey | None = None,
     ) -> None:
         if registry is not None and not isinstance(registry, CodecRegistry):
             raise ConfigurationError(
@@ -108,6 +114,12 @@ class ClientProtocol(Receiving):
                 f"upload_chunk_size must be an integer from {MIN_CHUNK} to {MAX_CHUNK}, "
                 f"got {upload_chunk_size!r}"
             )
+        if identity is not None and not isinstance(identity, ClientKey):
+            raise ConfigurationError(
+                "identity must be a fma_connect.ClientKey (ClientKey.load(path), or "
+                f"ClientKey.generate()), or None; got {type(identity).__name__}"
+            )
+        self.identity = identity
         self.resumable_from = resumable_from
         self.chunk_size = upload_chunk_size
         self.federated_model_id = federated_model_id
@@ -163,6 +175,53 @@ class ClientProtocol(Receiving):
         self.uuid = str(json_object(reply)["uuid"])
         return self.uuid
 
+    def enrol(self, token: str | None) -> Flow[str]:
+        """See :meth:`fma_connect.clients.WebClient.enrol`."""
+        if self.identity is None:
+            raise ConfigurationError(
+                "enrol() binds the client's key to it: create the client with "
+                "identity=ClientKey.load(path) (fma-connect keys create PATH makes one)"
+            )
+        if token is not None and (not isinstance(token, str) or not token.strip()):
+            raise ConfigurationError(f"token must be an enrolment token (a string), got {token!r}")
+        headers = {"CLIENT-UUID": self.uuid} if self.uuid else {}
+        body: dict[str, Any] = {"public_key": self.identity.public_key}
+        if token is not None:
+            body["token"] = token.strip()
+        path = f"{_API}models/{self.federated_model_id}/enrol/"
+        reply = yield from self.call(Request("POST", path, dumps_json(body), _JSON, headers))
+        self.uuid = str(json_object(reply)["uuid"])
+        return self.uuid
+
+    def rotate_key(self, new: ClientKey) -> Flow[str]:
+        """See :meth:`fma_connect.clients.WebClient.rotate_key`."""
+        if self.identity is None:
+            raise ConfigurationError(
+                "rotate_key() needs the client's current key: create it with identity="
+            )
+        if not isinstance(new, ClientKey):
+            raise ConfigurationError(f"new must be a ClientKey, got {type(new).__name__}")
+        uuid = yield from self.ensure_uuid()
+        body = {
+            "public_key": new.public_key,
+            "proof": new.sign_rotation(uuid, self.identity.key_id),
+        }
+        headers = {"CLIENT-UUID": uuid}
+        reply = yield from self.call(
+            Request("POST", f"{_API}client_keys/rotate/", dumps_json(body), _JSON, headers)
+        )
+        self.identity = new  # the next attempt signs with it
+        return str(json_object(reply)["key_id"])
+
+    def request_signature(
+        self, method: str, url: str, headers: Mapping[str, str]
+    ) -> dict[str, str]:
+        """The signature headers of one attempt (none without ``identity``); a driver's
+        transport calls it for each attempt it makes, retries included."""
+        if self.identity is None:
+            return {}
+        return self.identity.request_headers(method, url, header(headers, CLIENT_HEADER))
+
     def ensure_uuid(self) -> Flow[str]:
         """The client's UUID, registering a new client first if it has none."""
         if self.uuid is None:
@@ -208,12 +267,19 @@ class ClientProtocol(Receiving):
         }
         if num_examples is not None:
             fields["num_examples"] = num_examples
+        names = None
+        if self.codec.json_native and self.codec.name == "json" and not spec.positional:
+            names = spec.names
+        if self.identity is not None:
+            sha256 = payload_sha256(payload, json_native=self.codec.json_native)
+            signature = self.identity.sign_update(headers["CLIENT-UUID"], fields, names, sha256)
+            headers[UPDATE_SIGNATURE_HEADER] = plain_headers[UPDATE_SIGNATURE_HEADER] = signature
         try:
             if self.codec.json_native:
-                if self.codec.name == "json" and not spec.positional:
+                if names is not None:
                     # Plain lists carry no names: a service that reads these (the
                     # reference server) pairs tensors by name; others ignore the field.
-                    fields["tensor_names"] = spec.names
+                    fields["tensor_names"] = names
                 body = dumps_json({**fields, "data": payload})
                 check_document_size(len(body), encoding=True)
                 sent = Chunks([body], self.progress) if len(body) > _STREAM_JSON else body
@@ -293,6 +359,11 @@ class ClientProtocol(Receiving):
                 f"The service does not know client {self.uuid} (registered on another "
                 "service, or its registration was lost): create the WebClient without uuid= "
                 "to register a new client, and keep its new client.uuid"
+            )
+        if "requires enrolment" in text or "lacks the enrolment" in text:
+            return (
+                f"Federated model {model} takes only enrolled clients: create the client with "
+                "identity=ClientKey.load(path) and call enrol(token=...) (docs/SECURITY.md)"
             )
         if "not registered" in text or "permission" in text:  # ours, and the stock one's
             return (

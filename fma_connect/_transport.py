@@ -39,6 +39,8 @@ from .exceptions import (
     RequestTimeout,
     TransportError,
 )
+from .identity import RequestSigner
+from .signing import url_with_query
 
 __all__ = [
     "API_PREFIX",
@@ -307,6 +309,32 @@ class Transport:
         )
         # Mounted for our base URL only, so a caller's own session keeps its other adapters.
         self.session.mount(self.base_url, HTTPAdapter(max_retries=retry))
+        #: Signs each attempt (an enrolled client's key, see :meth:`sign_with`), or None.
+        self.signer: RequestSigner | None = None
+
+    def sign_with(self, signer: RequestSigner) -> None:
+        """Sign every attempt of every request with ``signer`` (an enrolled client's).
+
+        urllib3 resends a GET that broke, timed out or got 429/502/503/504 with the
+        headers it was first given (the same nonce: the server would refuse it as a
+        replay), so those retries move to :meth:`request`'s loop, which signs each
+        attempt afresh; only a connection that never opened is retried below it (no
+        byte reached the service, so nothing was spent).
+        """
+        self.signer = signer
+        retry = JitterRetry(
+            total=self.retries,
+            connect=self.retries,
+            read=0,
+            status=0,
+            other=0,
+            allowed_methods=frozenset({"GET", "HEAD"}),
+            backoff_factor=_BACKOFF_FACTOR,
+            backoff_max=_BACKOFF_MAX,
+            respect_retry_after_header=False,  # a 503's Retry-After too: request() waits
+            raise_on_status=False,
+        )
+        self.session.mount(self.base_url, HTTPAdapter(max_retries=retry))
 
     def url(self, path: str) -> str:
         """Resolve ``path`` (API path, site-relative or absolute URL) against the base URL."""
@@ -335,7 +363,10 @@ class Transport:
         if content_type:
             all_headers["Content-Type"] = content_type
         url = self.url(path)
-        attempts = self.retries + 1 if resend and method != "GET" else 1
+        repeatable = resend and method != "GET"
+        if self.signer is not None and method in ("GET", "HEAD"):
+            repeatable = True  # urllib3 does not retry these then (see sign_with)
+        attempts = self.retries + 1 if repeatable else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
@@ -349,6 +380,7 @@ class Transport:
                 return response
             if last or response.status_code not in RETRY_STATUSES:
                 raise api_error(response)
+            response.close()  # a streamed GET's connection goes back to the pool
             time.sleep(self._backoff(attempt, response.headers.get("Retry-After")))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -361,6 +393,9 @@ class Transport:
         params: Mapping[str, Any] | None,
         stream: bool,
     ) -> requests.Response:
+        if self.signer is not None:  # signed afresh for each attempt, over the query sent
+            url, params = url_with_query(url, params), None
+            headers = {**headers, **self.signer(method, url, {**self.headers, **headers})}
         try:
             return self.session.request(
                 method,

@@ -19,6 +19,7 @@ import requests
 from . import settings
 from ._tls import Cert, Verify
 from ._transport import API_PREFIX, DEFAULT_RETRIES, DEFAULT_TIMEOUT, Transport, dumps_json
+from .admin_identity import IdentityAdmin
 from .auth import TokenAuth
 from .codecs.json_lists import JsonListsCodec
 from .dtypes import tag_of
@@ -49,8 +50,11 @@ class UpdateStatus(IntEnum):
 _STATUSES = frozenset(UpdateStatus)
 
 
-class AdminClient:
+class AdminClient(IdentityAdmin):
     """REST client for an FMA service's admin routes, authenticated by token.
+
+    The identity actions (enrolment tokens, allow-lists, client keys, revocation,
+    ``verify``) are :class:`~fma_connect.admin_identity.IdentityAdmin`'s.
 
     Args:
         url: Root URL of the service (as for :class:`~fma_connect.WebClient`); default
@@ -139,6 +143,7 @@ class AdminClient:
         round_quorum: int | None = None,
         min_clients: int | None = None,
         drop_after_missed: int | None = None,
+        enrolment: str | None = None,
     ) -> dict[str, Any]:
         """Create a federated model and return it.
 
@@ -184,6 +189,10 @@ class AdminClient:
                 are registered.
             drop_after_missed: (reference server) ``all_clients`` stops waiting for a
                 client that missed this many rounds in a row, until it sends again.
+            enrolment: (reference server) How clients join: ``open`` (None: the default,
+                anyone, as the stock service), ``token`` (with a one-time token from
+                :meth:`enrolment_token`) or ``keys`` (with a key on its allow-list,
+                :meth:`allow_key`); see docs/SECURITY.md.
 
         Raises:
             APIError: the service refused (the detail says which field and why).
@@ -210,6 +219,7 @@ class AdminClient:
             "round_quorum": round_quorum,
             "min_clients": min_clients,
             "drop_after_missed": drop_after_missed,
+            "enrolment": enrolment,
         }
         body.update({key: value for key, value in policy.items() if value is not None})
         if clients is not None:

@@ -44,6 +44,7 @@ from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Progress
 from .codecs.base import Codec
 from .codecs.context import ContextCodec
 from .exceptions import ConfigurationError
+from .identity import ClientKey
 from .registry import CodecRegistry
 from .resumable import DEFAULT_CHUNK_SIZE, DEFAULT_RESUMABLE_FROM
 from .spec import Spec
@@ -61,6 +62,8 @@ class AsyncWebClient:
         progress, retry_updates, codec_state, resumable_from, upload_chunk_size, verify,
         cert: As for :class:`~fma_connect.clients.WebClient`, with the same defaults
             (``verify=True`` checks against the system's CAs, as aiohttp does).
+        identity: As for :class:`~fma_connect.clients.WebClient`: each attempt is
+            signed afresh, each update's payload signed (docs/SECURITY.md).
         session: An ``aiohttp.ClientSession`` to use (share one among many clients);
             the client closes only a session it created. Its own session keeps up to
             16 connections.
@@ -98,6 +101,7 @@ class AsyncWebClient:
         upload_chunk_size: int = DEFAULT_CHUNK_SIZE,
         verify: Verify = True,
         cert: Cert | None = None,
+        identity: ClientKey | None = None,
     ) -> None:
         self._url = url if url is not None else settings.default_url
         self._protocol = ClientProtocol(
@@ -112,6 +116,7 @@ class AsyncWebClient:
             upload_chunk_size=upload_chunk_size,
             read_timeout=read_timeout_of(timeout),
             clock=time.monotonic,
+            identity=identity,
         )
         self._transport = AsyncTransport(
             self._url,
@@ -123,6 +128,8 @@ class AsyncWebClient:
             verify=verify,
             cert=cert,
         )
+        if identity is not None:
+            self._transport.signer = self._protocol.request_signature
 
     # -- properties -------------------------------------------------------------------
 
@@ -181,6 +188,14 @@ class AsyncWebClient:
     async def register(self) -> str:
         """As :meth:`WebClient.register <fma_connect.clients.WebClient.register>`."""
         return await self._run(self._protocol.register())
+
+    async def enrol(self, token: str | None = None) -> str:
+        """As :meth:`WebClient.enrol <fma_connect.clients.WebClient.enrol>`."""
+        return await self._run(self._protocol.enrol(token))
+
+    async def rotate_key(self, new: ClientKey) -> str:
+        """As :meth:`WebClient.rotate_key <fma_connect.clients.WebClient.rotate_key>`."""
+        return await self._run(self._protocol.rotate_key(new))
 
     async def send_update(
         self,

@@ -117,6 +117,7 @@ def _cmd_admin(args: argparse.Namespace) -> int:
                     round_quorum=args.round_quorum,
                     min_clients=args.min_clients,
                     drop_after_missed=args.drop_after_missed,
+                    enrolment=args.enrolment,
                 )
             elif args.admin_command == "models":
                 result = admin.list_models()
@@ -492,6 +493,9 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     publish = _action(actions, "publish", "publish an aggregate as its model's current artifact")
     publish.add_argument("aggregate_id", type=int)
     publish.add_argument("version")
+    from .cli_keys import add_commands  # `keys`, the admin's identity actions (SECURITY.md)
+
+    add_commands(commands, actions, create)
 
     token = commands.add_parser(
         "admin-token",

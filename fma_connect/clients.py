@@ -28,6 +28,7 @@ from ._tls import Cert, Verify
 from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Progress, Transport
 from .codecs.base import Codec, Tensors
 from .codecs.context import ContextCodec
+from .identity import ClientKey
 from .registry import CodecRegistry
 from .resumable import DEFAULT_CHUNK_SIZE, DEFAULT_RESUMABLE_FROM
 from .spec import Spec
@@ -85,6 +86,11 @@ class WebClient:
         upload_chunk_size: The chunk size of resumable uploads (default 8 MiB, at least
             64 KiB; larger for payloads that would need more than 4096 chunks): the most a
             cut connection costs, and the grain at which unchanged bytes are not resent.
+        identity: The client's Ed25519 key (:class:`~fma_connect.ClientKey`, needs
+            ``fma-connect[identity]``), for a service that enrols clients (the reference
+            server; docs/SECURITY.md): every request attempt is signed afresh (a retry is
+            never a replay), and every update carries a signature of its payload. Bind
+            it to the client once with :meth:`enrol`. None: the UUID alone (stock).
 
     The client is a context manager; ``close()`` releases its connections. Use one
     client per thread (or :class:`~fma_connect.aio.AsyncWebClient` for many in one).
@@ -110,6 +116,7 @@ class WebClient:
         upload_chunk_size: int = DEFAULT_CHUNK_SIZE,
         verify: Verify = True,
         cert: Cert | None = None,
+        identity: ClientKey | None = None,
     ) -> None:
         self._url = url if url is not None else settings.default_url
         self._protocol = ClientProtocol(
@@ -124,6 +131,7 @@ class WebClient:
             upload_chunk_size=upload_chunk_size,
             read_timeout=read_timeout_of(timeout),
             clock=_monotonic,
+            identity=identity,
         )
         self._transport = Transport(
             self._url,
@@ -135,6 +143,8 @@ class WebClient:
             verify=verify,
             cert=cert,
         )
+        if identity is not None:
+            self._transport.sign_with(self._protocol.request_signature)
 
     # -- the seed's properties ------------------------------------------------------
 
@@ -195,6 +205,41 @@ class WebClient:
             APIException: the service answered something other than 200 or 201.
         """
         return self._run(self._protocol.register())
+
+    def enrol(self, token: str | None = None) -> str:
+        """Bind this client's key (``identity=``) to it and join the federated model.
+
+        Reference server only. The request is signed with the key (proof the client
+        holds it). Without a UUID a new client is made; with one, the key is bound to
+        that client. A model of ``enrolment`` ``token`` needs ``token`` (one-time, from
+        ``fma-connect admin enrolment-token``); one of ``keys`` needs the key on its
+        allow-list; an ``open`` one neither. An enrolled client enrolls with other
+        models the same way, with the same key.
+
+        Returns:
+            The client's UUID (keep it, with the key file, for later runs).
+
+        Raises:
+            ConfigurationError: the client has no ``identity``.
+            APIException: the service refused (a spent or expired token, a key not on
+                the allow-list, a key bound to another client).
+        """
+        return self._run(self._protocol.enrol(token))
+
+    def rotate_key(self, new: ClientKey) -> str:
+        """Replace this client's key with ``new`` (the current key signs the request, the
+        new one proves it is held); later requests are signed with ``new``.
+
+        The old key stays on the server, retired, to verify the updates it signed.
+
+        Returns:
+            The new key's id.
+
+        Raises:
+            ConfigurationError: the client has no ``identity``.
+            APIException: the service refused (the new key is enrolled already).
+        """
+        return self._run(self._protocol.rotate_key(new))
 
     def send_update(
         self,

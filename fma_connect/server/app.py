@@ -25,7 +25,7 @@ from starlette.routing import Match
 
 from ..plugins import default_codec_registry
 from ..registry import CodecRegistry
-from . import routes_models, routes_records, routes_uploads
+from . import routes_identity, routes_models, routes_records, routes_uploads
 from .bounds import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -109,8 +109,9 @@ def create_app(
         s3_endpoint_url: The S3 endpoint for ``blobs`` (an S3-compatible store's URL).
         round_lease: Seconds a replica's lease on a running round lasts unless renewed:
             how soon another replica takes over the round of one that died.
-        clock: The time now, for round deadlines: ``time.time``; tests pass a clock they
-            move (see :mod:`.policies`).
+        clock: The time now, for round deadlines, signed requests' timestamps (the
+            ±300 s window) and enrolment tokens' expiry: ``time.time``; tests pass a
+            clock they move (see :mod:`.policies`, docs/SECURITY.md).
 
     The connection-level bounds (all but ``idle_timeout`` on request bodies) are
     enforced by the server that runs the app: build its config with
@@ -153,7 +154,12 @@ def create_app(
             service.close()
 
     app = Starlette(
-        routes=[*routes_models.ROUTES, *routes_records.ROUTES, *routes_uploads.ROUTES],
+        routes=[
+            *routes_models.ROUTES,
+            *routes_records.ROUTES,
+            *routes_uploads.ROUTES,
+            *routes_identity.ROUTES,
+        ],
         middleware=[Middleware(BodyGuard, idle_timeout=bounds.idle_timeout)],
         exception_handlers={
             HTTPError: _http_error,

@@ -95,8 +95,14 @@ async def read_json(
     return body
 
 
-async def spool(request: Request, writer: BlobWriter) -> None:
+async def spool(request: Request, writer: BlobWriter, hasher: Any = None) -> None:
     """Stream the request body into ``writer`` (never holding it in memory).
+
+    Args:
+        request: The request.
+        writer: Where the body goes.
+        hasher: A ``hashlib`` hash to feed the body to as it arrives (a signed update's
+            digest), or None.
 
     Raises:
         HTTPError: 413 when the body exceeds the app's limit.
@@ -105,6 +111,8 @@ async def spool(request: Request, writer: BlobWriter) -> None:
     _check_length(request, limit)
     async for chunk in request.stream():
         writer.write(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
         if writer.nbytes > limit:
             raise _too_large(request, limit, writer.nbytes)
 

@@ -230,6 +230,58 @@ def _step_4(conn: Connection, dialect: str) -> None:
         _add_column(conn, dialect, "models", column)
 
 
+_SCHEMA_5 = """
+CREATE TABLE IF NOT EXISTS client_keys (
+    key_id TEXT PRIMARY KEY,
+    client TEXT NOT NULL REFERENCES clients(uuid),
+    public_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_on TEXT NOT NULL,
+    retired_on TEXT
+);
+CREATE INDEX IF NOT EXISTS client_keys_client ON client_keys (client, status);
+CREATE TABLE IF NOT EXISTS enrolment_tokens (
+    token_hash TEXT PRIMARY KEY,
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    created_on TEXT NOT NULL,
+    expires REAL,
+    used_by TEXT,
+    used_on TEXT
+);
+CREATE TABLE IF NOT EXISTS allowed_keys (
+    federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    key_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    added_on TEXT NOT NULL,
+    PRIMARY KEY (federated_model, key_id)
+);
+CREATE TABLE IF NOT EXISTS request_nonces (
+    client TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (client, nonce)
+);
+CREATE INDEX IF NOT EXISTS request_nonces_expires ON request_nonces (expires);
+CREATE TABLE IF NOT EXISTS update_signatures (
+    update_id INTEGER PRIMARY KEY REFERENCES updates(id) ON DELETE CASCADE,
+    key_id TEXT NOT NULL REFERENCES client_keys(key_id),
+    sha256 TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    signed_on TEXT NOT NULL
+)
+"""
+
+
+def _step_5(conn: Connection, dialect: str) -> None:
+    # Client identity (docs/SECURITY.md): keys bound to clients (rotated and revoked ones
+    # kept, to verify the updates they signed), enrolment tokens (hashed), allow-listed
+    # keys, the nonces of signed requests (in the database: a replay is refused by every
+    # replica) and each signed update's digest and signature.
+    _run(conn, dialect, _SCHEMA_5)
+    _add_column(conn, dialect, "models", "enrolment TEXT")  # NULL: open, as before
+    _add_column(conn, dialect, "clients", "revoked_on TEXT")
+
+
 class Step(NamedTuple):
     """One schema change: its number, what it does, and the function doing it."""
 
@@ -244,6 +296,7 @@ STEPS = (
     Step(2, "aggregator arguments (models.aggregator_args) and states", _step_2),
     Step(3, "replicas: round leases (round_leases), upload completion claims", _step_3),
     Step(4, "round policies: deadline, quorum, minimum clients, missed rounds", _step_4),
+    Step(5, "client identity: keys, enrolment, nonces, update signatures", _step_5),
 )
 #: The schema version this code writes.
 LATEST = STEPS[-1].version

@@ -20,7 +20,7 @@ from .._transport import LONG_POLL_HEADER
 from ..admin import UpdateStatus
 from ..codecs.context import CodecContext
 from .auth import Identity, authenticate
-from .errors import bad_request, not_found
+from .errors import bad_request, forbidden, not_found
 from .httputil import JSONResponse, paginate, query_int, read_json, service
 from .limits import MODEL_BODY_BYTES
 from .shapes import aggregate_json, artifact_json, model_json
@@ -109,10 +109,24 @@ def delete_model(request: Request) -> Response:
 
 
 def register_client(request: Request) -> Response:
-    """POST /models/<id>/register_client/: register the caller (a new client if no UUID)."""
+    """POST /models/<id>/register_client/: register the caller (a new client if no UUID).
+
+    A model that requires enrolment (``enrolment`` ``token`` or ``keys``) takes new
+    clients through ``enrol/`` only; its members may still call this (a no-op).
+    """
     svc = service(request)
     identity = authenticate(request, svc.store, registering=True)
     model = svc.model(_model_id(request))
+    enrolment = model.get("enrolment") or "open"
+    if enrolment != "open" and not (
+        identity.client is not None and svc.store.is_registered(model["id"], identity.client)
+    ):
+        needs = "a one-time enrolment token" if enrolment == "token" else "an allow-listed key"
+        raise forbidden(
+            f"Federated model {model['id']} requires enrolment ({enrolment!r}): a client joins "
+            f"it with a key pair and {needs}, by POST /api/v1/models/{model['id']}/enrol/ "
+            "(WebClient(identity=...).enrol(); docs/SECURITY.md)."
+        )
     return JSONResponse({"uuid": svc.store.register_client(model["id"], identity.client)})
 
 

@@ -6,7 +6,9 @@ models it is registered with, and its own updates.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -30,6 +32,7 @@ from .httputil import (
 )
 from .routes_uploads import RESUMABLE_HEADER, UPLOADS_PATH
 from .shapes import aggregate_json, artifact_json, score_json, update_json
+from .signed import SignedUpdate, update_signature
 from .store import Row
 from .validation import query_fields, register_path_ids
 from .weights import (
@@ -90,7 +93,16 @@ async def post_update(request: Request) -> Response:
     update if it carries the same one, else 422.
     """
     svc = service(request)
-    client = (await run_in_threadpool(authenticate, request, svc.store)).require_client()
+    identity = await run_in_threadpool(authenticate, request, svc.store)
+    client = identity.require_client()
+    try:
+        signature = update_signature(request.headers, identity.signer)
+    except HTTPError:
+        await drain(request)
+        raise
+    signed = None
+    if signature is not None and identity.signer is not None:
+        signed = SignedUpdate(client, identity.signer, signature)
     key = _idempotency_key(request)
     kind = media_type(request)
     codec = None
@@ -123,7 +135,9 @@ async def post_update(request: Request) -> Response:
     try:
         if codec is None:
             await spool(request, writer)
-            row, created = await run_in_threadpool(svc.add_json_update, client, writer, key)
+            row, created = await run_in_threadpool(
+                lambda: svc.add_json_update(client, writer, key, signed=signed)
+            )
         else:
             try:
                 checked = await run_in_threadpool(
@@ -132,9 +146,12 @@ async def post_update(request: Request) -> Response:
             except HTTPError:
                 await drain(request)
                 raise
-            await spool(request, writer)
+            hasher = None if signed is None else hashlib.sha256()
+            await spool(request, writer, hasher)
+            if signed is not None and hasher is not None:  # hashed as it arrived
+                signed = replace(signed, sha256=hasher.hexdigest())
             row, created = await run_in_threadpool(
-                svc.add_binary_update, checked, codec.name, writer, key
+                lambda: svc.add_binary_update(checked, codec.name, writer, key, signed=signed)
             )
     finally:
         writer.discard()

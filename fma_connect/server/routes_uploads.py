@@ -7,6 +7,7 @@ exist (404). A finished upload answers what ``POST /model_updates/`` answers.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import blake3
 from starlette.concurrency import run_in_threadpool
@@ -16,11 +17,14 @@ from starlette.routing import Route
 
 from ..exceptions import UnknownCodecError
 from ..resumable import RESUMABLE_HEADER
-from .auth import authenticate
-from .errors import detail
+from .auth import Identity, authenticate
+from .blobs import BlobWriter
+from .errors import bad_request, detail
 from .httputil import JSONResponse, body_limit, drain, read_json, service
 from .manifests import DIGEST, Manifest, parse_sizes
 from .shapes import update_json
+from .signed import SignedUpdate, update_signature
+from .store import Row
 
 __all__ = ["RESUMABLE_HEADER", "ROUTES", "UPLOADS_PATH"]
 
@@ -29,16 +33,24 @@ UPLOADS_PATH = "/api/v1/uploads/"
 #: A manifest of the most chunks (4096 digests) is about 280 kB.
 _MANIFEST_BYTES = 1 << 20
 _UPDATE_FIELDS = ("federated_model", "base_aggregate", "num_examples")
+#: Where an open upload keeps the update signature sent with its manifest.
+_SIGNATURE = "update_signature"
 
 
 def _client(request: Request) -> str:
-    return authenticate(request, service(request).store).require_client()
+    return _caller(request).require_client()
+
+
+def _caller(request: Request) -> Identity:
+    return authenticate(request, service(request).store)
 
 
 async def open_upload(request: Request) -> Response:
     """POST /uploads/: a manifest; 201 a new upload, 200 the same one already open."""
     svc = service(request)
-    client = await run_in_threadpool(_client, request)
+    identity = await run_in_threadpool(_caller, request)
+    client = identity.require_client()
+    signature = update_signature(request.headers, identity.signer)  # checked at completion
     body = await read_json(request, limit=_MANIFEST_BYTES)
     kind = body.get("media_type")
     try:
@@ -55,6 +67,8 @@ async def open_upload(request: Request) -> Response:
         )
     fields = {name: body[name] for name in _UPDATE_FIELDS if name in body}
     checked = await run_in_threadpool(lambda: svc.check_update(client, fields, json_body=False))
+    if signature is not None:
+        checked[_SIGNATURE] = signature
     size, chunk_size, digests = parse_sizes(body, body_limit(request))
     manifest = Manifest(checked, codec.name, size, chunk_size, digests)
     upload, created = await run_in_threadpool(svc.uploads.open, client, manifest)
@@ -145,12 +159,32 @@ async def complete_upload(request: Request) -> Response:
     does not pass the server's checks (the upload is then deleted).
     """
     svc = service(request)
-    client = await run_in_threadpool(_client, request)
+    identity = await run_in_threadpool(_caller, request)
+    client = identity.require_client()
     await drain(request)
+
+    def add(fields: dict[str, Any], codec: str, writer: BlobWriter, key: str | None) -> _Added:
+        fields = dict(fields)
+        signature = fields.pop(_SIGNATURE, None)
+        signed = None
+        if identity.signer is not None:
+            if signature is None:
+                raise bad_request(
+                    "FMA-Update-Signature",
+                    "This client is enrolled: the upload's manifest had to carry the "
+                    "signature of its payload, and this one (opened before?) carries none; "
+                    "open the upload again.",
+                )
+            signed = SignedUpdate(client, identity.signer, signature)
+        return svc.add_binary_update(fields, codec, writer, key, signed=signed)
+
     row, created = await run_in_threadpool(
-        svc.uploads.complete, client, request.path_params["upload"], svc.add_binary_update
+        svc.uploads.complete, client, request.path_params["upload"], add
     )
     return JSONResponse(update_json(row), status_code=201 if created else 200)
+
+
+_Added = tuple[Row, bool]
 
 
 ROUTES = [

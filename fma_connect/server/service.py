@@ -17,6 +17,7 @@ round a dead replica left RUNNING is taken over when its lease expires (:mod:`.l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -40,11 +41,13 @@ from .datadir import DataDirLock, prepare
 from .deadlines import Clock
 from .errors import HTTPError, bad_request, detail, forbidden, not_found
 from .jsonvalues import shown
+from .keys import Keys
 from .leases import DEFAULT_LEASE
 from .limits import DEFAULT_MAX_TENSORS, PausePoint, check_tensors_schema, too_many_tensors
 from .locks import KeyedLocks
 from .mean import all_finite
 from .rounds import AutoAggregate, Rounds
+from .signed import SignedUpdate, check_update
 from .store import NewBlob, Row, Store
 from .structure import Structure, difference, structure_of
 from .uploads import DEFAULT_EXPIRY, DEFAULT_UPLOAD_QUOTA, Uploads
@@ -97,7 +100,8 @@ class Service:
         s3_endpoint_url: The S3 endpoint of ``blobs``; default
             ``FMA_CONNECT_S3_ENDPOINT_URL``.
         round_lease: Seconds a round's lease lasts unless renewed (see :mod:`.leases`).
-        clock: The time now, for round deadlines (tests move it; see :mod:`.policies`).
+        clock: The time now, for round deadlines (tests move it; see :mod:`.policies`),
+            signed requests' timestamps and enrolment tokens' expiry.
 
     Attributes:
         admin_token: The admin's token.
@@ -105,6 +109,8 @@ class Service:
         rounds: Runs the aggregation rounds (``rounds.aggregate`` is the admin trigger).
         uploads: The resumable uploads (:class:`~.uploads.Uploads`).
         waiters: The requests held until a new aggregate (:class:`~.waiting.Waiters`).
+        keys: The identity tables: client keys, enrolment tokens, allow-lists, request
+            nonces, update signatures (:class:`~.keys.Keys`; docs/SECURITY.md).
 
     Raises:
         DataDirError: ``data_dir`` is a file, or another server is using it (SQLite).
@@ -160,6 +166,8 @@ class Service:
                 self._dir_lock.release()
             raise
         self.registry = registry
+        #: The identity tables (client keys, tokens, allow-lists, nonces, signatures).
+        self.keys = Keys(self.store, clock)
         self.max_tensors = max_tensors
         self._pause = PausePoint()  # crash tests only (FMA_CONNECT_TEST_PAUSE)
         #: model id -> (blob id, structure) of the blob that established its structure.
@@ -207,7 +215,7 @@ class Service:
         """
         row = self.model(model_id)
         if client is not None and not self.store.is_registered(model_id, client):
-            raise forbidden(f"Client {client} is not registered with federated model {model_id}.")
+            raise forbidden(_not_member(row, client))
         return row
 
     def create_model(self, body: Mapping[str, Any], user: int) -> int:
@@ -316,8 +324,19 @@ class Service:
                 )
         return {**checked, "client": client}
 
-    def add_json_update(self, client: str, spool: BlobWriter, key: str | None) -> tuple[Row, bool]:
+    def add_json_update(
+        self,
+        client: str,
+        spool: BlobWriter,
+        key: str | None,
+        *,
+        signed: SignedUpdate | None = None,
+    ) -> tuple[Row, bool]:
         """Store an update whose JSON body was spooled to ``spool``; run a round if due.
+
+        With ``signed``, the signature must cover the update as stored (its ``data``
+        written back by orjson, see :func:`fma_connect.identity.payload_sha256`), else
+        it is refused (400) and nothing is stored.
 
         Returns:
             The update row (with its status after that round) and whether it is new
@@ -339,15 +358,28 @@ class Service:
                 check_against_schema(schema, body["data"], "data")
                 schema = None
             names = tensor_names(body, "tensor_names", body["data"])
-            blob, shape = self._store_json_weights(body["data"], "data", raw, schema, names)
+            blob, shape = self._store_json_weights(
+                body["data"], "data", raw, schema, names, digest=signed is not None
+            )
         finally:
             spool.discard()
-        return self._insert(fields, blob, key, shape)
+        return self._insert(fields, blob, key, shape, signed)
 
     def add_binary_update(
-        self, fields: dict[str, Any], codec_name: str, body: BlobWriter, key: str | None
+        self,
+        fields: dict[str, Any],
+        codec_name: str,
+        body: BlobWriter,
+        key: str | None,
+        *,
+        signed: SignedUpdate | None = None,
     ) -> tuple[Row, bool]:
-        """Store an update whose binary body (checked ``fields``) is in ``body``."""
+        """Store an update whose binary body (checked ``fields``) is in ``body``.
+
+        With ``signed``, the signature must cover the body's bytes (as stored), else it
+        is refused (400) and nothing is stored; its digest is the one computed as the
+        body arrived, else (a resumable upload, assembled) that of ``body``'s bytes.
+        """
         codec = self.registry.get(codec_name)
         model_id = fields["federated_model"]
         bases = ModelBases(self.store, self.blobs, self.registry, model_id)
@@ -388,8 +420,12 @@ class Service:
         if problem is not None:
             body.discard()
             raise bad_request("data", problem)
+        sha256 = None
+        if signed is not None:
+            sha256 = signed.sha256 or hashlib.sha256(body.contents()).hexdigest()
         filename = body.commit()
-        return self._insert(fields, NewBlob(codec.name, filename, body.nbytes), key, shape)
+        blob = NewBlob(codec.name, filename, body.nbytes, sha256=sha256)
+        return self._insert(fields, blob, key, shape, signed)
 
     def replay(
         self, row: Row, codec: str | None, query: Mapping[str, Any], spool: BlobWriter
@@ -439,6 +475,7 @@ class Service:
         blob: NewBlob,
         key: str | None,
         shape: Structure,
+        signed: SignedUpdate | None = None,
     ) -> tuple[Row, bool]:
         self._pause.reached("update-stored")
         model_id = fields["federated_model"]
@@ -449,7 +486,16 @@ class Service:
                     problem = self._structure_problem(model_id, shape)
                     if problem is not None:
                         raise bad_request("data", problem)
-                    row, created = self.store.insert_update(fields, blob, key)
+                    if signed is not None:
+                        assert blob.sha256 is not None  # the add_* methods computed it
+                        check_update(signed, fields, blob.tensor_names, blob.sha256)
+                    with self.store.transaction():  # the update and its signature, or neither
+                        row, created = self.store.insert_update(fields, blob, key)
+                        if created and signed is not None:
+                            assert blob.sha256 is not None
+                            self.keys.record_signature(
+                                row["id"], signed.signer, blob.sha256, signed.signature
+                            )
                 else:
                     row, created = existing, False
         except BaseException:
@@ -471,6 +517,8 @@ class Service:
         raw: Any = None,
         schema: Any = None,
         names: list[str] | None = None,
+        *,
+        digest: bool = False,
     ) -> tuple[NewBlob, Structure]:
         """Check and store JSON weights; return their blob and their structure.
 
@@ -481,6 +529,7 @@ class Service:
                 (which orjson turns into floats).
             schema: An ``update_schema`` to check the tensors' plain-lists form against.
             names: The names of plain layer lists, in order (see :func:`tensor_names`).
+            digest: Also give the SHA-256 of the bytes stored (a signed update's).
         """
         try:
             # Plain layers and npz-b64 are counted before any array is made.
@@ -513,8 +562,10 @@ class Service:
                 raise bad_request(field, problem)
         shape = structure_of(tensors)
         del tensors
-        filename, nbytes = self.blobs.write([orjson.dumps(value)])
-        return NewBlob(codec, filename, nbytes, names), shape
+        stored = orjson.dumps(value)
+        sha256 = hashlib.sha256(stored).hexdigest() if digest else None
+        filename, nbytes = self.blobs.write([stored])
+        return NewBlob(codec, filename, nbytes, names, sha256), shape
 
     def _structure_problem(self, model_id: int, shape: Structure) -> str | None:
         """Why an update of this structure does not fit the model, or None."""
@@ -633,6 +684,19 @@ class Service:
         score = self.store.get_score(score_id)
         assert score is not None
         return score
+
+
+def _not_member(model: Row, client: str) -> str:
+    """Why a client may not use a model: not registered, or not enrolled as it requires."""
+    enrolment = model.get("enrolment") or "open"
+    text = f"Client {client} is not registered with federated model {model['id']}"
+    if enrolment == "open":
+        return f"{text}."
+    needs = "an active key" if enrolment == "token" else "an active key on its allow-list"
+    return (
+        f"{text}, or lacks the enrolment it requires ({enrolment!r}: {needs}); enrol "
+        "(POST .../enrol/, docs/SECURITY.md)."
+    )
 
 
 def _uuid(value: Any) -> str | None:

@@ -54,6 +54,7 @@ def model_json(row: Row, clients: list[str]) -> dict[str, Any]:
         "round_quorum": row["round_quorum"],
         "min_clients": row["min_clients"],
         "drop_after_missed": row["drop_after_missed"],
+        "enrolment": row.get("enrolment") or "open",
         "created_on": row["created_on"],
         "last_modified": row["last_modified"],
         "developer": row["developer"],

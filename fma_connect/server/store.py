@@ -61,6 +61,7 @@ MODEL_FIELDS = (
     "round_quorum",
     "min_clients",
     "drop_after_missed",
+    "enrolment",
 )
 
 
@@ -73,12 +74,15 @@ class NewBlob(NamedTuple):
         nbytes: Its size.
         tensor_names: The names of its tensors in order, for a codec that carries none
             (plain ``json``) when the sender gave them; None otherwise.
+        sha256: The SHA-256 (hex) of its bytes, when computed (a signed update's; it is
+            stored with the signature, not in the blob's row).
     """
 
     codec: str
     filename: str
     nbytes: int
     tensor_names: list[str] | None = None
+    sha256: str | None = None
 
 
 def now() -> str:
@@ -202,9 +206,13 @@ class Store:
         return client
 
     def is_registered(self, model_id: int, client: str) -> bool:
-        """Whether ``client`` is registered with the model."""
-        sql = "SELECT client FROM model_clients WHERE federated_model = ? AND client = ?"
-        return self.one(sql, (model_id, client)) is not None
+        """Whether ``client`` is registered with the model, and enrolled as it requires.
+
+        A model of ``enrolment`` ``token`` takes only clients with an active key; one of
+        ``keys``, only clients whose active key is on its allow-list now (a key removed
+        from it is refused at once). Checked on every request: nothing is cached.
+        """
+        return self.one(_MEMBER, (model_id, client)) is not None
 
     def model_clients(self, model_id: int) -> list[str]:
         """UUIDs of the clients registered with a model, in registration order."""
@@ -632,6 +640,18 @@ class Store:
         row: Row = conn.execute(f"{_UPDATE_SELECT} WHERE u.id = ?", (update_id,)).fetchone()
         return row
 
+
+#: A registered client that the model's enrolment admits (see Store.is_registered).
+_MEMBER = (
+    "SELECT mc.client FROM model_clients mc JOIN models m ON m.id = mc.federated_model "
+    "WHERE mc.federated_model = ? AND mc.client = ? AND (m.enrolment IS NULL "
+    "OR m.enrolment = 'open' "
+    "OR (m.enrolment = 'token' AND EXISTS (SELECT 1 FROM client_keys k "
+    "WHERE k.client = mc.client AND k.status = 'active')) "
+    "OR (m.enrolment = 'keys' AND EXISTS (SELECT 1 FROM client_keys k JOIN allowed_keys a "
+    "ON a.key_id = k.key_id AND a.federated_model = m.id "
+    "WHERE k.client = mc.client AND k.status = 'active')))"
+)
 
 _UPDATE_SELECT = (
     "SELECT u.*, b.codec AS codec, b.nbytes AS nbytes FROM updates u JOIN blobs b ON b.id = u.blob"

@@ -35,6 +35,7 @@ from .schemas import check_against_schema, schema_problem
 from .store import MODEL_FIELDS, Store
 
 __all__ = [
+    "ENROLMENTS",
     "MODEL_DEFAULTS",
     "UPDATE_FIELDS",
     "cast_layers",
@@ -63,7 +64,11 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "aggregate_fraction": None,
     "aggregate_values": None,
     **dict.fromkeys(POLICY_FIELDS),
+    "enrolment": "open",
 }
+#: How clients join a model (docs/SECURITY.md): anyone, with a one-time token from the
+#: admin, or with a public key on the model's allow-list.
+ENROLMENTS = ("open", "token", "keys")
 _REQUIRED = "This field is required."
 #: Ids and counts are SQLite integers: 64-bit.
 INT64_MAX = 2**63 - 1
@@ -163,6 +168,11 @@ def model_fields(
     coding = merged["aggregate_values"]
     if coding is not None and (not isinstance(coding, str) or coding not in VALUE_CODINGS):
         errors["aggregate_values"] = [_choice(coding, VALUE_CODINGS)]
+    enrolment = merged["enrolment"]
+    if enrolment is None and "enrolment" not in fields:
+        enrolment = merged["enrolment"] = "open"  # a model from before enrolment
+    if not isinstance(enrolment, str) or enrolment not in ENROLMENTS:
+        errors["enrolment"] = [_choice(enrolment, dict.fromkeys(ENROLMENTS))]
     for key in POLICY_FIELDS:
         problem = check_policy(key, merged[key])
         if problem:

@@ -38,6 +38,8 @@ CLIENT = "a client registered with the model"
 ANYONE = "anyone (a new client), or a client re-registering"
 KNOWN = "admin, or any known client"
 OWN = "the client that opened the upload (to anyone else, the admin too, it does not exist)"
+ENROLS = "anyone holding a key (a new client), or a client binding its key"
+ENROLLED = "an enrolled client, signed by its active key"
 
 #: Every route of the app and who may call it. A route missing here fails the test.
 ACCESS = {
@@ -74,6 +76,15 @@ ACCESS = {
     ("DELETE", "/api/v1/uploads/{upload:str}/"): OWN,
     ("PUT", "/api/v1/uploads/{upload:str}/chunks/{index:int}/"): OWN,
     ("POST", "/api/v1/uploads/{upload:str}/complete/"): OWN,
+    ("POST", "/api/v1/models/{model_id:id}/enrol/"): ENROLS,
+    ("POST", "/api/v1/models/{model_id:id}/enrolment_tokens/"): ADMIN,
+    ("GET", "/api/v1/models/{model_id:id}/allowed_keys/"): ADMIN,
+    ("POST", "/api/v1/models/{model_id:id}/allowed_keys/"): ADMIN,
+    ("DELETE", "/api/v1/models/{model_id:id}/allowed_keys/{key_id}/"): ADMIN,
+    ("GET", "/api/v1/models/{model_id:id}/verify/"): ADMIN,
+    ("POST", "/api/v1/client_keys/rotate/"): ENROLLED,
+    ("GET", "/api/v1/clients/{uuid}/keys/"): ADMIN,
+    ("POST", "/api/v1/clients/{uuid}/revoke/"): ADMIN,
 }
 
 MALFORMED = [
@@ -132,11 +143,14 @@ class World:
             "model_aggregates": "aggregate",
             "model_artifacts": "artifact",
             "client_aggregate_scores": "score",
+            "clients": "model",  # by {uuid}
+            "client_keys": "model",  # by the signed client
         }[collection]
         return (
             template.replace("{model_id:id}", str(self.model))
             .replace("{id:id}", str(self.ids[key]))
             .replace("{uuid}", self.sender)
+            .replace("{key_id}", "0" * 32)
         )
 
     def body(self, method: str, template: str) -> Any:
@@ -223,7 +237,7 @@ def test_every_route_refuses_bad_or_missing_credentials(world: World, figures: F
     refused = 0
     for (method, template), rule in sorted(ACCESS.items()):
         what = f"{method} {template}"
-        registering = rule == ANYONE
+        registering = rule in (ANYONE, ENROLS)
         bad_client = 403 if registering else 401
         if not registering:
             _expect(world.call(method, template, {}), 401, f"{what}, anonymous")
@@ -251,8 +265,11 @@ def test_every_route_refuses_callers_without_the_right(world: World, figures: Fi
         if rule in (ADMIN, SENDER):
             _expect(world.call(method, template, insider), 403, f"{what}, another client")
             refused += 1
-        if rule in (CLIENT, OWN):
+        if rule in (CLIENT, OWN, ENROLLED):
             _expect(world.call(method, template, admin), 403, f"{what}, admin, no client")
+            refused += 1
+        if rule == ENROLLED:  # a client that never enrolled a key has none to use here
+            _expect(world.call(method, template, outsider), 403, f"{what}, not enrolled")
             refused += 1
         if rule == OWN and "{upload:str}" in template:
             for other in (outsider, insider):

@@ -137,7 +137,16 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 """
 #: What later versions added to 0.1's tables (removed here to remake a 0.1 file).
-_ADDED_TABLES = ("schema_version", "aggregator_states", "round_leases")
+_ADDED_TABLES = (
+    "schema_version",
+    "aggregator_states",
+    "round_leases",
+    "update_signatures",
+    "request_nonces",
+    "allowed_keys",
+    "enrolment_tokens",
+    "client_keys",
+)
 _ADDED_COLUMNS = (
     ("models", "aggregator_args"),
     ("uploads", "completing_until"),
@@ -145,6 +154,8 @@ _ADDED_COLUMNS = (
         ("models", policy)
         for policy in ("round_deadline", "round_quorum", "min_clients", "drop_after_missed")
     ),
+    ("models", "enrolment"),
+    ("clients", "revoked_on"),
 )
 
 
