@@ -78,14 +78,17 @@ def ssl_context(verify: Verify, cert: Cert | None) -> ssl.SSLContext | bool:
     """
     if verify is True and cert is None:
         return True
-    context = ssl.create_default_context()
     try:
-        if verify is False:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        elif verify is not True:
+        if verify is True or verify is False:
+            context = ssl.create_default_context()
+            if verify is False:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        else:
+            # Given CAs, create_default_context loads them *instead of* the system's, as
+            # requests' verify=path trusts that bundle alone.
             where = Path(verify)
-            context.load_verify_locations(
+            context = ssl.create_default_context(
                 cafile=None if where.is_dir() else where, capath=where if where.is_dir() else None
             )
         if cert is not None:

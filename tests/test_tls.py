@@ -275,3 +275,12 @@ def test_only_loopback_addresses_serve_plain_http_without_a_warning(
     host: str, loopback: bool
 ) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_a_ca_given_as_verify_is_the_only_one_the_async_client_trusts(pki: Pki) -> None:
+    from fma_connect._tls import ssl_context
+
+    context = ssl_context(pki.ca, None)
+    assert isinstance(context, ssl.SSLContext)
+    assert context.cert_store_stats()["x509_ca"] == 1  # not the system's CAs beside it
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
