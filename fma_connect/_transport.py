@@ -30,7 +30,7 @@ from ._messages import (
     timeout_message,
     unreachable_message,
 )
-from ._tls import Cert, Verify, check_cert, check_verify, ssl_reason
+from ._tls import Cert, Verify, check_cert, check_verify, ssl_context, ssl_reason
 from .exceptions import (
     APIError,
     ConfigurationError,
@@ -278,13 +278,14 @@ class Transport:
         # Passed with each request only when given, so a caller's session keeps its own
         # verify/cert (and requests its REQUESTS_CA_BUNDLE) unless told otherwise.
         self.tls: dict[str, Any] = {}
-        if check_verify(verify) is not True:
+        ssl_context(check_verify(verify), check_cert(cert))  # PEM files now, not at first use
+        if verify is not True:
             self.tls["verify"] = os.fspath(verify) if not isinstance(verify, bool) else verify
-        if check_cert(cert) is not None:
+        if cert is not None:
             self.tls["cert"] = (
                 tuple(os.fspath(part) for part in cert)
                 if isinstance(cert, tuple)
-                else os.fspath(cert)  # type: ignore[arg-type]  # not None: checked above
+                else os.fspath(cert)
             )
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()

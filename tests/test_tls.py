@@ -210,8 +210,11 @@ def test_tls_options_that_are_not_files_are_configuration_errors(pki: Pki, tmp_p
     with pytest.raises(ConfigurationError, match="verify must be True"):
         AdminClient("https://127.0.0.1:1", "token", verify="yes")
     (tmp_path / "junk.pem").write_text("not a certificate")
-    with pytest.raises(ConfigurationError, match="not PEM CA certificates"):
-        aio.AsyncWebClient(1, url="https://127.0.0.1:1", verify=tmp_path / "junk.pem")
+    for make in (WebClient, aio.AsyncWebClient):
+        with pytest.raises(ConfigurationError, match="not PEM CA certificates"):
+            make(1, url="https://127.0.0.1:1", verify=tmp_path / "junk.pem")
+        with pytest.raises(ConfigurationError, match="or a certificate and its key"):
+            make(1, url="https://127.0.0.1:1", cert=pki.ca)  # a certificate without its key
 
 
 def test_the_server_context_names_the_file_that_is_wrong(pki: Pki, tmp_path: Path) -> None:
