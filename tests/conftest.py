@@ -6,19 +6,36 @@ a 4xx. A test that provokes a server error on purpose says so with
 ``@pytest.mark.server_errors_expected("why")``.
 
 Every test of the server suite (``tests/server/``) using ``data_dir`` (so ``server`` and
-``admin``) runs twice, once per database backend: ``[sqlite]`` (the data directory's
-file) and ``[postgresql]`` (a fresh database of a throwaway cluster started once per
-session, see :mod:`fma_connect.server.pgcluster`; ``FMA_CONNECT_DATABASE`` names it during the test,
-so every server the test starts, in a thread or a child process, uses it). If PostgreSQL
-is not installed, the ``[postgresql]`` runs error (``apt-get install postgresql``): they
-are never skipped. A test about SQLite itself (it opens the file) is listed in
-:data:`SQLITE_ONLY` and runs on SQLite alone, as do the tests outside the server suite
-(reliability, plugins: they run servers of their own, and what they check does not
-depend on the database; tests/reliability/test_replicas.py runs replicas on PostgreSQL).
+``admin``) runs twice, once per storage pairing, named by its database:
+
+- ``[sqlite]``: the data directory's SQLite file and its ``blobs/`` directory (what one
+  server runs on);
+- ``[postgresql]``: a fresh database of a throwaway cluster started once per session
+  (see :mod:`fma_connect.server.pgcluster`) and a fresh bucket on a moto S3 server
+  started once per session on loopback (see :mod:`s3_support`): what replicas run on.
+  ``FMA_CONNECT_DATABASE``, ``FMA_CONNECT_BLOBS`` and ``FMA_CONNECT_S3_ENDPOINT_URL``
+  name them during the test, so every server the test starts, in a thread or a child
+  process, uses them.
+
+A test that looks at or changes the local blob directory (its files, their syncs, the
+disk under them) is marked ``@pytest.mark.local_blobs("why")``, next to it (or a
+module's ``pytestmark``): its ``[postgresql]`` run keeps the blobs in the data
+directory, so PostgreSQL still covers it. The ``blob_store`` fixture says which store a
+test got (``"local"`` or ``"s3"``); ``stored_blobs`` lists (or loses) what the test's
+servers stored in it, for a test that checks that on both stores. If PostgreSQL (``apt-get
+install postgresql``) or moto (the test extra) is not installed, the ``[postgresql]``
+runs error: they are never skipped.
+
+A test about SQLite itself (it opens the file) is listed in :data:`SQLITE_ONLY` and runs
+``[sqlite]`` alone, as do the tests outside the server suite (reliability, plugins: they
+run servers of their own, and what they check does not depend on the storage;
+tests/reliability/test_replicas.py runs replicas on PostgreSQL). The object-store tests
+(``test_object_store*.py``, ``test_s3_*.py``) use :mod:`s3_support`'s fixtures directly.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import os
@@ -31,11 +48,19 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from fma_connect import CodecRegistry, build_codec_registry, plugin_manager
+from fma_connect.settings import BLOBS_ENV, DATABASE_ENV, S3_ENDPOINT_URL_ENV
 
 if TYPE_CHECKING:  # the server extra is not installed in every tox env
+    from s3_support import S3Bucket, StoredBlobs
+
     from fma_connect.admin import AdminClient
     from fma_connect.server.pgcluster import Cluster
     from fma_connect.server.testing import RunningServer
+
+#: The moto S3 server and bucket fixtures, for the whole run (tests/server/s3_support.py,
+#: importable by name through the ``pythonpath`` of pyproject.toml's pytest settings). It
+#: imports boto3 and moto only when a test uses them, so every tox env collects.
+pytest_plugins = ["s3_support"]
 
 # CI runs are reproducible: derandomized examples, no example database, no deadline.
 settings.register_profile(
@@ -92,8 +117,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     for name in SERVER_LOGGERS:
         logging.getLogger(name).addFilter(_SERVER_ERRORS)
-    # Each test picks its database (the ``database`` fixture): not the developer's.
-    os.environ.pop("FMA_CONNECT_DATABASE", None)
+    # Each test picks its database and blob store (``database``, ``blob_store``): not the
+    # developer's.
+    for name in (DATABASE_ENV, BLOBS_ENV, S3_ENDPOINT_URL_ENV):
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +148,9 @@ def registry() -> CodecRegistry:
 
 #: The database backends the server tests run on.
 BACKENDS = ("sqlite", "postgresql")
+#: The blob store each backend is paired with (a ``local_blobs`` test keeps "local").
+BLOB_STORES = {"sqlite": "local", "postgresql": "s3"}
+LOCAL_BLOBS_MARKER = "local_blobs"
 #: Tests (``module::name``) that read or change the SQLite file, or test what only a
 #: server with its own database does (the data directory's lock): SQLite alone.
 SQLITE_ONLY = frozenset(
@@ -171,8 +201,6 @@ def database(
 ) -> Iterator[str | None]:
     """The test's database URL (None: SQLite in the data directory), set as
     ``FMA_CONNECT_DATABASE`` for every server the test starts; dropped after it."""
-    from fma_connect.settings import DATABASE_ENV
-
     if backend == "sqlite":
         monkeypatch.delenv(DATABASE_ENV, raising=False)
         yield None
@@ -186,10 +214,39 @@ def database(
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, database: str | None) -> Path:
-    """A fresh data directory for a reference server (with a fresh database, see
-    ``database``)."""
+def blob_store(
+    backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Where the test's servers keep their blobs: ``"local"`` (the data directory's
+    ``blobs/``) or ``"s3"`` (a fresh bucket, set as ``FMA_CONNECT_BLOBS`` and
+    ``FMA_CONNECT_S3_ENDPOINT_URL`` for every server the test starts; see above)."""
+    if BLOB_STORES[backend] == "local" or request.node.get_closest_marker(LOCAL_BLOBS_MARKER):
+        monkeypatch.delenv(BLOBS_ENV, raising=False)
+        monkeypatch.delenv(S3_ENDPOINT_URL_ENV, raising=False)
+        return "local"
+    if importlib.util.find_spec("moto") is None:  # an error here, not s3_support's skip
+        pytest.fail("the [postgresql] runs keep blobs in moto: install the test extra")
+    request.getfixturevalue("s3_blobs_env")
+    return "s3"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, database: str | None, blob_store: str) -> Path:
+    """A fresh data directory for a reference server (with a fresh database and blob
+    store, see ``database`` and ``blob_store``)."""
     return tmp_path / "data"
+
+
+@pytest.fixture
+def stored_blobs(blob_store: str, data_dir: Path, request: pytest.FixtureRequest) -> StoredBlobs:
+    """The blobs of the test's servers, in the directory or the bucket ``blob_store`` gave
+    them (see :class:`s3_support.StoredBlobs`)."""
+    from s3_support import StoredBlobs
+
+    if blob_store == "s3":
+        bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+        return StoredBlobs(data_dir / "blobs", bucket, request.getfixturevalue("s3_blobs_url"))
+    return StoredBlobs(data_dir / "blobs", None, None)
 
 
 @pytest.fixture

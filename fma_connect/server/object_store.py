@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
+import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -88,6 +89,9 @@ DEFAULT_CONCURRENCY = 4
 #: :meth:`S3BlobStore.sweep` deletes it: another replica may be committing it right now.
 SWEEP_GRACE = 3600.0
 _SPOOL = "blob-spool"
+#: botocore's loader of its service models, shared by every client made here (it caches
+#: what it parsed; see :func:`make_client`).
+_LOADER = botocore.session.get_session().get_component("data_loader")
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -114,7 +118,13 @@ def make_client(endpoint_url: str | None = None, *, max_connections: int = 32) -
         retries={"mode": "standard", "max_attempts": 5},
         **options,
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+    # A session per client, so each reads the environment's credentials afresh; but one
+    # loader of botocore's service models for the process: parsing them costs ~0.1-0.2 s
+    # a session here, paid at every server start (and in every test's).
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _LOADER)
+    session = boto3.session.Session(botocore_session=core)
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 class S3BlobStore(BlobStore):

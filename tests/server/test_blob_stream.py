@@ -282,6 +282,9 @@ def _read(sock: socket.socket, body: bytes, until: int) -> bytes:
     return body
 
 
+@pytest.mark.local_blobs(
+    "it compares the answer with the blob files and sees them released in /proc"
+)
 def test_a_download_is_the_stored_blob_and_releases_it(
     server: RunningServer, data_dir: Path, aggregated: tuple[int, WebClient, str]
 ) -> None:
@@ -299,6 +302,7 @@ def test_a_download_is_the_stored_blob_and_releases_it(
     _wait_released(directory, _blob_names(directory))
 
 
+@pytest.mark.local_blobs("it sees the blob files held, then released, in /proc")
 def test_a_client_that_disconnects_mid_body_leaves_nothing_open(
     server: RunningServer, data_dir: Path, aggregated: tuple[int, WebClient, str]
 ) -> None:

@@ -24,9 +24,6 @@ from fma_connect.server.object_store import (
 if TYPE_CHECKING:
     from s3_support import S3Bucket
 
-#: The moto server and bucket fixtures (see s3_support).
-pytest_plugins = ["s3_support"]
-
 PART = MIN_PART_SIZE
 
 

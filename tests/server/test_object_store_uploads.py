@@ -22,9 +22,6 @@ from fma_connect.server.object_store_uploads import S3UploadParts
 if TYPE_CHECKING:
     from s3_support import S3Bucket
 
-#: The moto server and bucket fixtures (see s3_support).
-pytest_plugins = ["s3_support"]
-
 UPLOAD = "ab" * 16
 
 

@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 
     from fma_connect.server.pgcluster import Cluster
 
-#: The moto server and bucket fixtures (see s3_support).
-pytest_plugins = ["s3_support"]
-
 MSGPACK = MsgpackCodec.media_type
 UPLOADS = "/api/v1/uploads/"
 CHUNK = 64 << 10

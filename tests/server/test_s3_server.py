@@ -23,9 +23,6 @@ from fma_connect.server.testing import RunningServer, running_server
 if TYPE_CHECKING:
     from s3_support import S3Bucket
 
-#: The moto server and bucket fixtures (see s3_support).
-pytest_plugins = ["s3_support"]
-
 MSGPACK = MsgpackCodec.media_type
 UPLOADS = "/api/v1/uploads/"
 
@@ -162,7 +159,7 @@ def test_a_deleted_model_takes_its_objects_with_it(
 def test_a_restarted_server_serves_what_the_bucket_holds(
     tmp_path: Path, s3_blobs_url: str, s3_bucket: S3Bucket
 ) -> None:
-    options = {"blobs": s3_blobs_url, "s3_endpoint_url": s3_bucket.endpoint_url}
+    options: dict[str, Any] = {"blobs": s3_blobs_url, "s3_endpoint_url": s3_bucket.endpoint_url}
     with running_server(tmp_path / "data", **options) as first:
         with AdminClient(first.url, first.admin_token, retries=0) as admin:
             model = admin.create_model(
@@ -240,7 +237,7 @@ def test_abandoned_uploads_and_those_of_a_deleted_model_leave_no_chunks(
 def test_expired_uploads_leave_no_chunks(
     tmp_path: Path, s3_blobs_url: str, s3_bucket: S3Bucket
 ) -> None:
-    options = {"blobs": s3_blobs_url, "s3_endpoint_url": s3_bucket.endpoint_url}
+    options: dict[str, Any] = {"blobs": s3_blobs_url, "s3_endpoint_url": s3_bucket.endpoint_url}
     with running_server(tmp_path / "data", upload_expiry=0.5, **options) as server:
         with AdminClient(server.url, server.admin_token, retries=0) as admin:
             model = admin.create_model("exp", requirement="require_x_updates", requirement_args=[9])

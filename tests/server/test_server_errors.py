@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
@@ -13,6 +13,9 @@ from server_helpers import json_error, request, unregister
 from fma_connect import APIError, WebClient, default_codec_registry
 from fma_connect.admin import AdminClient
 from fma_connect.server.testing import RunningServer
+
+if TYPE_CHECKING:
+    from s3_support import StoredBlobs
 
 API = "/api/v1"
 INVALID, COMPLETE, PENDING = 4, 2, 0
@@ -282,15 +285,14 @@ def test_pages_are_newest_first(
     assert len(admin.list_updates(model["id"])) == 12
 
 
-@pytest.mark.server_errors_expected("a blob file lost on the server's disk is the server's fault")
+@pytest.mark.server_errors_expected("a payload lost from the server's store is its own fault")
 def test_a_lost_payload_is_a_json_500_and_an_invalid_update(
-    server: RunningServer, admin: AdminClient, data_dir: Path
+    server: RunningServer, admin: AdminClient, data_dir: Path, stored_blobs: StoredBlobs
 ) -> None:
     model = admin.create_model("lost", requirement="require_x_updates", requirement_args=[9])
     client = WebClient(model["id"], url=server.url, retries=0)
     update = client.send_update([np.ones(3)])
-    for blob in (data_dir / "blobs").iterdir():
-        blob.unlink()
+    stored_blobs.delete_all()
     headers = {"CLIENT-UUID": client.uuid, "Accept": "application/vnd.fma-connect.msgpack"}
     lost = request(server, "GET", update["data"], headers=headers)
     assert "Internal server error" in json_error(lost, 500)["detail"]

@@ -66,6 +66,8 @@ def test_a_child_process_server_error(tmp_path):
 
 def test_a_server_error_fails_the_test_unless_it_is_marked_expected(tmp_path: Path) -> None:
     shutil.copy(Path(__file__).parents[1] / "conftest.py", tmp_path / "conftest.py")
+    # The plugin the conftest registers by name (pyproject.toml's pythonpath is not read here).
+    shutil.copy(Path(__file__).with_name("s3_support.py"), tmp_path / "s3_support.py")
     (tmp_path / "test_inner.py").write_text(INNER)
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(tmp_path)],

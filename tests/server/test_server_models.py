@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -11,6 +11,9 @@ import requests
 from fma_connect import APIError, WebClient
 from fma_connect.admin import AdminClient
 from fma_connect.server.testing import RunningServer
+
+if TYPE_CHECKING:
+    from s3_support import StoredBlobs
 
 
 def test_patch_changes_fields_and_clients(server: RunningServer, admin: AdminClient) -> None:
@@ -50,19 +53,19 @@ def test_patch_changes_fields_and_clients(server: RunningServer, admin: AdminCli
 
 
 def test_delete_removes_the_model_and_its_blobs(
-    server: RunningServer, admin: AdminClient, data_dir: Path
+    server: RunningServer, admin: AdminClient, stored_blobs: StoredBlobs
 ) -> None:
     keep = admin.create_model("keep", allow_aggregation=False)
     doomed = admin.create_model("doomed", initial_model=[np.zeros(3)])
     WebClient(keep["id"], url=server.url, retries=0).send_update([np.ones(3)])
     WebClient(doomed["id"], url=server.url, retries=0).send_update([np.ones(3)])
-    assert len(list((data_dir / "blobs").iterdir())) == 4  # initial model, 2 updates, aggregate
+    assert len(stored_blobs.names()) == 4  # initial model, 2 updates, aggregate
     admin.delete_model(doomed["id"])
     assert [m["id"] for m in admin.list_models()] == [keep["id"]]
     with pytest.raises(APIError) as gone:
         admin.get_model(doomed["id"])
     assert gone.value.status_code == 404
-    assert len(list((data_dir / "blobs").iterdir())) == 1
+    assert len(stored_blobs.names()) == 1
     assert len(admin.list_updates(keep["id"])) == 1
 
 

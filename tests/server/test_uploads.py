@@ -214,6 +214,9 @@ def test_an_upload_that_does_not_decode_is_refused_and_forgotten(
     assert admin.list_updates(model_id) == []
 
 
+@pytest.mark.local_blobs(
+    "it damages an upload's part file in the data directory (in S3 a chunk is an object)"
+)
 def test_a_chunk_damaged_before_a_restart_is_found_at_completion_and_asked_for_again(
     data_dir: Path,
 ) -> None:
@@ -277,6 +280,9 @@ def _stale_put(server: RunningServer, uuid: str, upload: str, index: int, size: 
     return sock
 
 
+@pytest.mark.local_blobs(
+    "only in the local part file, written in place, does a stale write reach a published chunk"
+)
 def test_a_completion_stops_a_stale_chunk_write_and_checks_what_it_wrote(
     server: RunningServer, model_id: int
 ) -> None:
@@ -329,6 +335,7 @@ def test_webclient_sends_large_updates_in_chunks_and_unchanged_chunks_not_at_all
     assert np.array_equal(dict(got)["layer5"], weights["layer5"])
 
 
+@pytest.mark.local_blobs("it sees that no upload was opened by the local part files")
 def test_small_updates_and_the_stock_service_keep_the_single_request(
     server: RunningServer, model_id: int, data_dir: Path
 ) -> None:
@@ -340,6 +347,9 @@ def test_small_updates_and_the_stock_service_keep_the_single_request(
     assert not any((data_dir / "uploads").iterdir())
 
 
+@pytest.mark.local_blobs(
+    "it watches the upload's local part file (test_s3_server checks the chunks in S3)"
+)
 def test_expired_uploads_are_refused_and_deleted(data_dir: Path) -> None:
     from fma_connect.server.testing import running_server
 
@@ -381,6 +391,9 @@ def test_a_clients_open_uploads_count_against_its_quota(data_dir: Path) -> None:
         assert protocol.get(ids[0]).status_code == 404 and protocol.get(ids[1]).status_code == 200
 
 
+@pytest.mark.local_blobs(
+    "it watches the upload's local part file (test_s3_server checks the chunks in S3)"
+)
 def test_deleting_a_model_deletes_its_uploads(
     server: RunningServer, model_id: int, admin: AdminClient, data_dir: Path
 ) -> None:
