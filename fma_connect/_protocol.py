@@ -272,8 +272,18 @@ class ClientProtocol(Receiving):
             names = spec.names
         if self.identity is not None:
             sha256 = payload_sha256(payload, json_native=self.codec.json_native)
-            signature = self.identity.sign_update(headers["CLIENT-UUID"], fields, names, sha256)
+            key = headers["Idempotency-Key"]
+            signature = self.identity.sign_update(
+                headers["CLIENT-UUID"],
+                fields,
+                names,
+                sha256,
+                codec=self.codec.name,
+                idempotency_key=key,
+            )
             headers[UPDATE_SIGNATURE_HEADER] = plain_headers[UPDATE_SIGNATURE_HEADER] = signature
+            # A resumable upload's manifest carries the key too: the signature covers it.
+            plain_headers["Idempotency-Key"] = key
         try:
             if self.codec.json_native:
                 if names is not None:

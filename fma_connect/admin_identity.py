@@ -33,18 +33,24 @@ class IdentityAdmin:
         """
         return _json(self._send("PATCH", f"{_API}models/{model_id}/", fields), dict)
 
-    def enrolment_token(self, model_id: int, expires_in: float | None = None) -> dict[str, Any]:
+    def enrolment_token(
+        self, model_id: int, expires_in: float | None = None, client: str | None = None
+    ) -> dict[str, Any]:
         """Issue a one-time enrolment token for the model (shown this once; the server
         keeps only its hash).
 
         Args:
-            model_id: The model (of ``enrolment`` ``token``).
+            model_id: The model.
             expires_in: Seconds it stays valid (None: until used).
+            client: Bind the token to this existing client: only it may spend it, and
+                only such a token binds a key to an existing client that has none (one
+                that never enrolled, or whose keys were revoked), on any model.
 
         Returns:
-            ``{"token", "federated_model", "expires"}`` (``expires``: Unix seconds or None).
+            ``{"token", "federated_model", "expires", "client"}`` (``expires``: Unix
+            seconds or None).
         """
-        body = {"expires_in": expires_in}
+        body = {"expires_in": expires_in, "client": client}
         return _json(self._send("POST", f"{_API}models/{model_id}/enrolment_tokens/", body), dict)
 
     def allow_key(self, model_id: int, public_key: str) -> dict[str, Any]:

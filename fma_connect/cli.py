@@ -364,21 +364,7 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     admin.add_argument(
         "--token", default=None, help="admin token (default $FMA_CONNECT_ADMIN_TOKEN)"
     )
-    admin.add_argument(
-        "--cacert",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="check an https service's certificate against this PEM CA file (default: the "
-        "default CAs, or $REQUESTS_CA_BUNDLE)",
-    )
-    admin.add_argument(
-        "--cert",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="a PEM client certificate and key, for a service with mutual TLS",
-    )
+    add_client_tls(admin)
     admin.set_defaults(func=_cmd_admin)
     actions = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     create = _action(actions, "create-model", "create a federated model and print it")
@@ -518,6 +504,26 @@ def _add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "unset: the SQLite file in --data-dir)",
     )
     token.set_defaults(func=_cmd_admin_token)
+
+
+def add_client_tls(parser: argparse.ArgumentParser) -> None:
+    """``--cacert`` and ``--cert``: a command's ``verify=`` and ``cert=`` (``admin``,
+    ``keys enrol``, ``keys rotate``)."""
+    parser.add_argument(
+        "--cacert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="check an https service's certificate against this PEM CA file (default: the "
+        "default CAs, or $REQUESTS_CA_BUNDLE)",
+    )
+    parser.add_argument(
+        "--cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a PEM client certificate and key, for a service with mutual TLS",
+    )
 
 
 def _action(

@@ -14,14 +14,18 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .cli import _action  # loaded already: cli imports this module while it builds parsers
+# Loaded already: cli imports this module while it builds parsers.
+from .cli import _action, add_client_tls
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
     Parsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
-__all__ = ["add_commands", "verify_report"]
+__all__ = ["TOKEN_ENV", "add_commands", "verify_report"]
+
+#: Where ``fma-connect keys enrol`` finds the enrolment token without ``--token``.
+TOKEN_ENV = "FMA_CONNECT_ENROLMENT_TOKEN"
 
 
 def add_commands(commands: Parsers, admin_actions: Parsers, create_model: Any) -> None:
@@ -63,9 +67,19 @@ def _add_keys(commands: Parsers) -> None:
     )
     enrol.add_argument("path", help="the client's private key file")
     enrol.add_argument("--model", type=int, required=True, help="the federated model's id")
-    enrol.add_argument("--token", default=None, help="the model's one-time enrolment token")
+    enrol.add_argument(
+        "--token",
+        default=None,
+        help=f"the model's one-time enrolment token (default ${TOKEN_ENV}; an option is "
+        "seen by other users of the machine in the process list: prefer the variable or "
+        "--token-stdin)",
+    )
+    enrol.add_argument(
+        "--token-stdin", action="store_true", help="read the token from the first line of stdin"
+    )
     enrol.add_argument("--uuid", default=None, help="the client's UUID, if it has one")
     enrol.add_argument("--url", default=None, help="service URL (default $FMA_CONNECT_URL)")
+    add_client_tls(enrol)
     enrol.set_defaults(func=_cmd_enrol)
     rotate = _action(
         actions,
@@ -76,7 +90,26 @@ def _add_keys(commands: Parsers) -> None:
     rotate.add_argument("new", help="the new private key file (from `keys create`)")
     rotate.add_argument("--uuid", required=True, help="the client's UUID")
     rotate.add_argument("--url", default=None, help="service URL (default $FMA_CONNECT_URL)")
+    add_client_tls(rotate)
     rotate.set_defaults(func=_cmd_rotate)
+
+
+def _tls(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``verify=`` and ``cert=`` of a client, from ``--cacert`` and ``--cert``."""
+    cacert = getattr(args, "cacert", None)
+    cert = getattr(args, "cert", None)
+    return {"verify": True if cacert is None else str(cacert), "cert": cert and str(cert)}
+
+
+def _enrolment_token(args: argparse.Namespace) -> str | None:
+    """The token of ``keys enrol``: ``--token``, else stdin (``--token-stdin``), else the
+    environment (None: none given, for a model that needs none)."""
+    if args.token_stdin:
+        line = sys.stdin.readline().strip()
+        if not line:
+            raise SystemExit("error: --token-stdin: stdin gave no token")
+        return line
+    return args.token or os.environ.get(TOKEN_ENV) or None
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
@@ -101,8 +134,9 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
     from .identity import ClientKey
 
     key = ClientKey.load(args.path)
-    with WebClient(args.model, args.uuid, args.url, identity=key) as client:
-        uuid = client.enrol(token=args.token)
+    token = _enrolment_token(args)
+    with WebClient(args.model, args.uuid, args.url, identity=key, **_tls(args)) as client:
+        uuid = client.enrol(token=token)
     _print({"uuid": uuid, "key_id": key.key_id, "federated_model": args.model})
     return 0
 
@@ -113,7 +147,7 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
 
     old, new = ClientKey.load(args.old), ClientKey.load(args.new)
     # Rotation is the client's, not a model's: no model route is called.
-    with WebClient(1, args.uuid, args.url, identity=old) as client:
+    with WebClient(1, args.uuid, args.url, identity=old, **_tls(args)) as client:
         key_id = client.rotate_key(new)
     _print({"uuid": args.uuid, "key_id": key_id, "previous": old.key_id})
     return 0
@@ -128,8 +162,15 @@ def _add_admin(actions: Parsers) -> None:
     token.add_argument(
         "--expires-in", type=float, default=None, metavar="SECONDS", help="default: until used"
     )
+    token.add_argument(
+        "--client",
+        default=None,
+        metavar="UUID",
+        help="bind the token to this existing client (needed to give a key to a client "
+        "that has none: never enrolled, or its keys revoked)",
+    )
     token.set_defaults(
-        func=_admin(lambda a, args: a.enrolment_token(args.model_id, args.expires_in))
+        func=_admin(lambda a, args: a.enrolment_token(args.model_id, args.expires_in, args.client))
     )
     allow = _action(actions, "allow-key", "put a client public key on a model's allow-list")
     allow.add_argument("model_id", type=int)
@@ -196,7 +237,7 @@ def _with_admin(
         print("error: give --token or set FMA_CONNECT_ADMIN_TOKEN", file=sys.stderr)
         return 2, None
     try:
-        with AdminClient(args.url, token) as admin:
+        with AdminClient(args.url, token, **_tls(args)) as admin:
             return 0, action(admin, args)
     except (FMAConnectError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,9 +16,13 @@ its payload's SHA-256; the texts signed are in :mod:`fma_connect.signing`. Needs
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
+import stat
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +93,9 @@ class ClientKey:
     def load(cls, path: str | os.PathLike[str]) -> ClientKey:
         """Read a private key written by :meth:`save` (PEM, PKCS#8, unencrypted).
 
+        Warns (``UserWarning``) when the file is readable or writable by its group or by
+        others (POSIX): anyone who reads it can act as the client.
+
         Raises:
             ConfigurationError: the file cannot be read or holds no Ed25519 private key.
         """
@@ -97,8 +104,16 @@ class ClientKey:
 
         try:
             data = Path(path).read_bytes()
+            mode = os.stat(path).st_mode
         except OSError as exc:
             raise ConfigurationError(f"cannot read the client key {path}: {exc}") from exc
+        if os.name == "posix" and mode & 0o077:
+            warnings.warn(
+                f"the client key {path} is open to its group or others (mode "
+                f"{stat.S_IMODE(mode):04o}): anyone who reads it can act as the client; "
+                f"chmod 600 {path}",
+                stacklevel=2,
+            )
         try:
             key = load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
@@ -125,20 +140,31 @@ class ClientKey:
         )
 
         pem = self._key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        target = Path(path)
+        if target.exists():
+            raise _exists(path)
+        # Written whole to a temporary file beside it (0600 from the first byte, synced),
+        # then linked to its name: the name appears only with the whole key behind it (a
+        # crash never leaves a half-written key), and a link, unlike a rename, never
+        # replaces a file that appeared meanwhile.
         try:
-            # O_EXCL: refused if it exists; the mode applies from the first byte written.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise ConfigurationError(
-                f"{path} exists already: a client key is never overwritten (its client "
-                "would lose its identity); choose another path, or delete it yourself"
-            ) from None
+            fd, temporary = tempfile.mkstemp(prefix=".fma-key-", dir=target.parent)
         except OSError as exc:
             raise ConfigurationError(f"cannot write the client key {path}: {exc}") from exc
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(pem)
+                file.flush()
+                os.fsync(file.fileno())
+            os.link(temporary, target)
+        except FileExistsError:
+            raise _exists(path) from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write the client key {path}: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        _sync_directory(target.parent)
 
     def sign(self, message: bytes) -> str:
         """The Ed25519 signature of ``message``, base64."""
@@ -171,6 +197,9 @@ class ClientKey:
         fields: Mapping[str, Any],
         tensor_names: Sequence[str] | None,
         sha256: str,
+        *,
+        codec: str,
+        idempotency_key: str,
     ) -> str:
         """The detached signature of an update (see :func:`~fma_connect.signing.canonical_update`).
 
@@ -179,6 +208,9 @@ class ClientKey:
             fields: ``federated_model``, ``base_aggregate`` and (optional) ``num_examples``.
             tensor_names: The names sent with plain JSON layers, or None.
             sha256: :func:`payload_sha256` of the payload.
+            codec: The name of the payload's codec (``json`` for plain lists).
+            idempotency_key: The ``Idempotency-Key`` the update is sent with (a new one
+                per update: it makes the signature good for that one stored update).
         """
         text = canonical_update(
             client,
@@ -186,6 +218,8 @@ class ClientKey:
             fields.get("base_aggregate"),
             fields.get("num_examples"),
             tensor_names,
+            codec,
+            idempotency_key,
             sha256,
         )
         return self.sign(text)
@@ -196,6 +230,25 @@ class ClientKey:
 
     def __repr__(self) -> str:
         return f"ClientKey(key_id={self.key_id!r})"  # never the private half
+
+
+def _exists(path: str | os.PathLike[str]) -> ConfigurationError:
+    return ConfigurationError(
+        f"{path} exists already: a client key is never overwritten (its client would lose "
+        "its identity); choose another path, or delete it yourself"
+    )
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a new name in ``directory`` durable (POSIX; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def payload_sha256(payload: Any, *, json_native: bool) -> str:

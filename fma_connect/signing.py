@@ -7,7 +7,8 @@ newline)::
 
     request:  fma-request-v1 / METHOD / target / timestamp / nonce / client uuid / key id
     update:   fma-update-v1 / client uuid / federated_model / base_aggregate /
-              num_examples / tensor_names (JSON) / sha256 of the stored payload
+              num_examples / tensor_names (JSON) / codec / Idempotency-Key /
+              sha256 of the stored payload
     rotation: fma-rotate-v1 / client uuid / old key id / new public key
 
 ``target`` is the request's path from its first ``/api/v1/`` on (so a proxy that mounts
@@ -16,6 +17,12 @@ when there is one. ``timestamp`` is Unix seconds as a decimal integer; ``nonce``
 lowercase hex digits; the client uuid of a request is empty when it sent no
 ``CLIENT-UUID`` (a new client enrolling). A null field of an update is written ``null``,
 ``tensor_names`` as compact JSON (``["a","b"]``), the digest as 64 lowercase hex digits.
+``codec`` is the codec name the payload is stored under (``json`` for plain lists, else
+the codec's tag, e.g. ``msgpack``): a payload read under another codec is another update.
+The ``Idempotency-Key`` is the one the update is sent (and stored) with, which a signed
+update must carry: it makes each signed update one stored update, so an old signed body
+sent again under a fresh request signature and a new key does not verify, and with its
+own key it is the update stored already (docs/SECURITY.md).
 
 Only :func:`verify` and :func:`require_cryptography` import ``cryptography`` (when called).
 """
@@ -48,6 +55,7 @@ __all__ = [
     "header",
     "key_id_of",
     "new_nonce",
+    "public_key_problem",
     "require_cryptography",
     "signed_target",
     "url_with_query",
@@ -134,10 +142,13 @@ def canonical_update(
     base_aggregate: int | None,
     num_examples: int | None,
     tensor_names: Sequence[str] | None,
+    codec: str,
+    idempotency_key: str,
     sha256: str,
 ) -> bytes:
-    """The text an update signature covers: every stored field aggregation uses, and the
-    SHA-256 (hex) of the payload bytes the server stores."""
+    """The text an update signature covers: every stored field aggregation uses, the
+    codec its payload is read with, its Idempotency-Key, and the SHA-256 (hex) of the
+    payload bytes the server stores."""
     names = "null" if tensor_names is None else orjson.dumps(list(tensor_names)).decode()
     lines = (
         "fma-update-v1",
@@ -146,6 +157,8 @@ def canonical_update(
         _or_null(base_aggregate),
         _or_null(num_examples),
         names,
+        codec,
+        idempotency_key,
         sha256,
     )
     return "\n".join(lines).encode()
@@ -154,6 +167,63 @@ def canonical_update(
 def canonical_rotation(client: str, old_key_id: str, new_public_key: str) -> bytes:
     """The text the new key signs when a client rotates to it (proof it holds it)."""
     return "\n".join(("fma-rotate-v1", client, old_key_id, new_public_key)).encode()
+
+
+# Ed25519's curve -x^2 + y^2 = 1 + d x^2 y^2 over GF(p) (RFC 8032, section 5.1).
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def public_key_problem(public_key: bytes) -> str | None:
+    """Why 32 bytes are not an Ed25519 public key a client may enrol, or None.
+
+    Refused: an encoding that is not canonical (y not below p, or x = 0 marked
+    negative), bytes that are no point of the curve, and the 8 points of small order
+    (the neutral point ``01 00 .. 00`` among them). With a small-order key, signatures
+    that verify can be made without any private key (and one signature may verify for
+    many messages), so such a key identifies no one. Decoded as RFC 8032 section 5.1.3
+    does; the order is checked by multiplying the point by the cofactor 8.
+    """
+    if len(public_key) != 32:
+        return f"an Ed25519 public key is 32 bytes, got {len(public_key)}"
+    number = int.from_bytes(public_key, "little")
+    sign, y = number >> 255, number & ((1 << 255) - 1)
+    if y >= _P:
+        return "its encoding is not canonical (y is not below 2^255 - 19)"
+    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    if x2 == 0:
+        if sign:
+            return "its encoding is not canonical (x = 0 cannot be negative)"
+        x = 0
+    else:
+        x = pow(x2, (_P + 3) // 8, _P)
+        if (x * x - x2) % _P:
+            x = x * _SQRT_M1 % _P
+        if (x * x - x2) % _P:
+            return "it is not a point of the Ed25519 curve"
+        if x & 1 != sign:
+            x = _P - x
+    point = (x, y)
+    for _ in range(3):  # times 8
+        point = _double(point)
+    if point == (0, 1):
+        return (
+            "it is a point of small order (anyone can make signatures that verify with "
+            "it); generate a real key (fma-connect keys create)"
+        )
+    return None
+
+
+def _double(point: tuple[int, int]) -> tuple[int, int]:
+    """``point + point`` on Ed25519 (affine; the addition law is complete there)."""
+    x, y = point
+    xy = x * y % _P
+    dxy = _D * xy * xy % _P
+    return (
+        2 * xy * pow(1 + dxy, _P - 2, _P) % _P,
+        (y * y + x * x) * pow(1 - dxy, _P - 2, _P) % _P,
+    )
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import re
 import stat
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,8 +102,41 @@ def test_a_key_is_saved_0600_never_overwritten_and_loaded_back(tmp_path: Path) -
     assert len(base64.b64decode(key.public_key)) == 32
     assert "PRIVATE" not in repr(key) and key.key_id in repr(key)
     (tmp_path / "junk").write_text("not a key")
+    (tmp_path / "junk").chmod(0o600)
     with pytest.raises(ConfigurationError, match="no unencrypted PEM private key"):
         ClientKey.load(tmp_path / "junk")
+    # Written whole, then linked to its name: no temporary file is left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["client.key", "junk"]
+
+
+def test_loading_a_key_others_can_read_warns(tmp_path: Path) -> None:
+    path = tmp_path / "client.key"
+    ClientKey.generate().save(path)
+    path.chmod(0o640)
+    with pytest.warns(UserWarning, match=r"open to its group or others \(mode 0640\)"):
+        ClientKey.load(path)
+    path.chmod(0o600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ClientKey.load(path)
+
+
+def test_keys_enrol_takes_the_token_from_stdin_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fma_connect.cli import _parser as build_parser
+    from fma_connect.cli_keys import TOKEN_ENV, _enrolment_token
+
+    path = tmp_path / "k.pem"
+    ClientKey.generate().save(path)
+    argv = ["keys", "enrol", str(path), "--model", "1", "--cacert", str(tmp_path / "ca.pem")]
+    args = build_parser().parse_args(argv)
+    assert str(args.cacert).endswith("ca.pem") and args.cert is None
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert _enrolment_token(args) == "from-env"
+    monkeypatch.setattr("sys.stdin", io.StringIO("from-stdin\n"))
+    assert _enrolment_token(build_parser().parse_args([*argv, "--token-stdin"])) == "from-stdin"
+    assert _enrolment_token(build_parser().parse_args([*argv, "--token", "opt"])) == "opt"
 
 
 def test_keys_create_prints_the_public_key_and_refuses_to_overwrite(

@@ -81,7 +81,7 @@ def authenticate(
         registering: Answer a bad ``CLIENT-UUID`` with 403 instead of 401, as
             ``register_client`` does.
         enrolling: As ``registering``, and let through a client whose keys were all
-            revoked, unsigned (``enrol`` then requires a token or an allow-listed key).
+            revoked, unsigned (``enrol`` then requires a token bound to it).
 
     Raises:
         HTTPError: the credentials that were sent are not valid.

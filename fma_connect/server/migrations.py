@@ -237,7 +237,8 @@ CREATE TABLE IF NOT EXISTS client_keys (
     public_key TEXT NOT NULL,
     status TEXT NOT NULL,
     created_on TEXT NOT NULL,
-    retired_on TEXT
+    retired_on TEXT,
+    revoked_on TEXT
 );
 CREATE INDEX IF NOT EXISTS client_keys_client ON client_keys (client, status);
 CREATE TABLE IF NOT EXISTS enrolment_tokens (
@@ -245,6 +246,7 @@ CREATE TABLE IF NOT EXISTS enrolment_tokens (
     federated_model INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
     created_on TEXT NOT NULL,
     expires REAL,
+    client TEXT,
     used_by TEXT,
     used_on TEXT
 );
@@ -280,6 +282,15 @@ def _step_5(conn: Connection, dialect: str) -> None:
     _run(conn, dialect, _SCHEMA_5)
     _add_column(conn, dialect, "models", "enrolment TEXT")  # NULL: open, as before
     _add_column(conn, dialect, "clients", "revoked_on TEXT")
+    # Admission of a client to a model by its enrolment (a token spent, an allow-listed
+    # key, or an open model's enrol): a registration alone admits it to open models only.
+    _add_column(conn, dialect, "model_clients", "admitted_key TEXT")
+    _add_column(conn, dialect, "model_clients", "admitted_on TEXT")
+    # What an aggregate was made of, written as its round commits (admin verify): how
+    # many updates, the SHA-256 of their sorted ids, and of the aggregate's blob.
+    _add_column(conn, dialect, "aggregates", "inputs INTEGER")
+    _add_column(conn, dialect, "aggregates", "inputs_sha256 TEXT")
+    _add_column(conn, dialect, "aggregates", "blob_sha256 TEXT")
 
 
 class Step(NamedTuple):
@@ -296,7 +307,7 @@ STEPS = (
     Step(2, "aggregator arguments (models.aggregator_args) and states", _step_2),
     Step(3, "replicas: round leases (round_leases), upload completion claims", _step_3),
     Step(4, "round policies: deadline, quorum, minimum clients, missed rounds", _step_4),
-    Step(5, "client identity: keys, enrolment, nonces, update signatures", _step_5),
+    Step(5, "client identity: keys, enrolment, nonces, signatures, aggregate inputs", _step_5),
 )
 #: The schema version this code writes.
 LATEST = STEPS[-1].version

@@ -11,6 +11,7 @@ are PENDING again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -288,9 +289,19 @@ class Rounds:
             self.store.set_update_status(ids, st.RUNNING)
             try:
                 aggregate_id, invalid = self._average(model, pending, set(clients), auto=auto)
+            except st.InputsChanged as exc:
+                # Revoked while the round ran (marked INVALID): the round, computed with
+                # them, is not committed; it runs again with the updates still valid.
+                self.leases.put_back(model_id, ids)
+                log.warning("round of model %s runs again without updates %s", model_id, exc.ids)
+                retry = True
             except BaseException:
                 self.leases.put_back(model_id, ids)  # unless another replica took them over
                 raise
+            else:
+                retry = False
+        if retry:
+            return self._round(model_id, auto=auto)
         if aggregate_id is None and auto:
             if invalid:
                 log.info("round of model %s refused updates %s", model_id, invalid)
@@ -362,6 +373,8 @@ class Rounds:
                 return None, invalid
         self._pause.reached("round-running")
         result = self._store_result(aggregation, codecs, model, context) if used else None
+        if result is not None and (model.get("enrolment") or "open") != "open":
+            result = result._replace(aggregate=self._with_digest(result.aggregate))
         state = None if result is None else self._store_state(aggregation)
         self._pause.reached("round-stored")
         stale = model["residual_blob"]
@@ -388,6 +401,22 @@ class Rounds:
         if state is not None and old_state is not None:  # replaced with the aggregate
             self.blobs.delete([old_state])
         return aggregate_id, invalid
+
+    def _with_digest(self, blob: NewBlob) -> NewBlob:
+        """``blob`` with the SHA-256 of its stored bytes, which the aggregate row keeps
+        (``admin verify`` finds an aggregate altered in storage).
+
+        One more read of the aggregate, for models that check who enrols only: an open
+        model's round costs what it did. The aggregate was written once, often straight
+        into its file (:class:`~.in_place.InPlace`), so it is hashed from the store.
+        """
+        try:
+            data = self.blobs.read(blob.filename)
+        except OSError:  # recorded without a digest; verify reads it and says so
+            return blob
+        digest = hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+        del data
+        return blob._replace(sha256=digest)
 
     def _start(self, model: Row, context: CodecContext) -> tuple[Aggregation, str | None]:
         """Begin the round of the model's aggregator; also return its state's blob file.

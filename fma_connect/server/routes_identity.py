@@ -25,13 +25,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..signing import canonical_rotation, decode_b64, key_id_of, verify
+from ..signing import canonical_rotation, decode_b64, key_id_of, public_key_problem, verify
 from .auth import authenticate
 from .database import Connection
 from .errors import bad_request, detail, forbidden, not_found
 from .httputil import JSONResponse, read_json, service
 from .jsonvalues import shown
-from .keys import Signer
+from .keys import Signer, binding_refused
 from .signed import check_request
 from .store import Row
 from .validation import register_path_ids
@@ -55,6 +55,13 @@ def _public_key(body: dict[str, Any], field: str = "public_key") -> tuple[str, b
         raise bad_request(
             field, f"Expected an Ed25519 public key (base64 of its 32 raw bytes): {exc}."
         ) from None
+    problem = public_key_problem(raw)
+    if problem is not None:  # enrol, allow-key and rotate all come here
+        raise bad_request(
+            field,
+            f"Expected an Ed25519 public key of a real key pair; {body.get(field)!r} is not "
+            f"one: {problem}.",
+        )
     return base64.b64encode(raw).decode(), raw
 
 
@@ -66,8 +73,14 @@ async def enrol(request: Request) -> Response:
 
     Body ``{"public_key": <base64>, "token": <enrolment token>}`` (``token`` for a model
     of ``enrolment`` ``token``). The request is signed by that key (proof that the
-    caller holds it); with ``CLIENT-UUID`` the key is bound to that client, else to a new
-    one. Answers 200 ``{"uuid", "key_id", "federated_model"}``.
+    caller holds it). Without ``CLIENT-UUID`` the key is bound to a new client. With the
+    UUID of a client enrolled with that key (signed by it), the client joins one more
+    model. Binding a key to an existing client that has none (never enrolled, or its
+    keys revoked) needs a token bound to that client (``enrolment-token --client``), on
+    any model: a UUID is no secret, so it alone must not let anyone take the client
+    over. The nonce is spent in the enrolment's transaction, after the token or the
+    allow-list let it through: a refused enrolment writes nothing. Answers 200
+    ``{"uuid", "key_id", "federated_model"}``.
     """
     svc = service(request)
     identity = await run_in_threadpool(lambda: authenticate(request, svc.store, enrolling=True))
@@ -83,6 +96,7 @@ async def enrol(request: Request) -> Response:
         model = svc.model(model_id)
         enrolment = model.get("enrolment") or "open"
         client = identity.client
+        nonce = None
         if identity.signer is not None:  # enrolled: signed with its active key already
             if identity.signer.key_id != key_id:
                 raise detail(
@@ -90,40 +104,42 @@ async def enrol(request: Request) -> Response:
                     f"Client {client} is enrolled with key {identity.signer.key_id}, not "
                     f"{key_id}: enrol with that key, or rotate to the new one first.",
                 )
-        else:  # the key proves itself: the request is signed with it
-            check_request(request, svc.keys, client, Signer(key_id, raw), status=403)
-        retired = client is not None and identity.signer is None and bool(svc.keys.keys_of(client))
+        else:  # the key proves itself: the request is signed with it (nonce spent below)
+            sent, stamp = check_request(
+                request, svc.keys, client, Signer(key_id, raw), status=403, spend=False
+            )
+            nonce = (client or "", sent, stamp)
+        # An existing client without an active key: its UUID alone proves nothing.
+        binding = client is not None and identity.signer is None
 
         def admit(conn: Connection, enrolling: str) -> None:
-            if enrolment == "token":
-                if token is None:
-                    raise bad_request(
-                        "token",
-                        f"Federated model {model_id} enrols clients with a one-time token from "
-                        "its admin (fma-connect admin enrolment-token); none was sent.",
-                    )
-                svc.keys.spend_token(conn, model_id, token, enrolling)
-            elif enrolment == "keys":
-                if not svc.keys.is_allowed(conn, model_id, key_id):
-                    raise forbidden(
-                        f"Key {key_id} is not on federated model {model_id}'s allow-list; "
-                        "its admin adds it (fma-connect admin allow-key)."
-                    )
-            elif retired:
+            if binding and token is None:
+                raise forbidden(binding_refused(enrolling, model_id))
+            if enrolment == "token" and token is None:
+                raise bad_request(
+                    "token",
+                    f"Federated model {model_id} enrols clients with a one-time token from "
+                    "its admin (fma-connect admin enrolment-token); none was sent.",
+                )
+            if token is not None and (binding or enrolment == "token"):
+                svc.keys.spend_token(conn, model_id, token, enrolling, binding=binding)
+            if enrolment == "keys" and not svc.keys.is_allowed(conn, model_id, key_id):
                 raise forbidden(
-                    f"Client {client}'s keys were revoked: it enrols a new key only on a model "
-                    "that checks who enrols (a token or an allow-listed key)."
+                    f"Key {key_id} is not on federated model {model_id}'s allow-list; "
+                    "its admin adds it (fma-connect admin allow-key)."
                 )
 
-        uuid = svc.keys.enrol(model_id, client, key_id, public_key, admit)
+        uuid = svc.keys.enrol(model_id, client, key_id, public_key, admit, nonce)
         return JSONResponse({"uuid": uuid, "key_id": key_id, "federated_model": model_id})
 
     return await run_in_threadpool(run)
 
 
 async def issue_token(request: Request) -> Response:
-    """POST /models/<id>/enrolment_tokens/ (admin): ``{"expires_in": seconds or null}`` ->
-    201 ``{"token", "federated_model", "expires"}`` (the token is shown this once)."""
+    """POST /models/<id>/enrolment_tokens/ (admin): ``{"expires_in": seconds or null,
+    "client": uuid or null}`` -> 201 ``{"token", "federated_model", "expires", "client"}``
+    (the token is shown this once). A token bound to a client enrols only that client,
+    and only such a token binds a key to an existing client without one."""
     svc = service(request)
     (await run_in_threadpool(authenticate, request, svc.store)).require_admin()
     body = await read_json(request, empty_ok=True)
@@ -136,11 +152,22 @@ async def issue_token(request: Request) -> Response:
             f"Expected seconds the token lives, more than 0 and at most {_MAX_EXPIRY:.0f} "
             f"(or null: until used), got {shown(expires_in)}.",
         )
+    client = body.get("client")
+    if client is not None:
+        try:
+            client = str(uuid_module.UUID(client)) if isinstance(client, str) else None
+        except ValueError:
+            client = None
+        if client is None:
+            raise bad_request(
+                "client",
+                f"Expected the UUID of the client the token is for, or null, got "
+                f"{shown(body.get('client'))}.",
+            )
     model_id = _model_id(request)
-    token, expires = await run_in_threadpool(svc.keys.issue_token, model_id, expires_in)
-    return JSONResponse(
-        {"token": token, "federated_model": model_id, "expires": expires}, status_code=201
-    )
+    token, expires = await run_in_threadpool(svc.keys.issue_token, model_id, expires_in, client)
+    body = {"token": token, "federated_model": model_id, "expires": expires, "client": client}
+    return JSONResponse(body, status_code=201)
 
 
 # -- allow-lists -------------------------------------------------------------------------
@@ -166,7 +193,7 @@ async def allow_key(request: Request) -> Response:
 
 def disallow_key(request: Request) -> Response:
     """DELETE /models/<id>/allowed_keys/<key_id>/ (admin): clients with that key are refused
-    on the model's routes at once."""
+    on the model's routes at once, and the model's waiting updates it signed are INVALID."""
     svc = service(request)
     authenticate(request, svc.store).require_admin()
     model_id = svc.model(_model_id(request))["id"]
@@ -225,7 +252,8 @@ def client_keys(request: Request) -> Response:
 
 async def revoke(request: Request) -> Response:
     """POST /clients/<uuid>/revoke/ (admin): ``{}`` revokes the client and all its keys,
-    ``{"key_id"}`` one key; refused at once on every route of every replica."""
+    ``{"key_id"}`` one key; refused at once on every route of every replica, and the
+    waiting updates of the client (or signed by the key) are INVALID, with the reason."""
     svc = service(request)
     (await run_in_threadpool(authenticate, request, svc.store)).require_admin()
     body = await read_json(request, empty_ok=True)

@@ -155,10 +155,19 @@ async def latest_aggregate(request: Request) -> Response:
     svc = service(request)
     identity, model = await run_in_threadpool(_reader, request)
 
-    def latest() -> Awaitable[Row | None]:
-        return run_in_threadpool(svc.store.latest_aggregate, model["id"])
-
     wait = _wait_seconds(request)
+
+    def read() -> Row | None:
+        if wait is not None and identity.client is not None:
+            # A held request is answered long after it was authenticated: a client
+            # revoked (or removed from the model) meanwhile gets no aggregate.
+            signer = None if identity.signer is None else identity.signer.key_id
+            svc.keys.check_sender(None, model["id"], identity.client, signer, None)
+        return svc.store.latest_aggregate(model["id"])
+
+    def latest() -> Awaitable[Row | None]:
+        return run_in_threadpool(read)
+
     if wait is None:
         aggregate = await latest()
     else:

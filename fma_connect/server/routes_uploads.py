@@ -6,6 +6,7 @@ exist (404). A finished upload answers what ``POST /model_updates/`` answers.
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Any
 
@@ -21,6 +22,7 @@ from .auth import Identity, authenticate
 from .blobs import BlobWriter
 from .errors import bad_request, detail
 from .httputil import JSONResponse, body_limit, drain, read_json, service
+from .keys import REVOKED, Keys, Signer
 from .manifests import DIGEST, Manifest, parse_sizes
 from .shapes import update_json
 from .signed import SignedUpdate, update_signature
@@ -33,8 +35,12 @@ UPLOADS_PATH = "/api/v1/uploads/"
 #: A manifest of the most chunks (4096 digests) is about 280 kB.
 _MANIFEST_BYTES = 1 << 20
 _UPDATE_FIELDS = ("federated_model", "base_aggregate", "num_examples")
-#: Where an open upload keeps the update signature sent with its manifest.
+#: Where an open upload keeps the update signature sent with its manifest, the key that
+#: signed it (a rotation before completion does not lose the upload) and the
+#: Idempotency-Key the signature covers (the update's, so a signed upload stores once).
 _SIGNATURE = "update_signature"
+_SIGNER = "update_key_id"
+_KEY = "update_idempotency_key"
 
 
 def _client(request: Request) -> str:
@@ -67,8 +73,17 @@ async def open_upload(request: Request) -> Response:
         )
     fields = {name: body[name] for name in _UPDATE_FIELDS if name in body}
     checked = await run_in_threadpool(lambda: svc.check_update(client, fields, json_body=False))
-    if signature is not None:
+    if signature is not None and identity.signer is not None:
         checked[_SIGNATURE] = signature
+        checked[_SIGNER] = identity.signer.key_id
+        key = request.headers.get("Idempotency-Key")
+        if not key or len(key) > 255:
+            raise bad_request(
+                "Idempotency-Key",
+                "A signed upload carries the Idempotency-Key (at most 255 characters) its "
+                f"update signature covers (docs/SECURITY.md); got {str(key)[:60]!r}.",
+            )
+        checked[_KEY] = key
     size, chunk_size, digests = parse_sizes(body, body_limit(request))
     manifest = Manifest(checked, codec.name, size, chunk_size, digests)
     upload, created = await run_in_threadpool(svc.uploads.open, client, manifest)
@@ -166,16 +181,20 @@ async def complete_upload(request: Request) -> Response:
     def add(fields: dict[str, Any], codec: str, writer: BlobWriter, key: str | None) -> _Added:
         fields = dict(fields)
         signature = fields.pop(_SIGNATURE, None)
+        signer_id = fields.pop(_SIGNER, None)
+        signed_key = fields.pop(_KEY, None)
         signed = None
         if identity.signer is not None:
-            if signature is None:
+            if signature is None or signer_id is None:
                 raise bad_request(
                     "FMA-Update-Signature",
                     "This client is enrolled: the upload's manifest had to carry the "
                     "signature of its payload, and this one (opened before?) carries none; "
                     "open the upload again.",
                 )
-            signed = SignedUpdate(client, identity.signer, signature)
+            signer = _upload_signer(svc.keys, client, signer_id)
+            signed = SignedUpdate(client, signer, signature, request_key=identity.signer.key_id)
+            key = signed_key  # the one the signature covers: a replayed upload stores once
         return svc.add_binary_update(fields, codec, writer, key, signed=signed)
 
     row, created = await run_in_threadpool(
@@ -185,6 +204,24 @@ async def complete_upload(request: Request) -> Response:
 
 
 _Added = tuple[Row, bool]
+
+
+def _upload_signer(keys: Keys, client: str, key_id: str) -> Signer:
+    """The key that signed an upload's update: the client's, not revoked (rotated since
+    the upload opened is fine: it signed while active).
+
+    Raises:
+        HTTPError: 401, it was revoked or is not the client's.
+    """
+    row = keys.key(key_id)
+    if row is None or row["client"] != client or row["status"] == REVOKED:
+        raise detail(
+            401,
+            f"The upload's update was signed by key {key_id}, which is revoked or not a key "
+            f"of client {client}; nothing was stored. Open the upload again, signed by the "
+            "active key.",
+        )
+    return Signer(key_id, base64.b64decode(row["public_key"]))
 
 
 ROUTES = [

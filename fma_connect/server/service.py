@@ -488,8 +488,24 @@ class Service:
                         raise bad_request("data", problem)
                     if signed is not None:
                         assert blob.sha256 is not None  # the add_* methods computed it
-                        check_update(signed, fields, blob.tensor_names, blob.sha256)
-                    with self.store.transaction():  # the update and its signature, or neither
+                        check_update(
+                            signed, fields, blob.tensor_names, blob.codec, key, blob.sha256
+                        )
+                    # The update and its signature, or neither; and only for a sender that
+                    # still has the right now: its body may have taken long to arrive, and
+                    # a revocation committed meanwhile holds (write transactions are
+                    # serialized, so none commits between this check and the insert).
+                    with self.store.transaction() as conn:
+                        request_key = None
+                        if signed is not None:
+                            request_key = signed.request_key or signed.signer.key_id
+                        self.keys.check_sender(
+                            conn,
+                            model_id,
+                            fields["client"],
+                            request_key,
+                            None if signed is None else signed.signer.key_id,
+                        )
                         row, created = self.store.insert_update(fields, blob, key)
                         if created and signed is not None:
                             assert blob.sha256 is not None
@@ -692,7 +708,11 @@ def _not_member(model: Row, client: str) -> str:
     text = f"Client {client} is not registered with federated model {model['id']}"
     if enrolment == "open":
         return f"{text}."
-    needs = "an active key" if enrolment == "token" else "an active key on its allow-list"
+    needs = (
+        "admission by one of its tokens, and an active key"
+        if enrolment == "token"
+        else "an active key on its allow-list"
+    )
     return (
         f"{text}, or lacks the enrolment it requires ({enrolment!r}: {needs}); enrol "
         "(POST .../enrol/, docs/SECURITY.md)."

@@ -6,7 +6,9 @@ service answers bad credentials there) unless it carries all four signature head
 names the client's active key, has a timestamp within :data:`~.keys.WINDOW` seconds of
 the server's clock, a nonce never seen before (kept in the database, so a request
 replayed to another replica is refused too) and a signature that verifies. The signature
-is checked before the nonce is recorded, so unsigned junk costs no write.
+is checked before the nonce is recorded, so unsigned junk costs no write; a stranger's
+enrolment spends its nonce only in the enrolment's transaction, once its token or
+allow-listed key admitted it (a refused enrolment writes nothing).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..signing import (
     verify,
 )
 from .errors import HTTPError, bad_request, detail
-from .keys import WINDOW, Keys, Signer
+from .keys import WINDOW, Keys, Signer, replayed
 
 __all__ = ["SignedUpdate", "check_request", "check_update", "update_signature"]
 
@@ -50,17 +52,26 @@ class SignedUpdate:
         signature: The ``FMA-Update-Signature`` sent (base64).
         sha256: The payload's digest when computed as it arrived (None: from the
             stored bytes, at completion).
+        request_key: The key that signed the request storing it, when not ``signer``
+            (a resumable upload completed after a rotation; None: ``signer``).
     """
 
     client: str
     signer: Signer
     signature: str
     sha256: str | None = None
+    request_key: str | None = None
 
 
 def check_request(
-    request: Request, keys: Keys, client: str | None, signer: Signer, status: int = 401
-) -> None:
+    request: Request,
+    keys: Keys,
+    client: str | None,
+    signer: Signer,
+    status: int = 401,
+    *,
+    spend: bool = True,
+) -> tuple[str, int]:
     """Refuse a request not signed by ``signer`` as the module notes say.
 
     Args:
@@ -70,6 +81,11 @@ def check_request(
             new client enrolling.
         signer: The key that must have signed it.
         status: 401, or 403 on the routes that answer bad credentials so.
+        spend: Record the nonce now (False: the caller spends it in the transaction of
+            what the request does, so a request refused there writes nothing; enrol).
+
+    Returns:
+        The request's nonce and timestamp.
 
     Raises:
         HTTPError: ``status``, saying what was expected and what arrived.
@@ -122,12 +138,9 @@ def check_request(
             "path, query, timestamp, nonce or client differ from what was signed, or another "
             "key signed it (docs/SECURITY.md gives the text signed).",
         )
-    if not keys.spend_nonce(client or "", nonce, timestamp):
-        raise detail(
-            status,
-            f"{NONCE_HEADER} {nonce} was used before: a replayed request is refused (a client "
-            "signs each attempt afresh).",
-        )
+    if spend and not keys.spend_nonce(client or "", nonce, timestamp):
+        raise replayed(nonce, status)
+    return nonce, timestamp
 
 
 def _target(request: Request) -> str:
@@ -160,13 +173,26 @@ def update_signature(headers: Mapping[str, str], signer: Signer | None) -> str |
 
 
 def check_update(
-    signed: SignedUpdate, fields: Mapping[str, Any], tensor_names: Any, sha256: str
+    signed: SignedUpdate,
+    fields: Mapping[str, Any],
+    tensor_names: Any,
+    codec: str,
+    idempotency_key: str | None,
+    sha256: str,
 ) -> None:
-    """Refuse an update whose signature does not cover it as stored.
+    """Refuse an update whose signature does not cover it as stored (its fields, codec,
+    Idempotency-Key and payload digest).
 
     Raises:
-        HTTPError: 400 naming ``FMA-Update-Signature``.
+        HTTPError: 400 naming ``Idempotency-Key`` (a signed update carries one) or
+            ``FMA-Update-Signature``.
     """
+    if idempotency_key is None:
+        raise bad_request(
+            "Idempotency-Key",
+            "A signed update carries an Idempotency-Key (a new one per update), and its "
+            "signature covers it (docs/SECURITY.md); none was sent.",
+        )
     try:
         signature = decode_b64(signed.signature, UPDATE_SIGNATURE_HEADER, 64)
     except ValueError as exc:
@@ -177,6 +203,8 @@ def check_update(
         fields.get("base_aggregate"),
         fields.get("num_examples"),
         tensor_names,
+        codec,
+        idempotency_key,
         sha256,
     )
     if not verify(signed.signer.public_key, text, signature):
@@ -188,6 +216,8 @@ def refused_update(key_id: str, sha256: str) -> HTTPError:
     return bad_request(
         UPDATE_SIGNATURE_HEADER,
         f"Expected an Ed25519 signature by key {key_id} of the update as the server "
-        f"received it (payload sha256 {sha256}, and its fields); it does not verify: the "
-        "payload or a field changed on the way, or another key signed it. Nothing was stored.",
+        f"received it (payload sha256 {sha256}, its fields, codec and Idempotency-Key); it "
+        "does not verify: the payload, a field or the key changed on the way (an old signed "
+        "update sent again under a new Idempotency-Key, say), or another key signed it. "
+        "Nothing was stored.",
     )

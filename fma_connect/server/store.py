@@ -15,6 +15,7 @@ raises the 4xx :class:`~.errors.HTTPError` the request answers, not a foreign-ke
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid as uuid_module
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from .database import Connection, Database, open_database
 from .errors import HTTPError, bad_request, not_found
 from .migrations import migrate
 
-__all__ = ["PENDING", "NewBlob", "Row", "Store", "now"]
+__all__ = ["PENDING", "InputsChanged", "NewBlob", "Row", "Store", "inputs_sha256", "now"]
 
 Row = dict[str, Any]
 
@@ -208,11 +209,19 @@ class Store:
     def is_registered(self, model_id: int, client: str) -> bool:
         """Whether ``client`` is registered with the model, and enrolled as it requires.
 
-        A model of ``enrolment`` ``token`` takes only clients with an active key; one of
-        ``keys``, only clients whose active key is on its allow-list now (a key removed
-        from it is refused at once). Checked on every request: nothing is cached.
+        A model of ``enrolment`` ``token`` takes only clients it admitted (a token of it
+        spent by their enrolment, see ``model_clients.admitted_on``) that have an active
+        key; one of ``keys``, only clients whose active key is on its allow-list now (a
+        key removed from it is refused at once). A registration alone (an open model's
+        ``register_client``, or one made before the model required enrolment) admits to
+        open models only. Checked on every request: nothing is cached.
         """
         return self.one(_MEMBER, (model_id, client)) is not None
+
+    def is_member(self, conn: Connection, model_id: int, client: str) -> bool:
+        """:meth:`is_registered`, read in the transaction ``conn`` (a write that must
+        not outlive a revocation or a removal from the model checks it there)."""
+        return conn.execute(_MEMBER, (model_id, client)).fetchone() is not None
 
     def model_clients(self, model_id: int) -> list[str]:
         """UUIDs of the clients registered with a model, in registration order."""
@@ -319,6 +328,16 @@ class Store:
     ) -> None:
         """Change some fields of a model (and replace its clients when given)."""
         with self.transaction() as conn:
+            if fields.get("enrolment") in ("token", "keys"):
+                # A model that starts checking who joins admits none of its members until
+                # they enrol as it now requires (a registration made while it was open,
+                # or under the other mode, is not an admission).
+                conn.execute(
+                    "UPDATE model_clients SET admitted_key = NULL, admitted_on = NULL "
+                    "WHERE federated_model = ? AND federated_model IN (SELECT id FROM models "
+                    "WHERE id = ? AND COALESCE(enrolment, 'open') <> ?)",
+                    (model_id, model_id, fields["enrolment"]),
+                )
             for key, value in fields.items():
                 if key in MODEL_FIELDS:
                     conn.execute(
@@ -327,8 +346,22 @@ class Store:
                     )
             conn.execute("UPDATE models SET last_modified = ? WHERE id = ?", (now(), model_id))
             if clients is not None:
+                # Re-registered in the list's order; a client that stays keeps its admission.
+                admitted = {
+                    row["client"]: (row["admitted_key"], row["admitted_on"])
+                    for row in conn.execute(
+                        "SELECT client, admitted_key, admitted_on FROM model_clients "
+                        "WHERE federated_model = ? AND admitted_on IS NOT NULL",
+                        (model_id,),
+                    ).fetchall()
+                }
                 conn.execute("DELETE FROM model_clients WHERE federated_model = ?", (model_id,))
                 _set_clients(conn, model_id, clients)
+                conn.executemany(
+                    "UPDATE model_clients SET admitted_key = ?, admitted_on = ? "
+                    "WHERE federated_model = ? AND client = ?",
+                    [(key, on, model_id, c) for c, (key, on) in admitted.items() if c in clients],
+                )
 
     def delete_model(self, model_id: int) -> list[str]:
         """Delete a model with everything it owns; return the blob files to remove."""
@@ -472,14 +505,31 @@ class Store:
                 caller deletes the old file, see :meth:`aggregator_state`); None: the
                 state is left as it is.
 
+        The aggregate row records what it was made of: how many updates, the SHA-256 of
+        their sorted ids (:func:`inputs_sha256`) and ``blob.sha256`` (the aggregate
+        blob's, when the round computed it), which ``admin verify`` checks.
+
         Raises:
             HTTPError: 404, the model was deleted during the round; what
                 :attr:`round_fence` raises (409, the round was taken over).
+            InputsChanged: an update of ``used`` is INVALID now (its client or key was
+                revoked during the round, which marked it so): nothing is committed, and
+                the round runs again without it.
         """
         with self.transaction() as conn:
             _require(conn, "models", model_id, not_found)
             if self.round_fence is not None:
                 self.round_fence(conn, model_id)
+            changed: list[int] = []
+            for start in range(0, len(used), 500):  # a few queries, not one per update
+                part = list(used[start : start + 500])
+                sql = (
+                    f"SELECT id FROM updates WHERE id IN ({', '.join('?' * len(part))}) "
+                    "AND status = ? ORDER BY id"
+                )
+                changed += [row["id"] for row in conn.execute(sql, (*part, INVALID)).fetchall()]
+            if changed:
+                raise InputsChanged(changed)
             conn.executemany(
                 "UPDATE updates SET status = ?, status_reason = ? WHERE id = ?",
                 [(INVALID, reason, i) for i, reason in invalid.items()],
@@ -493,8 +543,19 @@ class Store:
             step_id = None if step is None else _insert_blob(conn, model_id, step)
             cursor = conn.execute(
                 "INSERT INTO aggregates (federated_model, blob, parent, step_blob, aggregator, "
-                "created_on) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (model_id, blob_id, parent, step_id, aggregator, now()),
+                "created_on, inputs, inputs_sha256, blob_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    model_id,
+                    blob_id,
+                    parent,
+                    step_id,
+                    aggregator,
+                    now(),
+                    len(used),
+                    inputs_sha256(used),
+                    blob.sha256,
+                ),
             )
             aggregate_id = int(cursor.fetchone()["id"])
             conn.executemany(
@@ -646,8 +707,8 @@ _MEMBER = (
     "SELECT mc.client FROM model_clients mc JOIN models m ON m.id = mc.federated_model "
     "WHERE mc.federated_model = ? AND mc.client = ? AND (m.enrolment IS NULL "
     "OR m.enrolment = 'open' "
-    "OR (m.enrolment = 'token' AND EXISTS (SELECT 1 FROM client_keys k "
-    "WHERE k.client = mc.client AND k.status = 'active')) "
+    "OR (m.enrolment = 'token' AND mc.admitted_on IS NOT NULL AND EXISTS (SELECT 1 "
+    "FROM client_keys k WHERE k.client = mc.client AND k.status = 'active')) "
     "OR (m.enrolment = 'keys' AND EXISTS (SELECT 1 FROM client_keys k JOIN allowed_keys a "
     "ON a.key_id = k.key_id AND a.federated_model = m.id "
     "WHERE k.client = mc.client AND k.status = 'active')))"
@@ -665,6 +726,19 @@ _LISTINGS = {
     "artifacts": ("SELECT * FROM artifacts", ""),
     "scores": ("SELECT * FROM scores", ""),
 }
+
+
+class InputsChanged(Exception):
+    """A round's inputs changed while it ran (see :meth:`Store.record_round`)."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        super().__init__(f"updates {list(ids)} were marked INVALID during the round")
+        self.ids = list(ids)
+
+
+def inputs_sha256(ids: Sequence[int]) -> str:
+    """The SHA-256 (hex) of update ids, sorted, as decimal text joined by commas."""
+    return hashlib.sha256(",".join(str(i) for i in sorted(ids)).encode()).hexdigest()
 
 
 def _model_value(key: str, value: Any) -> Any:

@@ -339,6 +339,8 @@ class Uploads:
             while True:
                 row = self.row(client, upload_id)
                 stored = self.store.update_by_key(client, row["idempotency_key"])
+                if stored is None and row["update_id"] is not None:  # stored under the
+                    stored = self.store.get_update(row["update_id"])  # signed update's key
                 if stored is not None:  # completed before (perhaps cut off before the answer)
                     return stored, False
                 if self._claim_completion(upload_id):

@@ -156,6 +156,11 @@ _ADDED_COLUMNS = (
     ),
     ("models", "enrolment"),
     ("clients", "revoked_on"),
+    ("model_clients", "admitted_key"),
+    ("model_clients", "admitted_on"),
+    ("aggregates", "inputs"),
+    ("aggregates", "inputs_sha256"),
+    ("aggregates", "blob_sha256"),
 )
 
 
