@@ -61,7 +61,9 @@ def test_a_large_array_is_written_in_bounded_pieces() -> None:
 
 @pytest.mark.usefixtures("small_pieces")
 @pytest.mark.parametrize(
-    "value", [{1: "int key"}, [np.ones(20, np.complex64)], [object()]], ids=repr
+    "value",
+    [{1: "int key"}, [np.ones(20, np.complex64)], [object()]],
+    ids=["int-key", "complex64", "object"],  # stable ids: no addresses in them
 )
 def test_what_orjson_refuses_is_refused(value: Any) -> None:
     with pytest.raises(orjson.JSONEncodeError):
