@@ -54,8 +54,10 @@ def test_quick_run_reports_every_comparison_with_plausible_figures(quick_run: Pa
     for key, row in rows.items():
         assert row["ours"] > 0, key
         assert row["peer_rate"] > 0, key
-        # Against a peer that is not the bottleneck, ours is slower or about as fast.
-        assert 0 < row["ratio"] < 5, (key, row["ratio"])
+        # A ratio of speeds, not a unit slip (which is a factor of 1000 or more). A smoke
+        # run's 4 MiB timings on a shared machine (the suite runs in parallel) scatter by
+        # several times either way, so this judges no speed.
+        assert 0 < row["ratio"] < 50, (key, row["ratio"])
         assert row["met"] == "-", key  # a smoke run judges no target
     assert rows["client_upload"]["target"] == 0.9
     assert rows["round_trip"]["target"] == pytest.approx(1 / 1.5)
