@@ -13,7 +13,7 @@ from .blobs import BlobWriter
 from .errors import HTTPError, bad_request, detail, not_found
 from .limits import JSON_BODY_BYTES
 from .service import Service
-from .store import Row
+from .store_core import Row
 
 __all__ = [
     "JSONResponse",

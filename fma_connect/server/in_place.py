@@ -19,7 +19,7 @@ import numpy as np
 from ..codecs.base import Codec, Tensors
 from ..exceptions import EncodeError
 from .blobs import BlobStore, BlobWriter
-from .store import NewBlob
+from .store_core import NewBlob
 from .weights import names_to_keep
 
 __all__ = ["InPlace"]

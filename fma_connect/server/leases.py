@@ -34,7 +34,8 @@ from contextlib import contextmanager
 
 from .database import Connection
 from .errors import HTTPError, not_found
-from .store import PENDING, RUNNING, Store
+from .store import Store
+from .store_core import PENDING, RUNNING
 
 __all__ = ["DEFAULT_LEASE", "LeaseLost", "RoundLeases"]
 

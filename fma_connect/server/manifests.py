@@ -17,7 +17,7 @@ import orjson
 
 from ..resumable import MAX_CHUNK, MAX_CHUNKS, MIN_CHUNK
 from .errors import bad_request, detail
-from .store import Row
+from .store_core import Row
 
 __all__ = ["DIGEST", "Manifest", "digest_of", "parse_sizes"]
 

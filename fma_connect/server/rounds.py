@@ -26,7 +26,6 @@ from ..codecs.context import CodecContext, MissingBaseError
 from ..exceptions import CodecError, EncodeError
 from ..plugins import default_aggregator_registry
 from ..registry import AggregatorRegistry, CodecRegistry, UnknownAggregatorError
-from . import store as st
 from .aggregators import Aggregation, AggregatorArgsError, Contribution, RoundContext
 from .blobs import BlobStore
 from .deadlines import Clock, Deadlines
@@ -37,7 +36,9 @@ from .limits import PausePoint
 from .locks import KeyedLocks
 from .policies import Decision, RoundPolicy, decide, epoch
 from .sparse_aggregates import Step, sparse_step
-from .store import NewBlob, Row, Store
+from .store import Store
+from .store_core import PENDING, RUNNING, NewBlob, Row
+from .store_rounds import InputsChanged
 from .structure import Structure, difference, structure_of
 from .weights import ModelBases, load, result_codec, store_tensors
 
@@ -238,7 +239,7 @@ class Rounds:
             "JOIN updates u ON u.federated_model = m.id AND u.status = ? "
             "WHERE m.round_deadline IS NOT NULL GROUP BY m.id, m.round_deadline"
         )
-        for row in self.store.all(sql, (st.PENDING,)):
+        for row in self.store.all(sql, (PENDING,)):
             self._deadlines.schedule(row["id"], epoch(row["first"]) + row["round_deadline"])
 
     def _deadline_came(self, model_id: int) -> None:
@@ -286,10 +287,10 @@ class Rounds:
                     f"No pending updates to aggregate for federated model {model_id}.",
                 )
             ids = [u["id"] for u in pending]
-            self.store.set_update_status(ids, st.RUNNING)
+            self.store.set_update_status(ids, RUNNING)
             try:
                 aggregate_id, invalid = self._average(model, pending, set(clients), auto=auto)
-            except st.InputsChanged as exc:
+            except InputsChanged as exc:
                 # Revoked while the round ran (marked INVALID): the round, computed with
                 # them, is not committed; it runs again with the updates still valid.
                 self.leases.put_back(model_id, ids)
@@ -369,7 +370,7 @@ class Rounds:
             valid = [u for u in pending if u["id"] in set(used)]
             if not self._decide(model, valid, sorted(clients)).run:
                 self.store.record_round(model["id"], None, model["aggregator"], [], invalid)
-                self.store.set_update_status(used, st.PENDING, only=st.RUNNING)
+                self.store.set_update_status(used, PENDING, only=RUNNING)
                 return None, invalid
         self._pause.reached("round-running")
         result = self._store_result(aggregation, codecs, model, context) if used else None

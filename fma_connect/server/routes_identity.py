@@ -28,12 +28,13 @@ from starlette.routing import Route
 from ..signing import canonical_rotation, decode_b64, key_id_of, public_key_problem, verify
 from .auth import authenticate
 from .database import Connection
+from .enrolment import binding_refused
 from .errors import bad_request, detail, forbidden, not_found
 from .httputil import JSONResponse, read_json, service
 from .jsonvalues import shown
-from .keys import Signer, binding_refused
+from .keys import Signer
 from .signed import check_request
-from .store import Row
+from .store_core import Row
 from .validation import register_path_ids
 from .verify import verify_model
 

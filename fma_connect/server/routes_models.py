@@ -24,7 +24,7 @@ from .errors import bad_request, forbidden, not_found
 from .httputil import JSONResponse, paginate, query_int, read_json, service
 from .limits import MODEL_BODY_BYTES
 from .shapes import aggregate_json, artifact_json, model_json
-from .store import Row
+from .store_core import Row
 from .validation import register_path_ids
 from .waiting import LONG_POLL_CAP
 from .weights import ModelBases, stored_step, weights_response

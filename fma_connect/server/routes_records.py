@@ -33,7 +33,7 @@ from .httputil import (
 from .routes_uploads import RESUMABLE_HEADER, UPLOADS_PATH
 from .shapes import aggregate_json, artifact_json, score_json, update_json
 from .signed import SignedUpdate, update_signature
-from .store import Row
+from .store_core import Row
 from .validation import query_fields, register_path_ids
 from .weights import (
     NOT_AN_AGGREGATE,

@@ -26,7 +26,7 @@ from .keys import REVOKED, Keys, Signer
 from .manifests import DIGEST, Manifest, parse_sizes
 from .shapes import update_json
 from .signed import SignedUpdate, update_signature
-from .store import Row
+from .store_core import Row
 
 __all__ = ["RESUMABLE_HEADER", "ROUTES", "UPLOADS_PATH"]
 

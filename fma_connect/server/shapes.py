@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .store import Row
+from .store_core import Row
 
 __all__ = [
     "aggregate_json",

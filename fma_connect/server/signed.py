@@ -3,7 +3,7 @@
 The texts signed are :mod:`fma_connect.signing`'s (docs/SECURITY.md). A request of an
 enrolled client is refused (401; 403 on ``register_client`` and ``enrol``, as the stock
 service answers bad credentials there) unless it carries all four signature headers,
-names the client's active key, has a timestamp within :data:`~.keys.WINDOW` seconds of
+names the client's active key, has a timestamp within :data:`~.nonces.WINDOW` seconds of
 the server's clock, a nonce never seen before (kept in the database, so a request
 replayed to another replica is refused too) and a signature that verifies. The signature
 is checked before the nonce is recorded, so unsigned junk costs no write; a stranger's
@@ -33,7 +33,8 @@ from ..signing import (
     verify,
 )
 from .errors import HTTPError, bad_request, detail
-from .keys import WINDOW, Keys, Signer, replayed
+from .keys import Keys, Signer
+from .nonces import WINDOW, replayed
 
 __all__ = ["SignedUpdate", "check_request", "check_update", "update_signature"]
 

@@ -45,7 +45,8 @@ from .chunk_writes import ChunkWriters
 from .errors import HTTPError, detail, not_found
 from .locks import KeyedLocks
 from .manifests import Manifest, digest_of
-from .store import Row, Store, now
+from .store import Store
+from .store_core import Row, now
 
 __all__ = ["DEFAULT_EXPIRY", "DEFAULT_UPLOAD_QUOTA", "Uploads"]
 

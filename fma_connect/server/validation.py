@@ -32,7 +32,8 @@ from .jsonvalues import MAX_JSON_DEPTH, deeper_than, shown
 from .mean import all_finite
 from .policies import POLICY_FIELDS, check_policy
 from .schemas import check_against_schema, schema_problem
-from .store import MODEL_FIELDS, Store
+from .store import Store
+from .store_models import MODEL_FIELDS
 
 __all__ = [
     "ENROLMENTS",

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..signing import canonical_update, verify
 from .keys import REVOKED
-from .store import COMPLETE, Row, inputs_sha256
+from .store_core import COMPLETE, Row
+from .store_rounds import inputs_sha256
 
 if TYPE_CHECKING:
     from .service import Service

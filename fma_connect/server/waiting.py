@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from .bounds import RETRY_AFTER
 from .errors import HTTPError
-from .store import Row
+from .store_core import Row
 
 __all__ = ["DEFAULT_HELD_PER_CLIENT", "LONG_POLL_CAP", "Waiters"]
 

@@ -28,7 +28,8 @@ from . import jsonstream
 from .blobs import CHUNK, BlobStore
 from .errors import HTTPError, detail
 from .mean import Update
-from .store import NewBlob, Row, Store
+from .store import Store
+from .store_core import NewBlob, Row
 from .structure import positional
 
 __all__ = [

@@ -17,7 +17,8 @@ import requests
 from fma_connect import APIError, ClientKey, WebClient
 from fma_connect.admin import AdminClient
 from fma_connect.server.database import open_database
-from fma_connect.server.keys import WINDOW, Keys
+from fma_connect.server.keys import Keys
+from fma_connect.server.nonces import WINDOW
 from fma_connect.server.store import Store
 from fma_connect.server.testing import RunningServer
 from fma_connect.signing import public_key_problem

@@ -27,7 +27,9 @@ from fma_connect.plugins import default_codec_registry
 from fma_connect.server import create_app
 from fma_connect.server.database import open_database
 from fma_connect.server.keys import Keys
-from fma_connect.server.store import RUNNING, InputsChanged, NewBlob, Store
+from fma_connect.server.store import Store
+from fma_connect.server.store_core import RUNNING, NewBlob
+from fma_connect.server.store_rounds import InputsChanged
 from fma_connect.server.testing import RunningServer
 from fma_connect.signing import UPDATE_SIGNATURE_HEADER, url_with_query
 

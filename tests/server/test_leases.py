@@ -12,7 +12,8 @@ import pytest
 
 from fma_connect.server.database import Connection
 from fma_connect.server.leases import LeaseLost, RoundLeases
-from fma_connect.server.store import PENDING, RUNNING, NewBlob, Store
+from fma_connect.server.store import Store
+from fma_connect.server.store_core import PENDING, RUNNING, NewBlob
 
 
 @pytest.fixture
