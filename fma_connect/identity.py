@@ -212,16 +212,7 @@ class ClientKey:
             idempotency_key: The ``Idempotency-Key`` the update is sent with (a new one
                 per update: it makes the signature good for that one stored update).
         """
-        text = canonical_update(
-            client,
-            fields["federated_model"],
-            fields.get("base_aggregate"),
-            fields.get("num_examples"),
-            tensor_names,
-            codec,
-            idempotency_key,
-            sha256,
-        )
+        text = canonical_update(client, fields, tensor_names, codec, idempotency_key, sha256)
         return self.sign(text)
 
     def sign_rotation(self, client: str, old_key_id: str) -> str:

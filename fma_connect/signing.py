@@ -34,6 +34,7 @@ import binascii
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -138,24 +139,23 @@ def canonical_request(
 
 def canonical_update(
     client: str,
-    federated_model: int,
-    base_aggregate: int | None,
-    num_examples: int | None,
+    fields: Mapping[str, Any],
     tensor_names: Sequence[str] | None,
     codec: str,
     idempotency_key: str,
     sha256: str,
 ) -> bytes:
-    """The text an update signature covers: every stored field aggregation uses, the
-    codec its payload is read with, its Idempotency-Key, and the SHA-256 (hex) of the
-    payload bytes the server stores."""
+    """The text an update signature covers: every stored field aggregation uses
+    (``fields``' ``federated_model``, and its ``base_aggregate`` and ``num_examples``,
+    absent or None as null), the codec its payload is read with, its Idempotency-Key,
+    and the SHA-256 (hex) of the payload bytes the server stores."""
     names = "null" if tensor_names is None else orjson.dumps(list(tensor_names)).decode()
     lines = (
         "fma-update-v1",
         client,
-        str(federated_model),
-        _or_null(base_aggregate),
-        _or_null(num_examples),
+        str(fields["federated_model"]),
+        _or_null(fields.get("base_aggregate")),
+        _or_null(fields.get("num_examples")),
         names,
         codec,
         idempotency_key,

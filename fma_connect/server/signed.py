@@ -198,16 +198,7 @@ def check_update(
         signature = decode_b64(signed.signature, UPDATE_SIGNATURE_HEADER, 64)
     except ValueError as exc:
         raise bad_request(UPDATE_SIGNATURE_HEADER, f"{exc}.") from None
-    text = canonical_update(
-        signed.client,
-        fields["federated_model"],
-        fields.get("base_aggregate"),
-        fields.get("num_examples"),
-        tensor_names,
-        codec,
-        idempotency_key,
-        sha256,
-    )
+    text = canonical_update(signed.client, fields, tensor_names, codec, idempotency_key, sha256)
     if not verify(signed.signer.public_key, text, signature):
         raise refused_update(signed.signer.key_id, sha256)
 

@@ -129,9 +129,7 @@ def _check_update(service: Service, row: Row, enrolment: str) -> str | None:
         return "its stored key or signature is not base64: the record was altered"
     text = canonical_update(
         row["client"],
-        row["federated_model"],
-        row["base_aggregate"],
-        row["num_examples"],
+        row,  # its federated_model, base_aggregate and num_examples as stored
         row["tensor_names"],
         row["codec"],
         row["idempotency_key"] or "",
