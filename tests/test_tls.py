@@ -22,6 +22,7 @@ import urllib3
 from fma_connect import AdminClient, WebClient
 from fma_connect.cli import main
 from fma_connect.exceptions import ConfigurationError, ConnectError
+from fma_connect.server.serve import plain_http_warning
 from fma_connect.server.testing import RunningServer, running_server, running_server_process
 from fma_connect.server.tls import TLSError, is_loopback, server_context
 
@@ -278,6 +279,13 @@ def test_only_loopback_addresses_serve_plain_http_without_a_warning(
     host: str, loopback: bool
 ) -> None:
     assert is_loopback(host) is loopback
+    warning = plain_http_warning(host, tls=False)
+    if loopback:
+        assert warning is None
+    else:
+        assert warning is not None and warning.startswith(f"WARNING: serving plain HTTP on {host}")
+        assert "clear text" in warning and "--tls-cert" in warning
+    assert plain_http_warning(host, tls=True) is None  # TLS anywhere: nothing to warn of
 
 
 def test_a_ca_given_as_verify_is_the_only_one_the_async_client_trusts(pki: Pki) -> None:

@@ -30,7 +30,7 @@ from .rounds import AutoAggregate
 from .tls import TLSError, is_loopback, server_context
 from .uploads import DEFAULT_EXPIRY
 
-__all__ = ["DEFAULT_DATA_DIR", "bind", "serve"]
+__all__ = ["DEFAULT_DATA_DIR", "bind", "plain_http_warning", "serve"]
 
 #: Where ``serve`` keeps its data unless told otherwise (``FMA_CONNECT_DATA_DIR`` overrides).
 DEFAULT_DATA_DIR = "fma-connect-data"
@@ -60,6 +60,18 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def plain_http_warning(host: str, *, tls: bool) -> str | None:
+    """What ``serve`` prints at start when it serves plain HTTP beyond loopback, else None."""
+    if tls or is_loopback(host):
+        return None
+    return (
+        f"WARNING: serving plain HTTP on {host}, beyond this machine: client UUIDs, "
+        "admin tokens and model weights cross the network in clear text, readable and "
+        "changeable by anyone on the path. Give --tls-cert and --tls-key, or put a "
+        "TLS-terminating proxy in front and bind 127.0.0.1 (docs/SECURITY.md)."
+    )
 
 
 def serve(
@@ -163,15 +175,9 @@ def serve(
             "admin token: the stored one (or FMA_CONNECT_ADMIN_TOKEN); "
             f"run `fma-connect admin-token {where}` to print it"
         )
-    if tls is None and not is_loopback(host):
-        print(
-            f"WARNING: serving plain HTTP on {host}, beyond this machine: client UUIDs, "
-            "admin tokens and model weights cross the network in clear text, readable and "
-            "changeable by anyone on the path. Give --tls-cert and --tls-key, or put a "
-            "TLS-terminating proxy in front and bind 127.0.0.1 (docs/SECURITY.md).",
-            file=sys.stderr,
-            flush=True,
-        )
+    warning = plain_http_warning(host, tls=tls is not None)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     scheme = "http" if tls is None else "https"
     mutual = " (client certificates required)" if tls_client_ca is not None else ""
     print(f"listening on {scheme}://{shown}:{bound_port}{mutual}", flush=True)
