@@ -373,7 +373,9 @@ class ClientProtocol(Receiving):
         if "requires enrolment" in text or "lacks the enrolment" in text:
             return (
                 f"Federated model {model} takes only enrolled clients: create the client with "
-                "identity=ClientKey.load(path) and call enrol(token=...) (docs/SECURITY.md)"
+                "identity=ClientKey.load(path) and call enrol(token=...); for a key enrolled "
+                "with `fma-connect keys enrol`, pass the uuid it printed too: WebClient(model, "
+                "uuid, identity=...) (docs/SECURITY.md)"
             )
         if "not registered" in text or "permission" in text:  # ours, and the stock one's
             return (

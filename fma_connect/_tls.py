@@ -114,7 +114,8 @@ def tls_hint(url: str, cause: str) -> str:
 
     A TLS port closes a plain HTTP connection unanswered, and so does a mutual-TLS
     service a connection without a client certificate (under TLS 1.3 the client learns
-    only at its first read), so an unanswered close gets a hint too.
+    only at its first read or write: a close unanswered, or an EOF "in violation of
+    protocol"), so those get a hint too.
     """
     text = cause.lower()
     if "certificate has expired" in text:
@@ -124,15 +125,17 @@ def tls_hint(url: str, cause: str) -> str:
     if "certificate verify failed" in text:
         return (
             "; the service's certificate is not signed by a CA this client trusts: pass "
-            "verify= the path of the PEM file of the CA that signed it"
+            "verify= (on the command line --cacert) the path of the PEM file of the CA that "
+            "signed it"
         )
     if "wrong version number" in text or "record layer failure" in text:
         return "; the service does not speak TLS on this port: use an http:// URL"
-    if "without response" in text or "server disconnected" in text:
+    closed = ("without response", "server disconnected", "eof occurred in violation")
+    if any(words in text for words in closed):
         if url.startswith("https:"):
             return (
-                "; if the service requires client certificates (mutual TLS), pass cert= a "
-                "certificate and key that its CA signed"
+                "; if the service requires client certificates (mutual TLS), pass cert= (on "
+                "the command line --cert) a certificate and key that its CA signed"
             )
         return "; if the service serves HTTPS on this port, use an https:// URL"
     return ""

@@ -243,13 +243,21 @@ def _root_cause(exc: BaseException) -> str:
     return text.rstrip(".")
 
 
+#: What a connection that never carried the body fails with: refused, unresolvable, or a
+#: TLS handshake that failed (a certificate not trusted, TLS to a plain port).
+_UNSENT_MARKERS = (
+    "NewConnectionError",
+    "NameResolutionError",
+    "Connection refused",
+    "SSLCertVerificationError",
+    "WRONG_VERSION_NUMBER",
+)
+
+
 def _sent(exc: BaseException) -> bool:
-    # A refused or unresolvable connection never carried the body; anything else may have.
+    # Anything but the failures above may have happened after the body went out.
     text = repr(exc)
-    return not any(
-        marker in text
-        for marker in ("NewConnectionError", "NameResolutionError", "Connection refused")
-    )
+    return not any(marker in text for marker in _UNSENT_MARKERS)
 
 
 class Transport:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,17 @@ def test_a_certificate_from_a_ca_the_client_does_not_trust_is_refused(
     assert "not signed by a CA this client trusts: pass verify=" in message
 
 
+def test_an_update_refused_at_the_handshake_was_never_sent(https: RunningServer) -> None:
+    with (
+        WebClient(1, uuid.uuid4(), url=https.url, retries=0) as client,
+        pytest.raises(ConnectError) as caught,
+    ):
+        client.send_update(WEIGHTS)
+    message = str(caught.value)
+    assert "cannot reach the service" in message and "outcome is unknown" not in message
+    assert "pass verify= (on the command line --cacert)" in message
+
+
 def test_an_expired_certificate_is_refused_as_expired(pki: Pki, tmp_path: Path) -> None:
     with running_server(tmp_path / "data", tls=server_context(pki.expired)) as expired:
         for client in (WebClient(1, url=expired.url, verify=pki.ca, retries=0),):
@@ -196,8 +208,8 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_of_its_ca(
         pytest.raises(ConnectError) as caught,
     ):
         client.register()
-    # TLS 1.3: the client learns at its first read, as a connection closed unanswered.
-    assert "requires client certificates (mutual TLS), pass cert= a certificate" in str(
+    # TLS 1.3: the client learns at its first read or write, as a connection closed.
+    assert "requires client certificates (mutual TLS), pass cert= (on the command line" in str(
         caught.value
     )
 
@@ -221,8 +233,10 @@ def test_tls_options_that_are_not_files_are_configuration_errors(pki: Pki, tmp_p
 def test_the_server_context_names_the_file_that_is_wrong(pki: Pki, tmp_path: Path) -> None:
     with pytest.raises(TLSError, match="--tls-cert .*missing.pem: no such file"):
         server_context(tmp_path / "missing.pem")
-    with pytest.raises(TLSError, match="not a PEM certificate chain and its matching private key"):
+    with pytest.raises(TLSError, match="holds no private key: give its key file as --tls-key"):
         server_context(pki.ca)  # a certificate without its key
+    with pytest.raises(TLSError, match="not a PEM certificate chain and its matching private key"):
+        server_context(pki.ca, pki.client)  # a key, but not this certificate's
     with pytest.raises(TLSError, match="--tls-client-ca .*: not a file"):
         server_context(pki.server, client_ca=tmp_path)
     (tmp_path / "junk.pem").write_text("not a certificate")

@@ -49,6 +49,11 @@ def server_context(
         if path is not None and not Path(path).is_file():
             why = "not a file" if Path(path).exists() else "no such file"
             raise TLSError(f"{label} {os.fspath(path)}: {why}")
+    if key is None and b"PRIVATE KEY-----" not in Path(cert).read_bytes():
+        raise TLSError(
+            f"--tls-cert {os.fspath(cert)} holds no private key: give its key file as "
+            "--tls-key FILE (or put the key in the certificate file)"
+        )
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
