@@ -9,6 +9,11 @@ durably: the disk is in both) and fetches them back (``check_for_latest_model`` 
 the arrays of the last fetch), the two servers alternating ``--repeat`` times. Prints
 the median seconds of each and the ratio HTTPS / HTTP: what encryption adds on this
 machine's 2 cores, where the client, the server and the cipher share them.
+
+This is a cost figure of our own server, not a speed target: both sides run through
+``fma-connect serve``, so neither is a peer that is not the bottleneck. The TLS ceiling
+itself (a bare TLS socket sending the same bytes from memory, against which our HTTPS
+path would be judged) is not measured here yet.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-pytest.importorskip("aiohttp")
+pytest.importorskip("aiohttp", reason="the asyncio client needs the aio extra (py311 env has it)")
 
 import fma_connect
 from fma_connect import AsyncWebClient, TokenAuth

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("aiohttp")
+pytest.importorskip("aiohttp", reason="the asyncio client needs the aio extra (py311 env has it)")
 
 from fma_connect import AsyncWebClient, WebClient
 from fma_connect.admin import AdminClient

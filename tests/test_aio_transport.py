@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-pytest.importorskip("aiohttp")
+pytest.importorskip("aiohttp", reason="the asyncio client needs the aio extra (py311 env has it)")
 
 from fma_connect.aio import AsyncWebClient
 from fma_connect.exceptions import (

@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 import pytest
 
-pytest.importorskip("aiohttp")
+pytest.importorskip("aiohttp", reason="the asyncio client needs the aio extra (py311 env has it)")
 
 from fma_connect import AsyncWebClient, ClientKey, ConfigurationError, WebClient
 from fma_connect.admin import AdminClient

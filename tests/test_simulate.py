@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-pytest.importorskip("aiohttp")
+pytest.importorskip("aiohttp", reason="the asyncio client needs the aio extra (py311 env has it)")
 
 from fma_connect.admin import AdminClient
 from fma_connect.cli import main
