@@ -15,12 +15,12 @@ object store).
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 from .blobs import SYNC_EVERY
 from .errors import HTTPError, detail
+from .file_writes import write_all
 from .upload_parts import UploadParts
 
 __all__ = ["ChunkWriters"]
@@ -63,7 +63,7 @@ class ChunkWriters:
         with self._guard:
             if self._writing.get(key) is not claim:
                 return False
-            end = at + os.pwrite(fd, data, at)
+            end = write_all(fd, (data,), at)
             span = self._spans.get(key)
             if span is None or span[0] is not claim:
                 self._spans[key] = (claim, at, end)

@@ -53,6 +53,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .blobs import _BLOB_NAME, _SUFFIX, _TMP_PREFIX, CHUNK, BlobStore, BlobStream
+from .file_writes import write_all
 from .object_cache import DEFAULT_CACHE_BYTES, ReadCache
 from .object_errors import ObjectStoreError, asking, store_error
 from .object_stream import S3BlobStream
@@ -381,7 +382,7 @@ class S3BlobStore(BlobStore):
             body = answer["Body"]
             try:
                 while position < end and (chunk := body.read(min(CHUNK, end - position))):
-                    position += os.pwrite(fd, chunk, position)
+                    position = write_all(fd, (chunk,), position)
             finally:
                 body.close()
         if position != end:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .blobs import CHUNK, BlobWriter
 from .errors import HTTPError, detail
+from .file_writes import write_all
 from .object_store import MIN_PART_SIZE, S3BlobStore, S3BlobWriter
 from .upload_parts import UploadParts
 
@@ -100,7 +101,7 @@ class S3UploadParts(UploadParts):
         """Publish chunk ``index`` from bytes the server already had."""
         fd = self.store.scratch()
         try:
-            os.pwrite(fd, data, 0)
+            write_all(fd, (data,), 0)
             self.store.put_file(fd, len(data), self.key(upload_id, index))
         finally:
             os.close(fd)

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .file_writes import write_all
+
 if TYPE_CHECKING:
     from .blobs import BlobStore, BlobWriter
 
@@ -76,7 +78,7 @@ class UploadParts:
         """Store chunk ``index`` (at ``offset``) from bytes the server already had."""
         fd = os.open(self.path(upload_id), os.O_WRONLY)
         try:
-            os.pwrite(fd, data, offset)
+            write_all(fd, (data,), offset)
         finally:
             os.close(fd)
 

@@ -7,6 +7,7 @@ edges and with WebClient for what a user sees.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import time
 from pathlib import Path
@@ -278,6 +279,28 @@ def _stale_put(server: RunningServer, uuid: str, upload: str, index: int, size: 
     sock.sendall(head.encode() + bytes(size // 2))
     time.sleep(0.2)  # for the server to write them: the point of the tests that use it
     return sock
+
+
+def test_chunks_arrive_whole_when_the_file_system_takes_few_bytes_a_call(
+    server: RunningServer, model_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write call may take fewer bytes than it was given: the rest is written too, so a
+    chunk whose digest matched is never recorded with bytes missing from the file."""
+    real = os.pwritev
+
+    def short(fd: int, buffers: Any, offset: int) -> int:
+        return real(fd, [memoryview(buffers[0])[:1000]], offset)
+
+    monkeypatch.setattr(os, "pwritev", short)  # the server runs in this process
+    client = _client(server, model_id)
+    body = _payload(14)
+    protocol = Upload(server, client.uuid)
+    upload = protocol.open(_manifest(model_id, body)).json()["id"]
+    for index, piece in enumerate(_chunks(body)):
+        assert protocol.put(upload, index, piece).status_code == 204
+    done = protocol.complete(upload)
+    assert done.status_code == 201
+    assert _stored(server, client, done.json()) == body
 
 
 @pytest.mark.local_blobs(
