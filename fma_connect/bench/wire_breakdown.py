@@ -105,14 +105,19 @@ def breakdown(results: Results) -> list[str]:
         f"{_cap(peer, max(faults, 0) + decode)}.",
         "",
     ]
-    trip = results["round_trip"]
-    parts += _stagetable(
-        "The round trip's stages (its fastest run) and their ceilings",
-        {
-            **{f"ours: {k}": v for k, v in trip["paths"]["ours"]["stages"].items()},
-            **{f"ceiling: {k}": v for k, v in trip["paths"]["peer"]["stages"].items()},
-        },
-        trip["payload"],
-        ("the ceilings' sum", trip["paths"]["peer"]["seconds"]),
-    )
+    trip = results["round_trip"]["paths"]
+    for ours, peer, fetched_into in (
+        ("ours", "peer_fresh", "a fresh buffer"),
+        ("into", "peer", "memory already touched"),
+    ):
+        parts += _stagetable(
+            f"The round trip's stages (its fastest run) and their ceilings, fetched into "
+            f"{fetched_into}",
+            {
+                **{f"ours: {k}": v for k, v in trip[ours]["stages"].items()},
+                **{f"ceiling: {k}": v for k, v in trip[peer]["stages"].items()},
+            },
+            results["round_trip"]["payload"],
+            ("the ceilings' sum", trip[peer]["seconds"]),
+        )
     return parts

@@ -48,7 +48,7 @@ from .wire import (
     durable_write,
 )
 
-__all__ = ["OPS", "Models", "crc32_implementation", "run_op"]
+__all__ = ["OPS", "Models", "crc32_implementation", "fresh_buffer", "run_op"]
 
 Spec = dict[str, Any]
 #: The client identity sent to the bare peer, which checks none.
@@ -209,6 +209,7 @@ def op_client_download(spec: Spec) -> Spec:
                 Contender("ours", ours),
                 Contender("into", lambda: ours(arrays)),
                 Contender("peer", lambda: get_into(buffer.data)),
+                Contender("peer_fresh", lambda: get_into(fresh_buffer(length))),
             ],
             spec["repeat"],
             spec["warmup"],
@@ -288,6 +289,7 @@ def op_server_egress(spec: Spec) -> Spec:
                 Contender("ours", ours, watch_pid=spec["pid"]),
                 Contender("into", lambda: ours(arrays), watch_pid=spec["pid"]),
                 Contender("peer", lambda: bare_get_into(spec["bare"], buffer.data)),
+                Contender("peer_fresh", lambda: bare_get_into(spec["bare"], fresh_buffer(length))),
                 Contender("asgi", lambda: bare_get_into(spec["empty"], buffer.data, "/bytes/")),
             ],
             spec["repeat"],
@@ -297,6 +299,12 @@ def op_server_egress(spec: Spec) -> Spec:
         models.close()
     payload = int(sum(a.nbytes for a in weights.values()))
     return {"paths": _figures(best), "payload": payload, "wire": length}
+
+
+def fresh_buffer(nbytes: int) -> memoryview:
+    """A new receive buffer, allocated as the client allocates one for a download
+    (``_downloads.py``): what a peer reads into to pay the same first touch of memory."""
+    return np.empty(nbytes, np.uint8).data
 
 
 def _arrays_of(tensors: Sequence[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -346,7 +354,7 @@ def op_round_trip(spec: Spec) -> Spec:
         fetched = time.perf_counter()
         return Stages(send=sent - started, round=averaged - sent, fetch=fetched - averaged)
 
-    def ceilings() -> Stages:
+    def ceilings(fresh: bool = False) -> Stages:
         stages = Stages()
 
         def stage(name: str, work: Callable[[], Any]) -> None:
@@ -358,7 +366,8 @@ def op_round_trip(spec: Spec) -> Spec:
         stage("durable write", lambda: removals.append(durable_write(blobs, body)))
         stage("mean at memcpy speed", lambda: np.copyto(result, body))
         stage("durable write of the result", lambda: removals.append(durable_write(blobs, result)))
-        stage("bare GET", lambda: bare_get_into(spec["bare"], received.data))
+        into = fresh_buffer(body.nbytes) if fresh else received.data
+        stage("bare GET", lambda: bare_get_into(spec["bare"], into))
         return stages
 
     def remove() -> None:
@@ -371,6 +380,7 @@ def op_round_trip(spec: Spec) -> Spec:
                 Contender("ours", ours, models.fresh, models.drop, spec["pid"]),
                 Contender("into", lambda: ours(arrays), models.fresh, models.drop, spec["pid"]),
                 Contender("peer", ceilings, None, remove),
+                Contender("peer_fresh", lambda: ceilings(fresh=True), None, remove),
             ],
             spec["repeat"],
             spec["warmup"],
