@@ -21,7 +21,10 @@ turns the placeholders into psycopg's. Both give the same two ways in:
   (inside one when the thread has one open, seeing its writes).
 
 SQLite keeps today's durability: WAL with ``synchronous=FULL``, so a write that returned
-is on disk. PostgreSQL's is the server's (``synchronous_commit`` on by default).
+is on disk. PostgreSQL's is the server's (``synchronous_commit`` on by default). The one
+exception is a transaction opened with ``durable=False`` (a resumable chunk's record,
+whose loss only means the chunk is sent again): atomic, but its commit does not wait
+for the disk.
 
 Libraries: stdlib ``sqlite3`` and psycopg 3 (the maintained PostgreSQL driver: binary
 wheels, server-side parameters, automatic prepared statements) with its pool package
@@ -123,8 +126,17 @@ class Database(ABC):
     integrity_errors: tuple[type[Exception], ...]
 
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[Connection]:
-        """Run the block as one write transaction (rolled back if it raises)."""
+    def transaction(self, *, durable: bool = True) -> AbstractContextManager[Connection]:
+        """Run the block as one write transaction (rolled back if it raises).
+
+        Args:
+            durable: Whether the commit is on disk when the block returns (the
+                default). False for a record whose loss in a crash of the machine costs
+                nothing but work done again (a resumable chunk's, which the client then
+                sends again): its commit does not wait for the disk, though it stays
+                atomic, and the next durable commit makes it durable too. Within
+                another transaction the outer one decides.
+        """
 
     @abstractmethod
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -189,19 +201,26 @@ class SQLiteDatabase(Database):
             self._conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """Run the block as one write transaction (rolled back if it raises)."""
+    def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
+        """Run the block as one write transaction (rolled back if it raises; see
+        :meth:`Database.transaction` for ``durable``)."""
         with self._lock:
             if self._conn.in_transaction:  # opened by this thread: the lock is reentrant
                 yield self._conn
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            if not durable:  # in WAL mode, NORMAL syncs at checkpoints, not at commits
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a query and return every row.
@@ -341,13 +360,16 @@ class PostgresDatabase(Database):
         self._pool.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """Run the block as one write transaction (rolled back if it raises)."""
+    def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
+        """Run the block as one write transaction (rolled back if it raises; see
+        :meth:`Database.transaction` for ``durable``)."""
         held: Connection | None = getattr(self._local, "conn", None)
         if held is not None:  # opened by this thread: the block is part of it
             yield held
             return
         with self._pool.connection() as conn, conn.transaction():
+            if not durable:  # this transaction's alone: the pooled connection keeps "on"
+                conn.execute("SET LOCAL synchronous_commit TO off")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             wrapped = _PostgresConnection(conn)
             self._local.conn = wrapped

@@ -106,9 +106,10 @@ class StoreCore:
         """Close the database."""
         self.db.close()
 
-    def transaction(self) -> AbstractContextManager[Connection]:
-        """Run the block as one write transaction (rolled back if it raises)."""
-        return self.db.transaction()
+    def transaction(self, *, durable: bool = True) -> AbstractContextManager[Connection]:
+        """Run the block as one write transaction (rolled back if it raises; ``durable``:
+        see :meth:`.database.Database.transaction`)."""
+        return self.db.transaction(durable=durable)
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a query and return every row.

@@ -299,7 +299,10 @@ class Uploads:
             return
         if whole and not self.writers.publish(claim, upload_id, index):
             return  # taken over while it was published: the newer request records it
-        with self.store.transaction() as conn:
+        # Not waiting for the disk: a record lost in a crash of the machine is a chunk
+        # the completion finds missing and the client sends again (the local bytes are
+        # not synced when acknowledged either; see UploadParts.durable).
+        with self.store.transaction(durable=False) as conn:
             if whole:  # unless the upload went meanwhile (abandoned, superseded)
                 conn.execute(
                     "INSERT INTO upload_chunks (upload, idx, boot) "
