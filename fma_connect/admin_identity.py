@@ -70,7 +70,8 @@ class IdentityAdmin:
 
     def client_keys(self, uuid: str) -> list[dict[str, Any]]:
         """A client's keys, oldest first: ``key_id``, ``public_key``, ``status``
-        (``active``, ``rotated``, ``revoked``), ``created_on``, ``retired_on``."""
+        (``active``, ``rotated``, ``revoked``), ``created_on``, ``retired_on`` (when it
+        stopped signing: rotated or revoked) and ``revoked_on`` (None unless revoked)."""
         return _json(self._transport.request("GET", f"{_API}clients/{uuid}/keys/"), list)
 
     def revoke(self, uuid: str, key_id: str | None = None) -> dict[str, Any]:

@@ -267,7 +267,7 @@ async def revoke(request: Request) -> Response:
 
 
 def _key_json(row: Row) -> dict[str, Any]:
-    fields = ("key_id", "public_key", "status", "created_on", "retired_on")
+    fields = ("key_id", "public_key", "status", "created_on", "retired_on", "revoked_on")
     return {name: row[name] for name in fields}
 
 

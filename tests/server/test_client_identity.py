@@ -513,6 +513,12 @@ def test_the_keys_commands_enrol_and_rotate(
     admin_argv = ["admin", "--url", server.url, "--token", server.admin_token]
     assert main([*admin_argv, "revoke", uuid]) == 0
     assert orjson.loads(capsys.readouterr().out)["client_revoked"] is True
+    listed = {row["key_id"]: row for row in admin.client_keys(uuid)}
+    rotated, revoked = listed[ClientKey.load(old).key_id], listed[ClientKey.load(new).key_id]
+    assert revoked["status"] == "revoked" and revoked["revoked_on"] is not None
+    assert revoked["retired_on"] == revoked["revoked_on"]  # it signed until revoked
+    assert rotated["revoked_on"] is not None  # revoking a client revokes every key of it
+    assert rotated["retired_on"] <= rotated["revoked_on"]  # it stopped at the rotation
     client = WebClient(model_id, uuid, server.url, identity=ClientKey.load(new), retries=0)
     with pytest.raises(APIError, match="was revoked"):
         client.check_for_latest_model()
