@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..signing import canonical_update, verify
 from .keys import REVOKED
-from .store_core import COMPLETE, Row
+from .store_core import COMPLETE, INVALID, Row
 from .store_rounds import inputs_sha256
 
 if TYPE_CHECKING:
@@ -73,9 +73,10 @@ def verify_model(service: Service, model: Row) -> dict[str, Any]:
         if row["signature"] is not None:
             signed += 1
             if row["key_status"] == REVOKED:
-                notes.append(
-                    {"update": row["id"], "note": f"signed by key {row['key_id']}, since revoked"}
-                )
+                note = f"signed by key {row['key_id']}, since revoked"
+                if row["status"] == INVALID and row["applied_aggregate"] is None:
+                    note += "; set aside (INVALID), in no aggregate"
+                notes.append({"update": row["id"], "note": note})
         else:
             unsigned += 1
         if problem is not None:

@@ -427,7 +427,9 @@ def test_a_revoked_key_needs_a_new_enrolment_and_its_updates_still_verify(
     fresh.send_update([np.ones(2)])
     report = admin.verify(model_id)
     assert report["ok"] and report["signed"] == 2, report
-    assert report["notes"] == [{"update": 1, "note": f"signed by key {key.key_id}, since revoked"}]
+    # Update 1 was waiting when its key was revoked: set aside, never averaged.
+    note = f"signed by key {key.key_id}, since revoked; set aside (INVALID), in no aggregate"
+    assert report["notes"] == [{"update": 1, "note": note}]
 
 
 def test_a_client_rotates_its_key(server: RunningServer, admin: AdminClient) -> None:
@@ -458,6 +460,17 @@ def test_a_client_rotates_its_key(server: RunningServer, admin: AdminClient) -> 
 
 
 @pytest.mark.local_blobs
+def test_an_averaged_update_of_a_key_revoked_since_is_a_plain_note(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    model_id, client, key = _sent_one(server, admin)
+    admin.aggregate(model_id)  # averaged while its key was active
+    admin.revoke(client.uuid, key.key_id)
+    report = admin.verify(model_id)
+    assert report["ok"], report
+    assert report["notes"] == [{"update": 1, "note": f"signed by key {key.key_id}, since revoked"}]
+
+
 def test_admin_verify_reports_an_update_altered_on_disk(
     server: RunningServer,
     admin: AdminClient,
