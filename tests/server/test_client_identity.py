@@ -459,7 +459,6 @@ def test_a_client_rotates_its_key(server: RunningServer, admin: AdminClient) -> 
 # -- admin verify ---------------------------------------------------------------------------
 
 
-@pytest.mark.local_blobs
 def test_an_averaged_update_of_a_key_revoked_since_is_a_plain_note(
     server: RunningServer, admin: AdminClient
 ) -> None:
@@ -471,6 +470,7 @@ def test_an_averaged_update_of_a_key_revoked_since_is_a_plain_note(
     assert report["notes"] == [{"update": 1, "note": f"signed by key {key.key_id}, since revoked"}]
 
 
+@pytest.mark.local_blobs("it alters a stored blob's file in the data directory")
 def test_admin_verify_reports_an_update_altered_on_disk(
     server: RunningServer,
     admin: AdminClient,
