@@ -2,7 +2,8 @@
 (``fma-connect admin enrolment-token / allow-key / disallow-key / allowed-keys /
 client-keys / revoke / verify``, ``create-model --enrolment``); docs/SECURITY.md.
 
-:func:`add_commands` hangs them on the parsers of :mod:`fma_connect.cli`.
+:func:`add_commands` hangs them on the parsers :mod:`fma_connect.cli` and
+:mod:`fma_connect.cli_admin` build.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-# Loaded already: cli imports this module while it builds parsers.
-from .cli import _action, add_client_tls
+from .cli_options import _action, add_client_tls
 
 if TYPE_CHECKING:
     from typing import TypeAlias

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fma_connect.cli import LOG_LEVELS, main
+from fma_connect.cli import main
+from fma_connect.cli_serve import LOG_LEVELS
 
 _TIMEOUT = 30
 
