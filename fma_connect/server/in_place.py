@@ -20,7 +20,7 @@ from ..codecs.base import Codec, Tensors
 from ..exceptions import EncodeError
 from .blobs import BlobStore, BlobWriter
 from .store_core import NewBlob
-from .weights import names_to_keep
+from .weights_storage import names_to_keep
 
 __all__ = ["InPlace"]
 

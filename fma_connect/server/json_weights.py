@@ -22,7 +22,7 @@ from .limits import check_tensors_schema, too_many_tensors
 from .mean import all_finite
 from .store_core import NewBlob
 from .structure import Structure, structure_of
-from .weights import decode_data
+from .weights_storage import decode_data
 
 __all__ = ["NO_TENSORS", "not_finite", "store_json_weights"]
 

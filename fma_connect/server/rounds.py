@@ -40,7 +40,7 @@ from .store import Store
 from .store_core import PENDING, RUNNING, NewBlob, Row
 from .store_rounds import InputsChanged
 from .structure import Structure, difference, structure_of
-from .weights import ModelBases, load, result_codec, store_tensors
+from .weights_storage import ModelBases, load, result_codec, store_tensors
 
 __all__ = ["AutoAggregate", "Result", "Rounds"]
 

@@ -27,7 +27,9 @@ from .shapes import aggregate_json, artifact_json, model_json
 from .store_core import Row
 from .validation import register_path_ids
 from .waiting import LONG_POLL_CAP
-from .weights import ModelBases, stored_step, weights_response
+from .weights import weights_response
+from .weights_negotiation import stored_step
+from .weights_storage import ModelBases
 
 __all__ = ["ROUTES"]
 

@@ -32,7 +32,7 @@ from .validation import (
     tensor_dtypes,
     tensor_names,
 )
-from .weights import load, store_tensors
+from .weights_storage import load, store_tensors
 
 __all__ = ["ModelOperations"]
 

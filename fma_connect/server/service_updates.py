@@ -33,7 +33,7 @@ from .validation import (
     tensor_names,
     update_fields,
 )
-from .weights import ModelBases, load
+from .weights_storage import ModelBases, load
 
 __all__ = ["UpdateIntake"]
 

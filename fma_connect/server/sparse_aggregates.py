@@ -65,7 +65,7 @@ def sparse_step(
         mean: The round's mean of the updates.
         previous: The previous aggregate's id (None: the initial model).
         bases: The model's aggregates by id (see
-            :class:`~fma_connect.server.weights.ModelBases`).
+            :class:`~fma_connect.server.weights_storage.ModelBases`).
         residual: What earlier steps left out, by tensor name.
         fraction: The share of each float tensor's entries the step changes.
         values: How the changed values are coded (see the ``sparse`` codec).

@@ -17,7 +17,7 @@ from fma_connect.plugins import default_codec_registry
 from fma_connect.server.blobs import BlobStore
 from fma_connect.server.in_place import InPlace
 from fma_connect.server.mean import SLICE, Accumulator
-from fma_connect.server.weights import store_tensors
+from fma_connect.server.weights_storage import store_tensors
 
 REGISTRY = default_codec_registry()
 MSGPACK = REGISTRY.get("msgpack")
