@@ -40,20 +40,48 @@ Float sums cannot overflow: they are kept divided by a power of two wherever val
 near the float64 limit or large weights would overflow them (see
 :meth:`Accumulator._rescale`), and are otherwise bit for bit the plain weighted sums. A
 mean beyond the range of its dtype is kept in float64 instead.
+
+The parts live beside it, and this module offers their public names: the round's
+structure and result dtypes (:class:`Layout`) in :mod:`.mean_layout`; what an update is
+and how it is read a slice at a time (:class:`LazyTensor`, :data:`Update`, :func:`part`,
+:func:`views_files`, :func:`all_finite`) in :mod:`.mean_tensors`; the exact weights,
+scaled sums and the cast of their quotient (:func:`cast_values`) in :mod:`.mean_sums`.
+Here are the :class:`Accumulator` and the sizes :data:`SLICE` and :data:`FOLD_AT`, which
+every part reads from here when it runs, so that setting one here reaches them all.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, Protocol, cast
+from typing import Any
 
 import numpy as np
 
 from ..codecs.base import Tensors
-from .structure import by_name, positional
+from .mean_layout import Layout
+from .mean_sums import (
+    Weight,
+    _add_scaled,
+    _exact,
+    _mean,
+    _pow2,
+    _scaled,
+    _start_wide,
+    _widest_float,
+    cast_values,
+)
+from .mean_tensors import (
+    LazyTensor,
+    Update,
+    _magnitude,
+    _part,
+    _views_files,
+    all_finite,
+    part,
+    views_files,
+)
 
 __all__ = [
     "FOLD_AT",
@@ -74,163 +102,8 @@ SLICE = 1 << 18
 #: Updates held as views of their files before they are folded into running sums.
 FOLD_AT = 16
 
-
-class LazyTensor(Protocol):
-    """A tensor held in a compact form, rebuilt a flat slice at a time when it is read.
-
-    What a codec's server-side decode may give instead of an array (the ``sparse``
-    codec's :class:`~fma_connect.codecs.sparse_delta.SparseTensor`), so that a held
-    update costs what it holds, not a model.
-    """
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The tensor's shape."""
-        ...
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """The tensor's dtype."""
-        ...
-
-    @property
-    def size(self) -> int:
-        """Its number of elements."""
-        ...
-
-    @property
-    def held_nbytes(self) -> int:
-        """The memory it holds of its own (not views of files, nor a shared base)."""
-        ...
-
-    def rebuild(self, start: int, stop: int) -> np.ndarray:
-        """Its flat elements ``start`` to ``stop``, in its dtype (a new array)."""
-        ...
-
-
-#: An update as :meth:`Accumulator.add` takes it: arrays, or tensors rebuilt on demand.
-Update = Sequence[tuple[str, np.ndarray | LazyTensor]]
-#: An update's weight, kept exact: integer tensors are averaged without rounding error.
-Weight = int | Fraction
 #: Integer sums (plus the total weight) stay below this to be summed in int64.
 _INT64_SAFE = 2**62
-
-
-class Layout:
-    """The names, shapes and result dtypes of a round's accepted updates.
-
-    What every aggregator of the reference server shares with the mean: the first
-    accepted update fixes the structure; a later one is matched to it by name (or by
-    position, for plain JSON), refused with a reason when it differs or holds NaN or
-    infinity, and its dtypes promote the result's (see the module).
-
-    Attributes:
-        names: The tensors' names (those of a named update, once one was accepted).
-        shapes: Their shapes.
-        count: How many updates were accepted.
-    """
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.shapes: list[tuple[int, ...]] = []
-        #: Per tensor, the promoted dtype of the typed updates (None: none was typed),
-        #: of the plain JSON ones (None: none was plain), and the range of their integers.
-        self._typed: list[np.dtype[Any] | None] = []
-        self._plain: list[np.dtype[Any] | None] = []
-        self._span: list[tuple[int, int] | None] = []
-        self.count = 0
-
-    def accept(self, tensors: Update, *, typed: bool = True) -> tuple[Update, list[Fraction]] | str:
-        """Check an update against the accepted ones and record it.
-
-        Args:
-            tensors: The update (arrays or lazy tensors).
-            typed: Whether its dtypes are the sender's (False for plain JSON).
-
-        Returns:
-            Why it is refused (nothing is recorded then); else its tensors in the
-            accepted order (lazy integer tensors rebuilt) and each one's largest
-            absolute value.
-        """
-        # Integer and bool sums are bounded from whole tensors (_widen): those are rebuilt.
-        tensors = [(name, _materialised(array)) for name, array in tensors]
-        if self.names and not positional(self.names):
-            # Named: match by name (by_name reads the names only, lazy tensors pass).
-            tensors = by_name(self.names, cast(Tensors, tensors)) or tensors
-        reason = self._mismatch(tensors)
-        if reason is not None:
-            return reason
-        magnitudes: list[Fraction] = []
-        for name, array in tensors:  # one pass: the largest value, and whether all are finite
-            magnitude = _max_abs(array)
-            if magnitude is None:
-                return f"tensor {name!r} holds NaN or infinite values"
-            magnitudes.append(magnitude)
-        if not self.names:
-            self.names = [name for name, _ in tensors]
-            self.shapes = [array.shape for _, array in tensors]
-            self._typed = [None] * len(tensors)
-            self._plain = [None] * len(tensors)
-            self._span = [None] * len(tensors)
-        elif positional(self.names):  # the result takes the names of any named update
-            self.names = [name for name, _ in tensors]
-        seen = self._typed if typed else self._plain
-        for i, (_, array) in enumerate(tensors):
-            before = seen[i]
-            seen[i] = array.dtype if before is None else _promote(before, array.dtype)
-            if not typed and array.dtype.kind in "iu" and array.size:
-                assert isinstance(array, np.ndarray)  # lazy integer tensors were rebuilt
-                low, high = int(array.min()), int(array.max())
-                span = self._span[i]
-                self._span[i] = (
-                    (low, high) if span is None else (min(low, span[0]), max(high, span[1]))
-                )
-        self.count += 1
-        return tensors, magnitudes
-
-    def planned(self) -> list[tuple[str, tuple[int, ...], np.dtype[Any]]]:
-        """The name, shape and result dtype of each tensor (see the module).
-
-        Raises:
-            ValueError: no update was accepted.
-        """
-        if not self.count:
-            raise ValueError("no update was added")
-        return [
-            (name, shape, _result_dtype(typed, plain, span))
-            for name, shape, typed, plain, span in zip(
-                self.names, self.shapes, self._typed, self._plain, self._span, strict=True
-            )
-        ]
-
-    def _mismatch(self, tensors: Update) -> str | None:
-        if not tensors:
-            return "the update holds no tensors"
-        for name, array in tensors:
-            if array.dtype.kind not in "biufcV":
-                return f"tensor {name!r} has the non-numeric dtype {array.dtype}"
-        if not self.names:
-            return None
-        if len(tensors) != len(self.names):
-            return (
-                f"expected {len(self.names)} tensors like the round's accepted updates, "
-                f"got {len(tensors)}"
-            )
-        by_position = positional(self.names) or positional([n for n, _ in tensors])
-        for i, ((name, array), expected, shape) in enumerate(
-            zip(tensors, self.names, self.shapes, strict=True)
-        ):
-            if not by_position and name != expected:
-                return (
-                    f"tensor {i} is named {name!r}; the round's accepted updates have "
-                    f"{expected!r} there"
-                )
-            if array.shape != shape:
-                return (
-                    f"tensor {expected!r} has shape {list(array.shape)}; the round's "
-                    f"accepted updates have {list(shape)}"
-                )
-        return None
 
 
 class Accumulator:
@@ -444,266 +317,3 @@ class Accumulator:
                     _add_scaled(total[start:stop], _part(array, start, stop), weight, e)
         self._held = []
         self._held_bytes = self._held_files = 0
-
-
-def _views_files(arrays: Sequence[np.ndarray]) -> bool:
-    """Whether every array views a memory-mapped file, which costs no memory to hold.
-
-    Anything else (plain JSON parsed, a delta rebuilt whole) is a copy of an update in
-    memory: :meth:`Accumulator.add` folds such an update into the sums at once.
-    """
-    for array in arrays:
-        owner: object = array
-        while isinstance(owner, np.ndarray):
-            owner = owner.base
-        if isinstance(owner, memoryview):
-            owner = owner.obj
-        if not isinstance(owner, mmap.mmap):
-            return False
-    return True
-
-
-def _flat(array: np.ndarray) -> np.ndarray:
-    # A view for the contiguous arrays codecs produce; a copy only for strided input.
-    return array.reshape(-1)
-
-
-def _part(tensor: np.ndarray | LazyTensor, start: int, stop: int) -> np.ndarray:
-    """Flat elements ``start`` to ``stop`` of an array (a view) or a lazy tensor (rebuilt)."""
-    if not isinstance(tensor, np.ndarray):
-        return tensor.rebuild(start, stop)
-    if tensor.flags.c_contiguous:  # the arrays codecs produce
-        return tensor.reshape(-1)[start:stop]
-    # Strided input: a copy of this slice only, not of the whole array per slice.
-    part: np.ndarray = tensor.flat[start:stop]
-    return part
-
-
-def _materialised(tensor: np.ndarray | LazyTensor) -> np.ndarray | LazyTensor:
-    """A lazy integer or bool tensor rebuilt whole; anything else as it is."""
-    if isinstance(tensor, np.ndarray) or tensor.dtype.kind not in "biu":
-        return tensor
-    return tensor.rebuild(0, tensor.size).reshape(tensor.shape)
-
-
-def _scaled(part: np.ndarray, weight: Weight, wide: np.dtype[Any], e: int = 0) -> np.ndarray:
-    """``part * weight`` in the sum dtype ``wide`` (divided by 2**e if it is a float sum)."""
-    term = part.astype(wide)
-    if wide.kind in "iO":
-        if weight != 1:
-            term *= weight
-        return term
-    if e:  # before the weight: the product must not overflow either
-        _pow2(term, -e)
-    if weight != 1:
-        term *= float(weight)
-    return term
-
-
-def _add_scaled(total: np.ndarray, part: np.ndarray, weight: Weight, e: int = 0) -> None:
-    total += _scaled(part, weight, total.dtype, e)
-
-
-def _pow2(array: np.ndarray, n: int) -> None:
-    """Multiply a float or complex array by 2**n in place (exact, barring underflow)."""
-    if array.dtype.kind == "c":
-        for part in (array.real, array.imag):
-            np.ldexp(part, n, out=part)
-    else:
-        np.ldexp(array, n, out=array)
-
-
-def _max_abs(array: np.ndarray | LazyTensor) -> Fraction | None:
-    """The largest absolute value in a tensor, exactly; None if it holds NaN or infinity."""
-    if array.size == 0:
-        return Fraction(0)
-    if isinstance(array, np.ndarray) and array.dtype.kind in "biu":
-        return Fraction(_magnitude(array))
-    largest = 0.0
-    for start in range(0, array.size, SLICE):
-        part = _part(array, start, start + SLICE)
-        if part.dtype.kind == "V":  # ml_dtypes floats: numpy's reductions need a real dtype
-            part = part.astype(np.float64)
-        pieces = (part.real, part.imag) if part.dtype.kind == "c" else (part,)
-        for piece in pieces:
-            high, low = float(piece.max()), float(piece.min())
-            if not (math.isfinite(high) and math.isfinite(low)):
-                return None
-            largest = max(largest, abs(high), abs(low))
-    return Fraction(largest)
-
-
-def _start_wide(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    """The sum dtype of a tensor's first update (see :meth:`Accumulator._widen`)."""
-    if dtype.kind == "c":
-        return np.dtype(np.complex128)
-    return np.dtype(np.int64 if dtype.kind in "biu" else np.float64)
-
-
-def _exact(weight: float) -> Weight:
-    """A weight as an exact number: an int when it is whole, else a fraction."""
-    if isinstance(weight, int):
-        return weight
-    return int(weight) if float(weight).is_integer() else Fraction(weight)
-
-
-def _magnitude(array: np.ndarray) -> int:
-    """The largest absolute value in an integer or bool array, as a Python int."""
-    if array.size == 0:
-        return 0
-    if array.dtype.kind == "b":
-        return 1
-    return max(abs(int(array.max())), abs(int(array.min())))
-
-
-def _mean(total: np.ndarray, weight: Weight, dtype: np.dtype[Any], e: int = 0) -> np.ndarray | None:
-    """Divide a slice of sums by the total weight and cast it to ``dtype``.
-
-    Args:
-        total: The slice of sums (float sums divided by 2**e).
-        weight: The total weight.
-        dtype: The mean's dtype.
-        e: See :meth:`Accumulator._rescale`.
-
-    Returns:
-        The mean, or None when a value is beyond the range of the float ``dtype``.
-    """
-    if total.dtype.kind not in "iO":
-        total /= float(weight)
-        parts = (total.real, total.imag) if total.dtype.kind == "c" else (total,)
-        if e:
-            _pow2(total, e)
-            # A mean lies between the values averaged, all finite: only rounding at the
-            # very top of float64's range can reach infinity, so it is clamped back.
-            for part in parts:
-                np.clip(part, -_FLOAT64_MAX, _FLOAT64_MAX, out=part)
-        if dtype.kind in "fcV" and dtype.itemsize < total.dtype.itemsize and total.size:
-            limit = _float_max(dtype)
-            if any(max(-float(p.min()), float(p.max())) > limit for p in parts):
-                return None
-        return _cast(total, dtype)
-    # Exact integer sums (int64, or Python ints / fractions): round the exact quotient.
-    if dtype.kind in "iu":
-        quotient = total // weight  # floor division: the remainder is in [0, weight)
-        twice = 2 * (total - quotient * weight)
-        quotient = quotient + ((twice > weight) | ((twice == weight) & (quotient % 2 == 1)))
-        info = np.iinfo(dtype)
-        low, high = info.min, info.max
-        if quotient.dtype.kind == "i":  # keep the bounds within int64 for numpy
-            low, high = max(low, -(2**63)), min(high, 2**63 - 1)
-        clipped: np.ndarray = np.minimum(np.maximum(quotient, low), high)
-        return clipped.astype(dtype)
-    if dtype.kind == "b":
-        flags: np.ndarray = 2 * total >= weight
-        return flags.astype(bool)
-    return _cast((total / weight).astype(np.float64), dtype)
-
-
-_FLOAT64_MAX = float(np.finfo(np.float64).max)
-
-
-def _float_max(dtype: np.dtype[Any]) -> float:
-    """The largest finite value of a float (or complex, or ml_dtypes float) dtype."""
-    if dtype.kind == "V":
-        import ml_dtypes  # the only source of such dtypes
-
-        return float(ml_dtypes.finfo(dtype).max)  # type: ignore[no-untyped-call]
-    return float(np.finfo(dtype).max)
-
-
-def _widest_float(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    """float64, or complex128 for a complex dtype: holds any finite mean."""
-    return np.dtype(np.complex128 if dtype.kind == "c" else np.float64)
-
-
-def _promote(first: np.dtype[Any], second: np.dtype[Any]) -> np.dtype[Any]:
-    """numpy's promotion of two dtypes; float64 (or complex128) where it has none."""
-    if first == second:
-        return first
-    try:
-        return np.result_type(first, second)
-    except TypeError:  # e.g. ml_dtypes' bfloat16 with an integer type
-        complex_ = "c" in (first.kind, second.kind)
-        return np.dtype(np.complex128 if complex_ else np.float64)
-
-
-def _result_dtype(
-    typed: np.dtype[Any] | None, plain: np.dtype[Any] | None, span: tuple[int, int] | None
-) -> np.dtype[Any]:
-    """The dtype of a tensor's mean, from its typed and plain updates (see the module).
-
-    Args:
-        typed: The promoted dtype of its typed updates, if any.
-        plain: The promoted dtype of its plain JSON updates as decoded (float64,
-            complex128, int64 or bool), if any.
-        span: The least and greatest integer of its plain JSON updates, if any.
-    """
-    if typed is None:  # plain JSON only: float64 as the stock service answers
-        return np.dtype(np.complex128 if plain is not None and plain.kind == "c" else np.float64)
-    if plain is None or typed.kind == "c" or (typed.kind in "fV" and plain.kind != "c"):
-        return typed  # a float type holds plain JSON numbers as well as JSON did
-    if plain.kind in "fc":
-        return _promote(typed, np.dtype(np.float64 if plain.kind == "f" else np.complex128))
-    if span is None or _holds(typed, *span):
-        return typed
-    low, high = span
-    kind = "u" if typed.kind in "bu" and low >= 0 else "i"
-    for size in (1, 2, 4, 8):  # the smallest integer type that holds both
-        candidate = np.dtype(f"{kind}{size}")
-        if np.can_cast(typed, candidate) and _holds(candidate, low, high):
-            return candidate
-    return np.dtype(np.float64)
-
-
-def _holds(dtype: np.dtype[Any], low: int, high: int) -> bool:
-    """Whether a bool or integer dtype holds every integer from ``low`` to ``high``."""
-    if dtype.kind == "b":
-        return low >= 0 and high <= 1
-    info = np.iinfo(dtype)
-    return info.min <= low and high <= info.max
-
-
-def all_finite(array: np.ndarray) -> bool:
-    """Whether a tensor holds no NaN or infinity (checked a slice at a time)."""
-    if array.dtype.kind in "biu":
-        return True
-    flat = _flat(array)
-    for start in range(0, flat.size, SLICE):
-        part = flat[start : start + SLICE]
-        if part.dtype.kind == "V":  # ml_dtypes floats: numpy's isfinite needs a real dtype
-            part = part.astype(np.float64)
-        if not np.isfinite(part).all():
-            return False
-    return True
-
-
-def _cast(mean: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
-    if dtype.kind == "b":
-        flags: np.ndarray = mean.real >= 0.5
-        return flags
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        # float(info.max) rounds up past the largest int64/uint64: clip below it instead.
-        high = np.nextafter(float(info.max), 0.0) if float(info.max) > info.max else info.max
-        rounded: np.ndarray = np.clip(np.rint(mean.real), float(info.min), high)
-        return rounded.astype(dtype)
-    if dtype.kind in "fV" and mean.dtype.kind == "c":
-        mean = mean.real
-    return mean.astype(dtype)
-
-
-def part(tensor: np.ndarray | LazyTensor, start: int, stop: int) -> np.ndarray:
-    """Flat elements ``start`` to ``stop`` of an array (a view where it can be) or a lazy
-    tensor (rebuilt): how aggregators read an update a slice at a time."""
-    return _part(tensor, start, stop)
-
-
-def cast_values(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
-    """Float64 (or complex128) results in a result ``dtype`` as the mean casts them:
-    integers rounded to nearest and clipped to their range, bools from 0.5 up."""
-    return _cast(values, dtype)
-
-
-def views_files(arrays: Sequence[np.ndarray]) -> bool:
-    """Whether every array views a memory-mapped file (holding it costs no memory)."""
-    return _views_files(arrays)
