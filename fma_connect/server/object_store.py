@@ -29,39 +29,41 @@ Memory is bounded as the local directory's is, with local scratch files under
 - Blobs read whole more than once (the bases of deltas, an aggregate converted for JSON
   clients) keep their local file, up to 2 GiB by default, and are read and served from
   it (:class:`~.object_cache.ReadCache`).
+
+The parts: :mod:`.object_client` makes the boto3 client (:func:`make_client`, one
+loader of botocore's models for every client); :mod:`.object_transfers` moves bytes
+between local files and objects (multipart uploads, ranged GETs into scratch files,
+``concurrency`` at a time); :mod:`.object_writer`, :mod:`.object_stream`,
+:mod:`.object_cache` and :mod:`.object_store_uploads` write, serve, keep and receive
+blobs as above. The store, :class:`S3BlobStore`, is here: names, reads, deletion and
+sweeps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import mmap
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import boto3
-import botocore.session
 import urllib3.exceptions
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .blobs import _BLOB_NAME, _SUFFIX, _TMP_PREFIX, CHUNK, BlobStore, BlobStream
-from .file_writes import write_all
+from .blobs import _BLOB_NAME, _SUFFIX, CHUNK, BlobStore, BlobStream
 from .object_cache import DEFAULT_CACHE_BYTES, ReadCache
+from .object_client import make_client
 from .object_errors import ObjectStoreError, asking, store_error
 from .object_stream import S3BlobStream
+from .object_transfers import S3Transfers
 from .object_writer import S3BlobWriter
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
     from .upload_parts import UploadParts
 
@@ -82,53 +84,15 @@ log = logging.getLogger(__name__)
 DEFAULT_PART_SIZE = 16 << 20
 #: S3's least part size (all but a multipart upload's last part).
 MIN_PART_SIZE = 5 << 20
-#: S3's most parts of one multipart upload.
-MAX_PARTS = 10_000
 #: Parts (or ranges) in flight at once per blob written or read.
 DEFAULT_CONCURRENCY = 4
 #: Seconds an unreferenced object (or an unfinished multipart upload) must be old before
 #: :meth:`S3BlobStore.sweep` deletes it: another replica may be committing it right now.
 SWEEP_GRACE = 3600.0
 _SPOOL = "blob-spool"
-#: botocore's loader of its service models, shared by every client made here (it caches
-#: what it parsed; see :func:`make_client`).
-_LOADER = botocore.session.get_session().get_component("data_loader")
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 
-def make_client(endpoint_url: str | None = None, *, max_connections: int = 32) -> S3Client:
-    """A boto3 S3 client: credentials, region and options from the AWS environment
-    variables and config files, as every AWS tool reads them.
-
-    Args:
-        endpoint_url: An S3-compatible store's URL (None: AWS, or ``AWS_ENDPOINT_URL_S3``).
-            With one, checksums are sent only where S3 requires them: the CRC32 headers
-            newer boto3 sends by default are refused by several S3-compatible stores.
-        max_connections: Connections kept to the store (every stream being served and
-            every part in flight holds one).
-    """
-    options: dict[str, Any] = {}
-    if endpoint_url is not None:
-        options = {
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-        }
-    config = Config(
-        max_pool_connections=max_connections,
-        retries={"mode": "standard", "max_attempts": 5},
-        **options,
-    )
-    # A session per client, so each reads the environment's credentials afresh; but one
-    # loader of botocore's service models for the process: parsing them costs ~0.1-0.2 s
-    # a session here, paid at every server start (and in every test's).
-    core = botocore.session.get_session()
-    core.register_component("data_loader", _LOADER)
-    session = boto3.session.Session(botocore_session=core)
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
-
-
-class S3BlobStore(BlobStore):
+class S3BlobStore(S3Transfers, BlobStore):
     """Blobs as objects under ``<prefix>/blobs/`` of an S3 bucket (see the module notes).
 
     Args:
@@ -243,94 +207,7 @@ class S3BlobStore(BlobStore):
         """Move the finished local file ``path`` in as a blob to commit (or discard)."""
         return S3BlobWriter(self, path)
 
-    def put_file(self, fd: int, nbytes: int, key: str) -> None:
-        """Upload the first ``nbytes`` of the open file ``fd`` as the object ``key``.
-
-        One PUT up to :attr:`part_size`, else a multipart upload (aborted if any part
-        fails: no object, no parts left billed). The file must be ``nbytes`` long.
-        """
-        if nbytes <= self.part_size:
-            # A file body: boto3 streams it, so a PUT holds no part of it in memory.
-            with asking(f"writing {key}"), os.fdopen(os.dup(fd), "rb") as body:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
-            return
-        part = max(self.part_size, math.ceil(nbytes / MAX_PARTS))
-
-        def send(upload_id: str, number: int) -> CompletedPartTypeDef:
-            # Read in the worker: at most `concurrency` parts are in memory at once.
-            data = os.pread(fd, part, (number - 1) * part)
-            answer = self.client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
-            )
-            return {"ETag": answer["ETag"], "PartNumber": number}
-
-        self.multipart(key, send, range(1, math.ceil(nbytes / part) + 1))
-
-    def copy_parts(self, sources: Sequence[str], key: str) -> None:
-        """Make the object ``key`` the concatenation of the objects ``sources``, copied
-        by the store itself (each but the last at least :data:`MIN_PART_SIZE` long)."""
-        if len(sources) == 1:
-            with asking(f"copying {sources[0]} to {key}"):
-                self.client.copy_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    CopySource={"Bucket": self.bucket, "Key": sources[0]},
-                )
-            return
-
-        def copy(upload_id: str, number: int) -> CompletedPartTypeDef:
-            answer = self.client.upload_part_copy(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                CopySource={"Bucket": self.bucket, "Key": sources[number - 1]},
-            )
-            return {"ETag": answer["CopyPartResult"]["ETag"], "PartNumber": number}
-
-        self.multipart(key, copy, range(1, len(sources) + 1))
-
-    def multipart(
-        self, key: str, part: Callable[[str, int], CompletedPartTypeDef], numbers: Sequence[int]
-    ) -> None:
-        """One multipart upload of ``key`` whose part ``n`` is ``part(upload id, n)``."""
-        with asking(f"writing {key} in {len(numbers)} parts"):
-            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
-            try:
-                parts = self.each(lambda number: part(upload_id, number), numbers)
-                self.client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                )
-            except BaseException:
-                with contextlib.suppress(BotoCoreError, ClientError):
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id
-                    )
-                raise
-
-    def each(self, task: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-        """``task`` of every item, :attr:`concurrency` at a time; the first error stops
-        those not started and is raised."""
-        if len(items) <= 1:
-            return [task(item) for item in items]
-        with ThreadPoolExecutor(min(self.concurrency, len(items)), "fma-s3") as pool:
-            futures = [pool.submit(task, item) for item in items]
-            try:
-                return [future.result() for future in futures]
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-
     # -- reading -------------------------------------------------------------------------
-
-    def size(self, key: str) -> int:
-        """The length of the object ``key``."""
-        with asking(f"reading {key}"):
-            return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
 
     def read(self, filename: str) -> Any:
         """Download a blob into an unnamed local file and map it read-only (bytes for an
@@ -357,36 +234,6 @@ class S3BlobStore(BlobStore):
             return mapped
         finally:
             os.close(fd)
-
-    def scratch(self) -> int:
-        """A new local file with no name (a crash leaves nothing), open to read and write."""
-        path = self.directory / f"{_TMP_PREFIX}{secrets.token_hex(16)}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.unlink(path)
-        return fd
-
-    def download(self, key: str, fd: int, offset: int, length: int, at: int | None = None) -> None:
-        """Write ``length`` bytes of ``key`` from ``offset`` into ``fd`` at ``at`` (default:
-        ``offset``), 1 MiB at a time.
-
-        Raises:
-            FileNotFoundError: there is no such object.
-            ObjectStoreError: the store failed, or the object is shorter.
-        """
-        position = offset if at is None else at
-        end = position + length
-        with asking(f"reading {key}"):
-            answer = self.client.get_object(
-                Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
-            )
-            body = answer["Body"]
-            try:
-                while position < end and (chunk := body.read(min(CHUNK, end - position))):
-                    position = write_all(fd, (chunk,), position)
-            finally:
-                body.close()
-        if position != end:
-            raise ObjectStoreError(f"reading {key}: {end - position} bytes short")
 
     def read_range(self, filename: str, offset: int, length: int) -> bytes | None:
         """The ``length`` bytes of a blob from ``offset``; None if the blob is gone, its

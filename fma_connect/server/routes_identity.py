@@ -35,7 +35,7 @@ from .jsonvalues import shown
 from .keys import Signer
 from .signed import check_request
 from .store_core import Row
-from .validation import register_path_ids
+from .validation_parsing import register_path_ids
 from .verify import verify_model
 
 __all__ = ["ROUTES"]

@@ -25,7 +25,7 @@ from .httputil import JSONResponse, paginate, query_int, read_json, service
 from .limits import MODEL_BODY_BYTES
 from .shapes import aggregate_json, artifact_json, model_json
 from .store_core import Row
-from .validation import register_path_ids
+from .validation_parsing import register_path_ids
 from .waiting import LONG_POLL_CAP
 from .weights import weights_response
 from .weights_negotiation import stored_step

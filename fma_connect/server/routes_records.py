@@ -34,7 +34,8 @@ from .routes_uploads import RESUMABLE_HEADER, UPLOADS_PATH
 from .shapes import aggregate_json, artifact_json, score_json, update_json
 from .signed import SignedUpdate, update_signature
 from .store_core import Row
-from .validation import query_fields, register_path_ids
+from .validation import query_fields
+from .validation_parsing import register_path_ids
 from .weights import weights_response
 from .weights_negotiation import NOT_AN_AGGREGATE, NotAnAggregate, StoredStep, stored_step
 from .weights_storage import ModelBases

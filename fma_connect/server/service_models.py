@@ -23,15 +23,8 @@ from .store import Store
 from .store_core import NewBlob, Row
 from .structure import Structure
 from .uploads import Uploads
-from .validation import (
-    cast_layers,
-    check_against_schema,
-    check_depth,
-    model_fields,
-    reference,
-    tensor_dtypes,
-    tensor_names,
-)
+from .validation import check_against_schema, check_depth, model_fields, reference
+from .validation_tensors import cast_layers, tensor_dtypes, tensor_names
 from .weights_storage import load, store_tensors
 
 __all__ = ["ModelOperations"]

@@ -26,13 +26,9 @@ from .service_models import ModelOperations
 from .signed import SignedUpdate, check_update
 from .store_core import NewBlob, Row
 from .structure import Structure, difference, structure_of
-from .validation import (
-    UPDATE_FIELDS,
-    check_against_schema,
-    json_object,
-    tensor_names,
-    update_fields,
-)
+from .validation import UPDATE_FIELDS, check_against_schema, update_fields
+from .validation_parsing import json_object
+from .validation_tensors import tensor_names
 from .weights_storage import ModelBases, load
 
 __all__ = ["UpdateIntake"]

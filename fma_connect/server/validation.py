@@ -5,23 +5,21 @@ Each check raises :class:`~.errors.HTTPError` 400 with a DRF-shaped body
 checked for its JSON type before it is used (``true`` is no integer, ``1.0`` no id),
 and every kept JSON value for its depth (see :mod:`.jsonvalues`). JSON Schemas are
 checked in :mod:`.schemas`.
+
+The parts: :mod:`.validation_parsing` parses what arrives before its fields are checked
+(a JSON body that must be an object, an integer in a query, a row id in a path), and
+:mod:`.validation_tensors` checks the names and dtypes sent beside plain layer lists.
+Model definitions and the fields of updates are checked here.
 """
 
 from __future__ import annotations
 
-import re
-import sys
 import uuid as uuid_module
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import orjson
-from starlette.convertors import Convertor, register_url_convertor
-
-from ..codecs.base import Tensors, read_tag
+from ..codecs.base import read_tag
 from ..codecs.sparse_delta import VALUE_CODINGS
-from ..dtypes import dtype_from_tag
 from ..exceptions import DecodeError
 from ..plugins import default_aggregator_registry
 from ..registry import AggregatorRegistry
@@ -29,26 +27,21 @@ from .aggregation import REQUIREMENTS, check_requirement_args
 from .aggregators import AggregatorArgsError
 from .errors import HTTPError, bad_request
 from .jsonvalues import MAX_JSON_DEPTH, deeper_than, shown
-from .mean import all_finite
 from .policies import POLICY_FIELDS, check_policy
 from .schemas import check_against_schema, schema_problem
 from .store import Store
 from .store_models import MODEL_FIELDS
+from .validation_parsing import optional_int
 
 __all__ = [
     "ENROLMENTS",
     "MODEL_DEFAULTS",
     "UPDATE_FIELDS",
-    "cast_layers",
     "check_against_schema",
     "check_depth",
-    "json_object",
     "model_fields",
-    "optional_int",
     "query_fields",
     "reference",
-    "register_path_ids",
-    "tensor_dtypes",
     "update_fields",
 ]
 
@@ -78,9 +71,6 @@ _SCHEMA_FIELDS = ("update_schema", "client_agg_results_schema")
 UPDATE_FIELDS = ("federated_model", "base_aggregate", "num_examples")
 #: Fields that hold weights: their decoding bounds them (and walking them would be slow).
 _WEIGHT_FIELDS = frozenset({"data", "initial_model"})
-#: An integer as a query writes it: ASCII digits, no sign but "-", no "_" (``int()`` takes
-#: "1_0" and other scripts' digits) and no more digits than ``int()`` reads by default.
-_INTEGER = re.compile(rf"-?[0-9]{{1,{sys.int_info.default_max_str_digits}}}")
 
 
 def model_fields(
@@ -262,24 +252,6 @@ def update_fields(body: Mapping[str, Any], *, json_body: bool = True) -> dict[st
     return fields
 
 
-def json_object(raw: Any) -> dict[str, Any]:
-    """Parse a JSON request body (bytes-like) that must be an object.
-
-    Raises:
-        HTTPError: 400 when it is not JSON, or not an object.
-    """
-    try:
-        body = orjson.loads(memoryview(raw))
-    except orjson.JSONDecodeError as exc:
-        raise HTTPError(400, {"detail": f"JSON parse error - {exc}"}) from exc
-    if not isinstance(body, dict):
-        raise bad_request(
-            "non_field_errors",
-            f"Invalid data. Expected a dictionary, but got {type(body).__name__}.",
-        )
-    return body
-
-
 def query_fields(query: Mapping[str, str]) -> dict[str, int | None]:
     """The update fields in the query of a binary update (only those it names).
 
@@ -321,41 +293,6 @@ def _data_problem(body: Mapping[str, Any]) -> str | None:
     return None
 
 
-def optional_int(raw: str | None, field: str) -> int | None:
-    """Parse an integer query parameter (absent, empty or ``null`` -> None).
-
-    Raises:
-        HTTPError: 400 for anything but a plain integer (see :data:`_INTEGER`); one
-            beyond 64 bits is an integer, refused by the checks of its field.
-    """
-    if raw is None or raw.strip().lower() in ("", "null", "none"):
-        return None
-    if not _INTEGER.fullmatch(raw.strip()):
-        raise bad_request(field, f"A valid integer is required, got {shown(raw)}.")
-    return int(raw)
-
-
-class _RowId(Convertor[int]):
-    """A row id in a URL path: 1 to 19 digits.
-
-    SQLite ids are 64-bit, so a longer one names no row: it matches no route (404),
-    instead of reaching ``int()``, which refuses more than 4300 digits.
-    """
-
-    regex = "[0-9]{1,19}"
-
-    def convert(self, value: str) -> int:
-        return int(value)
-
-    def to_string(self, value: int) -> str:
-        return str(value)
-
-
-def register_path_ids() -> None:
-    """Make ``{name:id}`` in route paths a row id (see :class:`_RowId`); idempotent."""
-    register_url_convertor("id", _RowId())
-
-
 def _clients(value: Any, store: Store) -> tuple[list[str], str | None]:
     if not isinstance(value, list):
         return [], f"Expected a list of client UUIDs, got {shown(value)}."
@@ -375,95 +312,3 @@ def _clients(value: Any, store: Store) -> tuple[list[str], str | None]:
 
 def _choice(value: Any, choices: Mapping[str, Any]) -> str:
     return f"{shown(value)} is not a valid choice; expected one of: {', '.join(sorted(choices))}."
-
-
-#: The longest tensor name accepted (torch's longest state_dict keys are ~100 characters).
-MAX_NAME_LENGTH = 1024
-
-
-def tensor_names(body: Mapping[str, Any], key: str, data: Any) -> list[str] | None:
-    """Read the names of plain layer lists sent next to them (``tensor_names``).
-
-    Plain JSON layer lists carry no names; fma_connect clients send them in this field
-    (the stock service ignores it), so that updates are paired tensor by tensor by name,
-    never by position alone.
-
-    Returns:
-        The names, or None when the field is absent or null.
-
-    Raises:
-        HTTPError: 400 when they are not unique non-empty strings.
-    """
-    names = body.get(key)
-    if names is None:
-        return None
-    if not isinstance(names, list) or not all(
-        isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH for name in names
-    ):
-        raise bad_request(
-            key,
-            f"Expected a list of tensor names (non-empty strings of at most {MAX_NAME_LENGTH} "
-            f"characters), one per layer, got {shown(names)}.",
-        )
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise bad_request(key, f"Tensor names must be unique; {name!r} appears twice.")
-        seen.add(name)
-    return names
-
-
-def tensor_dtypes(body: Mapping[str, Any], key: str) -> list[np.dtype[Any]] | None:
-    """Read the dtypes of plain layer lists sent next to them (``initial_model_dtypes``).
-
-    Plain JSON numbers carry no dtype: parsed, a float32 model becomes float64 (twice the
-    bytes in every answer). fma_connect's AdminClient sends each layer's dtype tag in
-    this field (the stock service ignores it).
-
-    Returns:
-        The dtypes, or None when the field is absent or null.
-
-    Raises:
-        HTTPError: 400 when it is not a list of dtype tags.
-    """
-    tags = body.get(key)
-    if tags is None:
-        return None
-    if not isinstance(tags, list):
-        raise bad_request(key, f"Expected a list of dtype tags, one per layer, got {shown(tags)}.")
-    try:
-        return [dtype_from_tag(tag) for tag in tags]
-    except DecodeError as exc:
-        raise bad_request(key, f"{exc}.") from exc
-
-
-def cast_layers(tensors: Tensors, dtypes: list[np.dtype[Any]], key: str) -> Tensors:
-    """Plain layers in the dtypes sent for them (see :func:`tensor_dtypes`).
-
-    A float dtype takes the nearest value of each number, as ``np.array(layer, dtype)``
-    does; an integer or bool dtype takes the numbers only if each is one of its values.
-
-    Raises:
-        HTTPError: 400 when the counts differ or a layer's numbers do not fit its dtype.
-    """
-    if len(dtypes) != len(tensors):
-        raise bad_request(
-            key, f"Expected one dtype per layer: {len(tensors)} layers, got {len(dtypes)} dtypes."
-        )
-    out: Tensors = []
-    for i, ((name, array), dtype) in enumerate(zip(tensors, dtypes, strict=True)):
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = array.astype(dtype)
-        if dtype.kind in "biu":
-            fits = array.dtype.kind in "biu" and np.array_equal(cast.astype(array.dtype), array)
-        else:
-            fits = array.dtype.kind != "c" or dtype.kind == "c"
-            fits = fits and all_finite(cast)
-        if not fits:
-            raise bad_request(
-                key,
-                f"Layer {i} ({name}) holds numbers that are not {dtype.name} values "
-                f"(it holds {array.dtype.name} ones): send its dtype or other numbers.",
-            )
-        out.append((name, cast))
-    return out
