@@ -5,116 +5,27 @@ best run; a ratio is always ours over the peer's rate, so 1.0 means "at the peer
 target is a lower bound on it (the round trip's "time <= 1.5x the ceilings" is a ratio
 >= 1/1.5). Peaks are extra resident memory as a multiple of the payload: the client's
 (``VmHWM``) and the server's anonymous memory (``RssAnon`` sampled every 5 ms).
+
+Here are the comparisons the report holds, with their targets (:func:`rows`), and the
+report itself; a row and how a comparison's figures make one are :mod:`.wire_rows`.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
-from .wire_breakdown import breakdown, mbs, rate_text, table
+from .wire_breakdown import breakdown, table
+from .wire_rows import Results, Row, multiple, small_rows, transfer
 
-__all__ = ["COLUMNS", "Row", "as_json", "render", "rows"]
-
-Results = Mapping[str, Any]
-
-
-@dataclass
-class Row:
-    """One comparison of the report.
-
-    Attributes:
-        key: A stable name (the JSON's and the tests').
-        path: What ours does.
-        bounds: What the comparison bounds: what the gap to the peer is made of.
-        ours: Our rate (MB/s, or requests/s), or a latency's p50 as a rate (1/s).
-        ours_text: How the report shows ours.
-        peer: The peer's path.
-        peer_rate: The peer's rate, in ours' unit.
-        peer_text: How the report shows the peer.
-        ratio: ``ours / peer_rate``.
-        target: The lowest ratio issue 13 accepts (None: reported only).
-        target_text: How the report shows the target.
-        peaks: The peaks, shown as they are.
-        peak_ok: Whether the row's peak targets hold (None: none apply).
-        median_ratio: The same ratio of the two paths' median runs (None: a row without
-            timed runs). Shown beside the best runs' ratio, which the target judges: where a
-            peer's runs scatter (a shared disk's fsyncs), its best run may be a lucky one.
-    """
-
-    key: str
-    path: str
-    bounds: str
-    ours: float
-    ours_text: str
-    peer: str
-    peer_rate: float
-    peer_text: str
-    ratio: float
-    target: float | None
-    target_text: str
-    peaks: str
-    peak_ok: bool | None = None
-    median_ratio: float | None = None
-
-    def met(self, judged: bool) -> str:
-        """``yes``/``no`` (with what failed), ``-`` for a reported row or a smoke run."""
-        if not judged or (self.target is None and self.peak_ok is None):
-            return "-"
-        ratio_ok = self.target is None or self.ratio >= self.target
-        if ratio_ok and self.peak_ok is not False:
-            return "yes"
-        return (
-            "no ("
-            + ", ".join(
-                what for what, ok in (("ratio", ratio_ok), ("peak", self.peak_ok)) if ok is False
-            )
-            + ")"
-        )
-
-
-def _x(nbytes: float, payload: int) -> str:
-    return f"{nbytes / payload:.2f}x"
-
-
-def _transfer(
-    key: str,
-    results: Results,
-    op: str,
-    peer_name: str,
-    texts: tuple[str, str, str],
-    target: float | None,
-    ours_name: str = "ours",
-) -> Row:
-    figures = results[op]
-    payload, paths = figures["payload"], figures["paths"]
-    ours = mbs(payload, paths[ours_name]["seconds"])
-    peer = mbs(payload, paths[peer_name]["seconds"])
-    ours_median = statistics.median(paths[ours_name]["runs"])
-    median_ratio = statistics.median(paths[peer_name]["runs"]) / ours_median
-    return Row(
-        key,
-        texts[0],
-        texts[2],
-        ours,
-        rate_text(ours),
-        texts[1],
-        peer,
-        rate_text(peer),
-        ours / peer if peer else 0.0,
-        target,
-        "report" if target is None else f">= {target:g}",
-        "",
-        median_ratio=median_ratio,
-    )
+__all__ = ["COLUMNS", "as_json", "render", "rows"]
 
 
 def rows(results: Results) -> list[Row]:
     """The report's rows from the figures of a run (as :mod:`.wire_cli` collects them)."""
     out: list[Row] = []
-    up = _transfer(
+    up = transfer(
         "client_upload",
         results,
         "client_upload",
@@ -128,9 +39,9 @@ def rows(results: Results) -> list[Row]:
     )
     payload = results["client_upload"]["payload"]
     peak = results["client_upload"]["paths"]["ours"]["client_peak"]
-    up.peaks, up.peak_ok = f"client +{_x(peak, payload)} (<= 0.1x)", peak <= 0.1 * payload
+    up.peaks, up.peak_ok = f"client +{multiple(peak, payload)} (<= 0.1x)", peak <= 0.1 * payload
     out.append(up)
-    up_bare = _transfer(
+    up_bare = transfer(
         "client_upload_bare",
         results,
         "client_upload",
@@ -145,7 +56,7 @@ def rows(results: Results) -> list[Row]:
     up_bare.peaks = up.peaks.split(" (")[0]
     out.append(up_bare)
 
-    down = _transfer(
+    down = transfer(
         "client_download",
         results,
         "client_download",
@@ -159,9 +70,9 @@ def rows(results: Results) -> list[Row]:
     )
     payload = results["client_download"]["payload"]
     peak = results["client_download"]["paths"]["ours"]["client_peak"]
-    down.peaks, down.peak_ok = f"client +{_x(peak, payload)} (<= 1.1x)", peak <= 1.1 * payload
+    down.peaks, down.peak_ok = f"client +{multiple(peak, payload)} (<= 1.1x)", peak <= 1.1 * payload
     out.append(down)
-    down_into = _transfer(
+    down_into = transfer(
         "client_download_into",
         results,
         "client_download",
@@ -177,10 +88,10 @@ def rows(results: Results) -> list[Row]:
         "into",
     )
     peak = results["client_download"]["paths"]["into"]["client_peak"]
-    down_into.peaks = f"client +{_x(peak, payload)} (<= 1.1x)"
+    down_into.peaks = f"client +{multiple(peak, payload)} (<= 1.1x)"
     down_into.peak_ok = peak <= 1.1 * payload
     out.append(down_into)
-    down_fresh = _transfer(
+    down_fresh = transfer(
         "client_download_fresh",
         results,
         "client_download",
@@ -200,7 +111,7 @@ def rows(results: Results) -> list[Row]:
     payload = ingest["payload"]
     anon = ingest["paths"]["ours"]["server_anon"]
     ingest_path = "server ingest: `send_update` into `fma-connect serve` (acknowledged = durable)"
-    durable = _transfer(
+    durable = transfer(
         "server_ingest_durable",
         results,
         "server_ingest",
@@ -215,10 +126,10 @@ def rows(results: Results) -> list[Row]:
         ),
         0.8,
     )
-    durable.peaks = f"server anon +{_x(anon, payload)} (<= 0.1x)"
+    durable.peaks = f"server anon +{multiple(anon, payload)} (<= 0.1x)"
     durable.peak_ok = anon <= 0.1 * payload
     out.append(durable)
-    discard = _transfer(
+    discard = transfer(
         "server_ingest_discard",
         results,
         "server_ingest",
@@ -230,9 +141,9 @@ def rows(results: Results) -> list[Row]:
         ),
         None,
     )
-    discard.peaks = f"server anon +{_x(anon, payload)}"
+    discard.peaks = f"server anon +{multiple(anon, payload)}"
     out.append(discard)
-    asgi = _transfer(
+    asgi = transfer(
         "server_ingest_asgi",
         results,
         "server_ingest",
@@ -253,7 +164,7 @@ def rows(results: Results) -> list[Row]:
     # of memory, so that the ratio bounds the server and the client, not the first touch
     # of new memory (slow where a VM hands freed memory back to its host); the third row
     # is the cross comparison, reported.
-    egress = _transfer(
+    egress = transfer(
         "server_egress",
         results,
         "server_egress",
@@ -270,11 +181,11 @@ def rows(results: Results) -> list[Row]:
     figures = results["server_egress"]
     payload = figures["payload"]
     egress.peaks = (
-        f"server anon +{_x(figures['paths']['ours']['server_anon'], payload)}, "
-        f"client +{_x(figures['paths']['ours']['client_peak'], payload)}"
+        f"server anon +{multiple(figures['paths']['ours']['server_anon'], payload)}, "
+        f"client +{multiple(figures['paths']['ours']['client_peak'], payload)}"
     )
     out.append(egress)
-    egress_into = _transfer(
+    egress_into = transfer(
         "server_egress_into",
         results,
         "server_egress",
@@ -288,11 +199,11 @@ def rows(results: Results) -> list[Row]:
         "into",
     )
     egress_into.peaks = (
-        f"server anon +{_x(figures['paths']['into']['server_anon'], payload)}, "
-        f"client +{_x(figures['paths']['into']['client_peak'], payload)}"
+        f"server anon +{multiple(figures['paths']['into']['server_anon'], payload)}, "
+        f"client +{multiple(figures['paths']['into']['client_peak'], payload)}"
     )
     out.append(egress_into)
-    egress_cross = _transfer(
+    egress_cross = transfer(
         "server_egress_preallocated",
         results,
         "server_egress",
@@ -302,7 +213,7 @@ def rows(results: Results) -> list[Row]:
     )
     egress_cross.peaks = egress.peaks
     out.append(egress_cross)
-    egress_asgi = _transfer(
+    egress_asgi = transfer(
         "server_egress_asgi",
         results,
         "server_egress",
@@ -323,7 +234,7 @@ def rows(results: Results) -> list[Row]:
         "the sum of its stages' ceilings: bare POST + durable write + the mean at memcpy "
         "speed + durable write of the result + bare GET into a {}"
     )
-    trip = _transfer(
+    trip = transfer(
         "round_trip",
         results,
         "round_trip",
@@ -339,9 +250,11 @@ def rows(results: Results) -> list[Row]:
     trip.target_text = ">= 0.67 (time <= 1.5x)"
     trip.ours_text += f" ({1 / trip.ratio:.1f}x the ceilings' time)" if trip.ratio else ""
     figures = results["round_trip"]
-    trip.peaks = f"server anon +{_x(figures['paths']['ours']['server_anon'], figures['payload'])}"
+    trip.peaks = (
+        f"server anon +{multiple(figures['paths']['ours']['server_anon'], figures['payload'])}"
+    )
     out.append(trip)
-    trip_into = _transfer(
+    trip_into = transfer(
         "round_trip_into",
         results,
         "round_trip",
@@ -358,9 +271,9 @@ def rows(results: Results) -> list[Row]:
     if trip_into.ratio:
         trip_into.ours_text += f" ({1 / trip_into.ratio:.1f}x the ceilings' time)"
     anon = figures["paths"]["into"]["server_anon"]
-    trip_into.peaks = f"server anon +{_x(anon, figures['payload'])}"
+    trip_into.peaks = f"server anon +{multiple(anon, figures['payload'])}"
     out.append(trip_into)
-    trip_cross = _transfer(
+    trip_cross = transfer(
         "round_trip_preallocated",
         results,
         "round_trip",
@@ -373,83 +286,7 @@ def rows(results: Results) -> list[Row]:
         trip_cross.ours_text += f" ({1 / trip_cross.ratio:.1f}x the ceilings' time)"
     trip_cross.peaks = trip.peaks
     out.append(trip_cross)
-    out.extend(_small_rows(results["small_requests"]))
-    return out
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f} ms"
-
-
-def _small_rows(small: Results) -> list[Row]:
-    out = []
-    same_server = "same ASGI server and options"
-    for key, what, peer in (
-        (
-            "poll_latency",
-            "poll latency: `check_for_new_model_aggregate` (nothing new) on `fma-connect serve`",
-            f"GET of an empty Starlette route, {same_server}",
-        ),
-        (
-            "update_latency",
-            "1 MB update latency: `send_update` (msgpack) into `fma-connect serve`, durable",
-            f"`requests.post` of the same body to an empty route that drops it, {same_server}",
-        ),
-    ):
-        figures = small["polls" if key == "poll_latency" else "updates"]
-        ours, theirs = figures["ours"], figures["peer"]
-        out.append(
-            Row(
-                key,
-                what,
-                "our routes, storage and client over the ASGI server's floor, per request",
-                1 / ours["p50"],
-                f"p50 {_ms(ours['p50'])}, p99 {_ms(ours['p99'])}",
-                peer,
-                1 / theirs["p50"],
-                f"p50 {_ms(theirs['p50'])}, p99 {_ms(theirs['p99'])}",
-                theirs["p50"] / ours["p50"],
-                None,
-                "report (ratio of p50s)",
-                "",
-            )
-        )
-    rates, threads = small["rates"], small["threads"]
-    for key, what, mine, peer, bounds in (
-        (
-            "polls_per_second",
-            f"polls/s, {threads} client threads: `check_for_new_model_aggregate` "
-            "on `fma-connect serve`",
-            "ours",
-            f"`requests` GET of the empty route, {same_server}",
-            "our server and client over the ASGI server's empty route",
-        ),
-        (
-            "server_polls_per_second",
-            f"polls/s, {threads} bare-socket client threads: GET of the poll URL "
-            "on `fma-connect serve`",
-            "server",
-            f"the same bare-socket clients' GET of the empty route, {same_server}",
-            "our server's overhead alone (a cheap client, the same on both sides)",
-        ),
-    ):
-        ours_rate, peer_rate = rates[mine], rates["peer" if mine == "ours" else "server_peer"]
-        out.append(
-            Row(
-                key,
-                what,
-                bounds,
-                ours_rate,
-                rate_text(ours_rate, "req/s"),
-                peer,
-                peer_rate,
-                rate_text(peer_rate, "req/s"),
-                ours_rate / peer_rate if peer_rate else 0.0,
-                None,
-                "report",
-                "",
-            )
-        )
+    out.extend(small_rows(results["small_requests"]))
     return out
 
 
