@@ -63,7 +63,7 @@ class ChunkWriters:
         with self._guard:
             if self._writing.get(key) is not claim:
                 return False
-            end = write_all(fd, (data,), at)
+            end = write_all(fd, data, at)
             span = self._spans.get(key)
             if span is None or span[0] is not claim:
                 self._spans[key] = (claim, at, end)

@@ -101,7 +101,7 @@ class S3UploadParts(UploadParts):
         """Publish chunk ``index`` from bytes the server already had."""
         fd = self.store.scratch()
         try:
-            write_all(fd, (data,), 0)
+            write_all(fd, data, 0)
             self.store.put_file(fd, len(data), self.key(upload_id, index))
         finally:
             os.close(fd)

@@ -165,7 +165,7 @@ class S3Transfers:
             body = answer["Body"]
             try:
                 while position < end and (chunk := body.read(min(CHUNK, end - position))):
-                    position = write_all(fd, (chunk,), position)
+                    position = write_all(fd, chunk, position)
             finally:
                 body.close()
         if position != end:

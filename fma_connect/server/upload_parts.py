@@ -78,7 +78,7 @@ class UploadParts:
         """Store chunk ``index`` (at ``offset``) from bytes the server already had."""
         fd = os.open(self.path(upload_id), os.O_WRONLY)
         try:
-            write_all(fd, (data,), offset)
+            write_all(fd, data, offset)
         finally:
             os.close(fd)
 

@@ -286,12 +286,12 @@ def test_chunks_arrive_whole_when_the_file_system_takes_few_bytes_a_call(
 ) -> None:
     """A write call may take fewer bytes than it was given: the rest is written too, so a
     chunk whose digest matched is never recorded with bytes missing from the file."""
-    real = os.pwritev
+    real = os.pwrite
 
-    def short(fd: int, buffers: Any, offset: int) -> int:
-        return real(fd, [memoryview(buffers[0])[:1000]], offset)
+    def short(fd: int, data: Any, offset: int) -> int:
+        return real(fd, memoryview(data)[:1000], offset)
 
-    monkeypatch.setattr(os, "pwritev", short)  # the server runs in this process
+    monkeypatch.setattr(os, "pwrite", short)  # the server runs in this process
     client = _client(server, model_id)
     body = _payload(14)
     protocol = Upload(server, client.uuid)
