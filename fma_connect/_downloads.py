@@ -16,6 +16,7 @@ import numpy as np
 import requests
 import urllib3
 
+from ._messages import Progress
 from .exceptions import ConnectError, DecodeError, RequestTimeout, TransportError
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "window_of",
 ]
 
-Progress = Callable[[int, int | None], None]
 #: Largest read into a buffer at once: between two progress calls, and what a broken
 #: read loses (a read cut mid-slice counts none of its bytes).
 RECV_SLICE = 1 << 20

@@ -34,6 +34,7 @@ __all__ = [
     "Command",
     "Flow",
     "Place",
+    "Progress",
     "ReadBody",
     "Reply",
     "Request",

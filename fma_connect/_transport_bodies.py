@@ -6,16 +6,16 @@ copies), with progress after each; :func:`dumps_json` writes a JSON body.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 
+from ._messages import Progress
 from .exceptions import EncodeError
 
 __all__ = ["SEND_SLICE", "Chunks", "Progress", "dumps_json"]
 
-Progress = Callable[[int, int | None], None]
 #: Largest slice of an upload handed to the socket at once (see :class:`Chunks`).
 SEND_SLICE = 1 << 20
 

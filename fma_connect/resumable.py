@@ -16,7 +16,7 @@ from typing import Any
 import blake3
 import orjson
 
-from ._messages import Flow, Reply, Request
+from ._messages import Flow, Progress, Reply, Request
 from ._transport import Chunks, dumps_json
 from .exceptions import APIError, DecodeError, TransportError
 
@@ -48,7 +48,6 @@ _JSON = "application/json"
 
 #: Sends one request as the client (its errors and hints): ``reply = yield from call(r)``.
 Call = Callable[[Request], Flow[Reply]]
-Progress = Callable[[int, int | None], None]
 
 
 def chunk_size_for(size: int, preferred: int = DEFAULT_CHUNK_SIZE) -> int:
