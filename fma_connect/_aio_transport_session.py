@@ -21,6 +21,8 @@ from ._transport_options import (
     _BACKOFF_FACTOR,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
+    _check_headers,
+    _check_retries,
     _check_timeout,
     _check_url,
     _redacted,
@@ -71,19 +73,12 @@ class AsyncTransportSession:
         #: aiohttp's ``ssl=`` for each request (a caller's session too).
         self._ssl = ssl_context(check_verify(verify), check_cert(cert))
         self.timeout = _check_timeout(timeout)
-        if type(retries) is not int or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
+        _check_retries(retries)
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise ConfigurationError(
                 f"session must be an aiohttp.ClientSession (or None for a new one), got {session!r}"
             )
-        if headers is not None and not (
-            isinstance(headers, Mapping)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
-        ):
-            raise ConfigurationError(
-                f"headers must be a mapping of header names to str values, got {headers!r}"
-            )
+        _check_headers(headers)
         self.headers = dict(headers or {})
         self._basic: aiohttp.BasicAuth | None = None
         if isinstance(auth, TokenAuth):

@@ -49,11 +49,12 @@ def _check_url(url: object) -> str:
     return url
 
 
-def _check_options(session: object, headers: object, auth: object) -> None:
-    if session is not None and not isinstance(session, requests.Session):
-        raise ConfigurationError(
-            f"session must be a requests.Session (or None for a new one), got {session!r}"
-        )
+def _check_retries(retries: object) -> None:
+    if type(retries) is not int or retries < 0:
+        raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
+
+
+def _check_headers(headers: object) -> None:
     if headers is not None and not (
         isinstance(headers, Mapping)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
@@ -61,6 +62,14 @@ def _check_options(session: object, headers: object, auth: object) -> None:
         raise ConfigurationError(
             f"headers must be a mapping of header names to str values, got {headers!r}"
         )
+
+
+def _check_options(session: object, headers: object, auth: object) -> None:
+    if session is not None and not isinstance(session, requests.Session):
+        raise ConfigurationError(
+            f"session must be a requests.Session (or None for a new one), got {session!r}"
+        )
+    _check_headers(headers)
     basic = isinstance(auth, tuple) and len(auth) == 2
     if auth is not None and not basic and not callable(auth):
         raise ConfigurationError(

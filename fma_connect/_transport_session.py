@@ -34,10 +34,11 @@ from ._transport_options import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     _check_options,
+    _check_retries,
     _check_timeout,
     _check_url,
 )
-from .exceptions import ConfigurationError, ConnectError, RequestTimeout, TransportError
+from .exceptions import ConnectError, RequestTimeout, TransportError
 from .identity import RequestSigner
 from .signing import url_with_query
 
@@ -83,8 +84,7 @@ class TransportSession:
     ) -> None:
         self.base_url = _check_url(base_url).rstrip("/") + "/"
         self.timeout = _check_timeout(timeout)
-        if type(retries) is not int or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, got {retries!r}")
+        _check_retries(retries)
         _check_options(session, headers, auth)
         # Passed with each request only when given, so a caller's session keeps its own
         # verify/cert (and requests its REQUESTS_CA_BUNDLE) unless told otherwise.

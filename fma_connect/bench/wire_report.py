@@ -203,16 +203,7 @@ def rows(results: Results) -> list[Row]:
         f"client +{multiple(figures['paths']['into']['client_peak'], payload)}"
     )
     out.append(egress_into)
-    egress_cross = transfer(
-        "server_egress_preallocated",
-        results,
-        "server_egress",
-        "peer",
-        (egress.path, egress_into.peer, egress.bounds + ", and the first touch of new memory"),
-        None,
-    )
-    egress_cross.peaks = egress.peaks
-    out.append(egress_cross)
+    out.append(_cross("server_egress_preallocated", results, "server_egress", egress, egress_into))
     egress_asgi = transfer(
         "server_egress_asgi",
         results,
@@ -248,7 +239,7 @@ def rows(results: Results) -> list[Row]:
         1 / 1.5,
     )
     trip.target_text = ">= 0.67 (time <= 1.5x)"
-    trip.ours_text += f" ({1 / trip.ratio:.1f}x the ceilings' time)" if trip.ratio else ""
+    _as_time(trip)
     figures = results["round_trip"]
     trip.peaks = (
         f"server anon +{multiple(figures['paths']['ours']['server_anon'], figures['payload'])}"
@@ -268,26 +259,31 @@ def rows(results: Results) -> list[Row]:
         "into",
     )
     trip_into.target_text = trip.target_text
-    if trip_into.ratio:
-        trip_into.ours_text += f" ({1 / trip_into.ratio:.1f}x the ceilings' time)"
+    _as_time(trip_into)
     anon = figures["paths"]["into"]["server_anon"]
     trip_into.peaks = f"server anon +{multiple(anon, figures['payload'])}"
     out.append(trip_into)
-    trip_cross = transfer(
-        "round_trip_preallocated",
-        results,
-        "round_trip",
-        "peer",
-        (trip.path, trip_into.peer, trip.bounds + ", and the first touch of new memory"),
-        None,
-    )
-    trip_cross.target_text = "report"
-    if trip_cross.ratio:
-        trip_cross.ours_text += f" ({1 / trip_cross.ratio:.1f}x the ceilings' time)"
-    trip_cross.peaks = trip.peaks
+    trip_cross = _cross("round_trip_preallocated", results, "round_trip", trip, trip_into)
+    _as_time(trip_cross)
     out.append(trip_cross)
     out.extend(small_rows(results["small_requests"]))
     return out
+
+
+def _cross(key: str, results: Results, op: str, fresh: Row, preallocated: Row) -> Row:
+    """The reported row of ``op``'s path into a fresh buffer (``fresh``) against the peer
+    reading into a preallocated one (``preallocated``'s): the first touch of new memory
+    is then part of what it bounds."""
+    texts = (fresh.path, preallocated.peer, fresh.bounds + ", and the first touch of new memory")
+    row = transfer(key, results, op, "peer", texts, None)
+    row.peaks = fresh.peaks
+    return row
+
+
+def _as_time(row: Row) -> None:
+    """Show a round trip's ratio as the time it took against its ceilings'."""
+    if row.ratio:
+        row.ours_text += f" ({1 / row.ratio:.1f}x the ceilings' time)"
 
 
 #: The main table's columns.
