@@ -102,6 +102,19 @@ def test_a_round_runs_over_https_with_the_ca_given_as_verify(
         _round(client)
 
 
+def test_a_large_update_goes_whole_over_https(https: RunningServer, pki: Pki) -> None:
+    # 40 MiB: a resumable upload of 8 MiB chunks, each read in pieces of megabytes
+    # through TLS into the server's shared read buffer (server/protocol.py).
+    weights = {"w": np.random.default_rng(7).standard_normal(10 << 20, np.float32)}
+    model = _model(https, pki.ca)
+    with WebClient(model, url=https.url, codec="msgpack", verify=pki.ca, retries=0) as client:
+        client.register()
+        client.send_update(weights, None, num_examples=1)
+        latest = client.check_for_latest_model(like=weights)
+    assert latest is not None
+    np.testing.assert_array_equal(latest["values"]["w"], weights["w"])
+
+
 def test_the_async_client_runs_a_round_over_https(https: RunningServer, pki: Pki) -> None:
     model = _model(https, pki.ca)
 
