@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("starlette")
 
-from fma_connect.bench.wire_cli import main
+from fma_connect.bench.wire import bare_post, durable_write
+from fma_connect.bench.wire_cli import _helper, main
 from fma_connect.bench.wire_report import COLUMNS
 
 #: Every comparison the report promises, by its JSON key.
@@ -28,6 +30,8 @@ ROWS = (
     "server_ingest_durable",
     "server_ingest_discard",
     "server_ingest_asgi",
+    "server_ingest_floor",
+    "server_ingest_floor_durable",
     "server_egress",
     "server_egress_into",
     "server_egress_preallocated",
@@ -78,3 +82,18 @@ def test_quick_report_is_a_marked_smoke_run_with_the_table(quick_run: Path) -> N
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == len(ROWS)
     assert "### Where the client upload's time goes" in report
     assert "The msgpack codec's crc32 in the run's processes: " in report
+
+
+def test_the_bare_sink_stores_a_body_whole_and_the_ceiling_writes_one(tmp_path: Path) -> None:
+    # The ingest's floor and ceiling must do the work they are compared for: every byte
+    # on disk, in order (a peer that dropped bytes would be a fast, false floor).
+    body = np.random.default_rng(3).integers(0, 256, (9 << 20) + 5, np.uint8)
+    with _helper("bare", "1024", str(tmp_path)) as url:
+        bare_post(url, body, "/store/floor.bin")
+        bare_post(url, body[:10], "/")  # any other POST is still dropped
+    assert (tmp_path / "floor.bin").read_bytes() == body.tobytes()
+    remove = durable_write(tmp_path, body)
+    [written] = tmp_path.glob("ceiling-*.bin")
+    assert written.read_bytes() == body.tobytes()
+    remove()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["floor.bin"]

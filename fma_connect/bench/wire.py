@@ -11,7 +11,8 @@ a server's peak anonymous memory from :class:`fma_connect.bench.MemoryWatch`.
 The bare peers move the same bytes with nothing in the way: :func:`bare_post` and
 :func:`bare_get_into` speak HTTP/1.1 over a plain socket, :func:`durable_write` writes a
 file from memory with plain system calls and the server's fsync policy (a background
-sync every 64 MiB, fsync the file, rename, fsync the directory).
+sync every 64 MiB, fsync the file, rename, fsync the directory); the bare sink stores a
+body the same way (:func:`store_durably`) as it arrives.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "percentile",
     "response_head",
     "send_sliced",
+    "store_durably",
 ]
 
 #: The slices :func:`durable_write` writes (the disk's ceiling was measured with these).
@@ -230,27 +232,35 @@ def bare_caller(url: str, path: str, headers: dict[str, str]) -> Caller:
 
 
 def durable_write(directory: Path, body: Any) -> Callable[[], None]:
-    """Write ``body`` to a file in ``directory`` durably; return what deletes it.
+    """Write ``body`` to a file in ``directory`` durably (:func:`store_durably`, from
+    memory in :data:`WRITE_SLICE` slices); return what deletes it. Only those slices and
+    the absence of a network differ from an upload."""
+    view = memoryview(body).cast("B")
+    path = directory / f"ceiling-{os.getpid()}-{threading.get_ident()}.bin"
+    store_durably(path, (view[at : at + WRITE_SLICE] for at in range(0, view.nbytes, WRITE_SLICE)))
+    return lambda: path.unlink(missing_ok=True)
+
+
+def store_durably(path: Path, pieces: Iterable[memoryview]) -> None:
+    """Write ``pieces``, in order, to a new file at ``path`` durably.
 
     Plain system calls, not the server's code, with the server's fsync policy: a
     background ``fdatasync`` every :data:`~fma_connect.server.blobs.SYNC_EVERY` bytes
     while writing, an ``fsync`` of the file at the end, a rename into place and an
-    ``fsync`` of the directory. Only the slices written (:data:`WRITE_SLICE`, from
-    memory) and the absence of a network differ from an upload.
+    ``fsync`` of the directory. A piece is written whole before the next is asked for.
     """
     from ..server.blobs import SYNC_EVERY
 
-    view = memoryview(body).cast("B")
-    temporary = directory / f".ceiling-{os.getpid()}-{threading.get_ident()}"
+    temporary = path.with_name(f".{path.name}.part")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     syncing: threading.Thread | None = None
     try:
-        synced = 0
-        for start in range(0, view.nbytes, WRITE_SLICE):
-            end = min(start + WRITE_SLICE, view.nbytes)
-            done = start
-            while done < end:  # a write may take fewer bytes than it was given
-                done += os.write(fd, view[done:end])
+        synced = end = 0
+        for piece in pieces:
+            done = 0
+            while done < piece.nbytes:  # a write may take fewer bytes than it was given
+                done += os.write(fd, piece[done:])
+            end += piece.nbytes
             if end - synced >= SYNC_EVERY and (syncing is None or not syncing.is_alive()):
                 synced = end
                 syncing = threading.Thread(target=os.fdatasync, args=(fd,))
@@ -260,14 +270,12 @@ def durable_write(directory: Path, body: Any) -> Callable[[], None]:
         os.fsync(fd)
     finally:
         os.close(fd)
-    path = directory / f"ceiling-{os.getpid()}-{threading.get_ident()}.bin"
     os.replace(temporary, path)
-    directory_fd = os.open(directory, os.O_RDONLY)
+    directory_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
-    return lambda: path.unlink(missing_ok=True)
 
 
 def percentile(samples: Sequence[float], share: float) -> float:

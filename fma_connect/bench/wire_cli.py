@@ -177,7 +177,7 @@ def collect(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, A
         data_dir = Path(root) / "serve"
         say(f"starting the peers and fma-connect serve (data in {data_dir})")
         with (
-            _helper("bare", str(size)) as bare,
+            _helper("bare", str(size), str(data_dir / "blobs")) as bare,
             _helper("empty") as empty,
             running_server_process(data_dir, args=SERVE_OPTIONS) as server,
         ):

@@ -18,6 +18,7 @@ import cProfile
 import dataclasses
 import http.client
 import json
+import os
 import pstats
 import sys
 import time
@@ -232,7 +233,8 @@ def op_client_download(spec: Spec) -> Spec:
 
 
 def op_server_ingest(spec: Spec) -> Spec:
-    """``send_update`` into ``fma-connect serve`` vs a durable write, bare and ASGI POSTs."""
+    """``send_update`` into ``fma-connect serve`` vs a durable write, the bare sink storing
+    the body (hashed, durably), bare and ASGI POSTs."""
     weights, body = _payload(spec["size"])
     models = Models(spec)
     blobs = Path(spec["blobs"])
@@ -246,12 +248,20 @@ def op_server_ingest(spec: Spec) -> Spec:
         while removals:
             removals.pop()()
 
+    stored = f"floor-{os.getpid()}.bin"  # where the bare sink stores the body
+
     try:
         best = alternate(
             [
                 Contender("ours", ours, models.fresh, models.drop, spec["pid"]),
                 Contender(
                     "durable", lambda: removals.append(durable_write(blobs, body)), None, remove
+                ),
+                Contender(
+                    "floor",
+                    lambda: bare_post(spec["bare"], body, f"/store/{stored}"),
+                    None,
+                    lambda: (blobs / stored).unlink(missing_ok=True),
                 ),
                 Contender("discard", lambda: bare_post(spec["bare"], body)),
                 Contender("asgi", lambda: bare_post(spec["empty"], body, "/empty/")),

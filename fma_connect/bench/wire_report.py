@@ -121,8 +121,8 @@ def rows(results: Results) -> list[Row]:
             "the same bytes written from memory to a file in the server's blob directory, "
             "plain system calls with the server's fsync policy (a background sync every "
             "64 MiB, fsync file + directory), no network",
-            "the server's cost over the disk (the socket, per-chunk writes, "
-            "per-chunk writes, HTTP parsing, the database)",
+            "the server's cost over the disk (the socket, per-chunk writes and hashes, "
+            "HTTP parsing, the database)",
         ),
         0.8,
     )
@@ -159,6 +159,40 @@ def rows(results: Results) -> list[Row]:
     )
     asgi.peaks = discard.peaks
     out.append(asgi)
+    floor_peer = (
+        "the bare-socket sink storing the same bytes as they arrive: each read hashed "
+        "(BLAKE3) and written, the server's fsync policy, one thread, no framework"
+    )
+    floor = transfer(
+        "server_ingest_floor",
+        results,
+        "server_ingest",
+        "floor",
+        (
+            ingest_path,
+            floor_peer,
+            "what our protocol (manifest, chunks, completion's checks), HTTP server and "
+            "database add over the least a receiver in Python does with the bytes",
+        ),
+        None,
+    )
+    floor.peaks = discard.peaks
+    out.append(floor)
+    least = transfer(
+        "server_ingest_floor_durable",
+        results,
+        "server_ingest",
+        "durable",
+        (
+            floor_peer,
+            durable.peer,
+            "how near the durable ceiling a receiver in Python can come at all: the socket "
+            "and the hash on top of the write",
+        ),
+        None,
+        ours_name="floor",
+    )
+    out.append(least)
 
     # Each of our two receive paths is judged against the bare GET into the same kind
     # of memory, so that the ratio bounds the server and the client, not the first touch

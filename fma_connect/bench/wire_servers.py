@@ -1,13 +1,17 @@
 """The wire benchmark's peers: a bare-socket HTTP server and the ASGI server's empty route.
 
-``python -m fma_connect.bench.wire_servers bare SIZE`` or ``... empty`` serves on an
-ephemeral loopback port and prints ``listening on http://127.0.0.1:PORT``, like
+``python -m fma_connect.bench.wire_servers bare SIZE [DIRECTORY]`` or ``... empty`` serves
+on an ephemeral loopback port and prints ``listening on http://127.0.0.1:PORT``, like
 ``fma-connect serve`` (and :mod:`.servers`, whose listening socket it reuses).
 
 * ``bare``: HTTP/1.1 over bare sockets, a thread per connection, no framework. Every
   ``POST`` body is read into a reused buffer and dropped, then answered ``201`` with a
-  small JSON object, which ``WebClient.send_update`` accepts; ``GET /<n>`` answers ``n``
-  bytes from memory; any other ``GET`` answers the msgpack body of
+  small JSON object, which ``WebClient.send_update`` accepts; a ``POST /store/<name>``
+  body is stored instead, as it arrives, as the least a server in Python can do with an
+  update: each read hashed (BLAKE3, as the server checks a chunk) and written to
+  ``DIRECTORY/<name>`` (default: the temporary directory) with the server's fsync
+  policy (:func:`~.wire.store_durably`; the benchmark deletes the file). ``GET /<n>``
+  answers ``n`` bytes from memory; any other ``GET`` answers the msgpack body of
   :func:`~.measure.make_model` ``(SIZE)``, encoded once at start-up, with the headers
   the reference server sends (``Content-Type``, ``Content-Length``, ``FMA-Meta``), which
   ``WebClient.check_for_latest_model`` decodes. Bodies go out in
@@ -21,14 +25,19 @@ ephemeral loopback port and prints ``listening on http://127.0.0.1:PORT``, like
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import blake3
 import numpy as np
 
-from .wire import send_sliced
+from .wire import send_sliced, store_durably
 
 __all__ = ["SINK_ANSWER", "bare_state", "empty_app", "serve_bare", "source_body"]
 
@@ -40,6 +49,8 @@ _READ = 4 << 20
 _PATTERN = 64 << 20
 #: Connections every server here admits at once (64 threads poll in the small-request test).
 BACKLOG = 256
+#: The names ``POST /store/<name>`` stores under.
+_STORE_NAME = re.compile(rb"/store/([A-Za-z0-9_.-]+)")
 
 
 def source_body(size: int) -> np.ndarray:
@@ -66,7 +77,9 @@ def _head(reader: Any) -> tuple[bytes, bytes, int] | None:
     return method, target, length
 
 
-def _handle(conn: socket.socket, pattern: memoryview, body: memoryview, head: bytes) -> None:
+def _handle(
+    conn: socket.socket, pattern: memoryview, body: memoryview, head: bytes, store: Path
+) -> None:
     # Buffered: the head is read a line at a time from the buffer, and readinto of a
     # body larger than the buffer goes straight from the socket into the scratch buffer.
     reader = conn.makefile("rb")
@@ -75,12 +88,14 @@ def _handle(conn: socket.socket, pattern: memoryview, body: memoryview, head: by
         while (request := _head(reader)) is not None:
             method, target, length = request
             if method == b"POST":
-                got = 0
-                while got < length:
-                    n = reader.readinto(scratch[: min(_READ, length - got)])
-                    if not n:
-                        return
-                    got += n
+                pieces = _received(reader, scratch, length)
+                name = _STORE_NAME.fullmatch(target)
+                if name is None:
+                    for _ in pieces:
+                        pass
+                else:
+                    hashed = _hashed(pieces)
+                    store_durably(store / name.group(1).decode("ascii"), hashed)
                 conn.sendall(
                     b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(SINK_ANSWER), SINK_ANSWER)
@@ -93,6 +108,25 @@ def _handle(conn: socket.socket, pattern: memoryview, body: memoryview, head: by
             else:
                 conn.sendall(head)
                 send_sliced(conn, body)
+
+
+def _received(reader: Any, scratch: memoryview, length: int) -> Iterator[memoryview]:
+    """A body's ``length`` bytes, each read into ``scratch`` (valid until the next)."""
+    got = 0
+    while got < length:
+        n = reader.readinto(scratch[: min(_READ, length - got)])
+        if not n:
+            raise ConnectionError(f"the body ended after {got} of {length} bytes")
+        got += n
+        yield scratch[:n]
+
+
+def _hashed(pieces: Iterator[memoryview]) -> Iterator[memoryview]:
+    """``pieces``, each hashed as it passes (the digest is not used: it is the cost)."""
+    hasher = blake3.blake3()
+    for piece in pieces:
+        hasher.update(piece)
+        yield piece
 
 
 def bare_state(size: int) -> tuple[memoryview, memoryview, bytes]:
@@ -109,11 +143,14 @@ def bare_state(size: int) -> tuple[memoryview, memoryview, bytes]:
     return memoryview(np.ones(_PATTERN, np.uint8).data), body.data, head
 
 
-def serve_bare(sock: socket.socket, state: tuple[memoryview, memoryview, bytes]) -> None:
-    """Serve the bare-socket endpoints (see the module) on a listening socket, forever."""
+def serve_bare(
+    sock: socket.socket, state: tuple[memoryview, memoryview, bytes], store: Path
+) -> None:
+    """Serve the bare-socket endpoints (see the module) on a listening socket, forever;
+    ``POST /store/<name>`` stores into ``store``."""
     while True:
         conn, _ = sock.accept()
-        threading.Thread(target=_handle, args=(conn, *state), daemon=True).start()
+        threading.Thread(target=_handle, args=(conn, *state, store), daemon=True).start()
 
 
 def empty_app() -> Any:
@@ -176,7 +213,7 @@ def _serve_empty(sock: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Serve ``bare SIZE`` or ``empty`` until killed."""
+    """Serve ``bare SIZE [DIRECTORY]`` or ``empty`` until killed."""
     from .servers import _listen
 
     # Built before the address is printed: the first request then meets a ready server.
@@ -185,7 +222,7 @@ def main(argv: list[str]) -> None:
     sock.listen(BACKLOG)  # more than _listen's 16: 64 clients connect at once
     print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     if state is not None:
-        serve_bare(sock, state)
+        serve_bare(sock, state, Path(argv[2] if len(argv) > 2 else tempfile.gettempdir()))
     else:
         _serve_empty(sock)
 
