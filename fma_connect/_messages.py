@@ -4,6 +4,7 @@
 that yields commands and is sent their results::
 
     Request  -> Reply        send a request; a non-2xx answer is thrown in as APIError
+    Requests -> [Reply]      send several, a few at once (the chunks of an upload)
     ReadBody -> buffer|None  read a streamed reply's body (into ``place``'s buffers)
     Close    -> None         drop a streamed reply's body unread
     Sleep    -> None         wait before polling again
@@ -38,6 +39,7 @@ __all__ = [
     "ReadBody",
     "Reply",
     "Request",
+    "Requests",
     "Sleep",
     "api_error_of",
     "backoff",
@@ -120,7 +122,20 @@ class Sleep:
     seconds: float
 
 
-Command = Request | ReadBody | Close | Sleep
+@dataclass(frozen=True)
+class Requests:
+    """Send ``requests`` (none streamed), at most ``width`` at once, each as soon as one
+    in flight ends; the result is their replies, in order.
+
+    The first error (of the earliest request that failed) is thrown in once the
+    requests in flight end; those not yet started are then not sent.
+    """
+
+    requests: tuple[Request, ...]
+    width: int
+
+
+Command = Request | Requests | ReadBody | Close | Sleep
 #: A protocol step: yields commands, is sent their results, returns its value.
 Flow = Generator[Command, Any, T]
 

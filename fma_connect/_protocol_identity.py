@@ -9,10 +9,10 @@ unregistered client what to do.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._messages import Flow, Reply, Request, json_object
+from ._messages import Flow, Reply, Request, Requests, json_object
 from ._receiving import Receiving
 from ._transport import API_PREFIX, dumps_json
 from .exceptions import APIError, ConfigurationError
@@ -108,15 +108,31 @@ class Identity(Receiving):
 
     def call(self, request: Request) -> Flow[Reply]:
         """Send a request as this client; an unknown or unregistered client is told what to do."""
-        try:
-            reply: Reply = yield request
-        except APIError as exc:
-            if exc.status_code in (401, 403) and exc.hint is None:
-                hint = self._identity_hint(exc)
-                if hint is not None:
-                    raise APIError(exc.status_code, exc.detail, hint) from exc
-            raise
+        reply: Reply = yield from self._told(request)
         return reply
+
+    def call_all(self, requests: Sequence[Request], width: int) -> Flow[list[Reply]]:
+        """Send requests as this client, ``width`` at once (see :class:`Requests`)."""
+        replies: list[Reply] = yield from self._told(Requests(tuple(requests), width))
+        return replies
+
+    def _told(self, command: Request | Requests) -> Flow[Any]:
+        """The result of ``command``; a refusal of an unknown client with what to do."""
+        try:
+            return (yield command)
+        except APIError as exc:
+            hinted = self._hinted(exc)
+            if hinted is None:
+                raise
+            raise hinted from exc
+
+    def _hinted(self, exc: APIError) -> APIError | None:
+        """``exc`` with what to do, when the service does not know this client (else None)."""
+        if exc.status_code in (401, 403) and exc.hint is None:
+            hint = self._identity_hint(exc)
+            if hint is not None:
+                return APIError(exc.status_code, exc.detail, hint)
+        return None
 
     def _client_headers(self) -> Flow[dict[str, str]]:
         uuid = yield from self.ensure_uuid()

@@ -122,6 +122,7 @@ class Sending(Offers):
                 assert self.uploads_path is not None  # _resumable found it
                 reply = yield from upload_flow(
                     self.call,
+                    self.call_all,
                     self.uploads_path,
                     payload,
                     media_type=self.codec.media_type,

@@ -37,7 +37,7 @@ except ImportError as exc:  # the optional extra is missing: say how to get it
 
 from . import settings
 from ._aio_transport import AsyncTransport
-from ._messages import Close, Command, Flow, ReadBody, Reply, Request, Sleep
+from ._messages import Close, Command, Flow, ReadBody, Reply, Request, Requests, Sleep
 from ._protocol import ClientProtocol, read_timeout_of
 from ._tls import Cert, Verify
 from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Progress
@@ -304,6 +304,8 @@ class AsyncWebClient:
             if command.stream:
                 streamed.append(reply)
             return reply
+        if isinstance(command, Requests):
+            return await self._execute_all(command, streamed)
         if isinstance(command, ReadBody):
             streamed.remove(command.reply)  # released by the read, whatever happens
             return await self._transport.read_body_placed(
@@ -317,3 +319,24 @@ class AsyncWebClient:
             await asyncio.sleep(command.seconds)
             return None
         raise AssertionError(f"unknown protocol command {command!r}")
+
+    async def _execute_all(self, command: Requests, streamed: list[Reply]) -> list[Reply]:
+        """Send the requests from ``command.width`` tasks."""
+        replies: list[Any] = [None] * len(command.requests)
+        failed: list[tuple[int, Exception]] = []
+        waiting = iter(range(len(command.requests)))
+
+        async def send() -> None:
+            for index in waiting:  # shared: each index goes to one task
+                if failed:
+                    return
+                try:
+                    replies[index] = await self._execute(command.requests[index], streamed)
+                except Exception as exc:  # raised below, in the caller
+                    failed.append((index, exc))
+                    return
+
+        await asyncio.gather(*(send() for _ in range(min(command.width, len(command.requests)))))
+        if failed:
+            raise min(failed, key=lambda item: item[0])[1]
+        return replies

@@ -12,6 +12,7 @@ with one requests.Session (:class:`fma_connect._transport.Transport`).
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid as uuid_module
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ import numpy as np
 import requests
 
 from . import settings
-from ._messages import Close, Command, Flow, ReadBody, Reply, Request, Sleep, run_flow
+from ._messages import Close, Command, Flow, ReadBody, Reply, Request, Requests, Sleep, run_flow
 from ._protocol import META_HEADER, ClientProtocol, Target, read_timeout_of
 from ._tls import Cert, Verify
 from ._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Progress, Transport
@@ -69,7 +70,8 @@ class WebClient:
             file with the client's certificate and key, or a ``(cert, key)`` pair.
         registry: The codecs to use; default: every installed codec.
         progress: Called as ``progress(bytes_done, bytes_total_or_None)`` during uploads
-            and downloads of weights.
+            and downloads of weights; for an upload in chunks, from the threads that
+            send them (one call at a time, docs/UPLOADS.md).
         retry_updates: Also resend an update whose outcome is unknown (connection lost
             after sending, 429/502/503/504), with the same ``Idempotency-Key``. Turn it on
             for services that honour the key (the reference server does); the stock
@@ -419,6 +421,8 @@ class WebClient:
                 None if command.stream else response.content,
                 response,
             )
+        if isinstance(command, Requests):
+            return self._execute_all(command)
         if isinstance(command, ReadBody):
             raw: requests.Response = command.reply.raw
             return self._transport.read_body_placed(raw, command.place, command.progress)
@@ -429,6 +433,43 @@ class WebClient:
             time.sleep(command.seconds)
             return None
         raise AssertionError(f"unknown protocol command {command!r}")
+
+    def _execute_all(self, command: Requests) -> list[Reply]:
+        """Send the requests from ``command.width`` threads (requests' session takes
+        concurrent requests, each on a connection of its pool)."""
+        replies: list[Any] = [None] * len(command.requests)
+        failed: list[tuple[int, BaseException]] = []
+        guard = threading.Lock()
+        waiting = iter(range(len(command.requests)))
+
+        def send() -> None:
+            while True:
+                with guard:
+                    index = None if failed else next(waiting, None)
+                if index is None:
+                    return
+                try:
+                    replies[index] = self._execute(command.requests[index])
+                except BaseException as exc:  # raised below, in the caller
+                    with guard:
+                        failed.append((index, exc))
+
+        senders = [
+            threading.Thread(target=send, name="fma-send", daemon=True)
+            for _ in range(min(command.width, len(command.requests)))
+        ]
+        for sender in senders:
+            sender.start()
+        try:
+            for sender in senders:
+                sender.join()
+        except BaseException:  # interrupted: no request starts after those in flight
+            with guard:
+                failed.append((-1, RuntimeError("interrupted")))
+            raise
+        if failed:
+            raise min(failed, key=lambda item: item[0])[1]
+        return replies
 
     # -- the protocol's state, under the names tests and tools know -------------------
 
