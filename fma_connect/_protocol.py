@@ -42,7 +42,7 @@ from .exceptions import ConfigurationError, DecodeError
 from .identity import ClientKey
 from .plugins import default_codec_registry
 from .registry import CodecRegistry
-from .resumable import MAX_CHUNK, MIN_CHUNK
+from .resumable import MAX_CHUNK, MAX_IN_FLIGHT, MIN_CHUNK
 from .spec import Spec
 
 __all__ = [
@@ -66,7 +66,7 @@ class ClientProtocol(Sending):
 
     Args:
         federated_model_id, uuid, codec, registry, progress, retry_updates,
-        codec_state, resumable_from, upload_chunk_size: As for
+        codec_state, resumable_from, upload_chunk_size, upload_in_flight: As for
             :class:`~fma_connect.clients.WebClient`, and checked the same way.
         read_timeout: The transport's read timeout (None: none), which bounds how long
             a long-poll may ask the service to hold a request.
@@ -92,6 +92,7 @@ class ClientProtocol(Sending):
         codec_state: str | os.PathLike[str] | None,
         resumable_from: int | None,
         upload_chunk_size: int,
+        upload_in_flight: int,
         read_timeout: float | None,
         clock: Callable[[], float],
         identity: ClientKey | None = None,
@@ -117,6 +118,11 @@ class ClientProtocol(Sending):
                 f"upload_chunk_size must be an integer from {MIN_CHUNK} to {MAX_CHUNK}, "
                 f"got {upload_chunk_size!r}"
             )
+        if type(upload_in_flight) is not int or not 1 <= upload_in_flight <= MAX_IN_FLIGHT:
+            raise ConfigurationError(
+                f"upload_in_flight must be an integer from 1 to {MAX_IN_FLIGHT}, "
+                f"got {upload_in_flight!r}"
+            )
         if identity is not None and not isinstance(identity, ClientKey):
             raise ConfigurationError(
                 "identity must be a fma_connect.ClientKey (ClientKey.load(path), or "
@@ -125,6 +131,7 @@ class ClientProtocol(Sending):
         self.identity = identity
         self.resumable_from = resumable_from
         self.chunk_size = upload_chunk_size
+        self.in_flight = upload_in_flight
         self.federated_model_id = federated_model_id
         self.uuid = check_uuid(uuid)
         self.registry = registry if registry is not None else default_codec_registry()

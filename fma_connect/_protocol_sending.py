@@ -41,12 +41,14 @@ class Sending(Offers):
         retry_updates: Also resend an update whose outcome is unknown, with the same
             ``Idempotency-Key`` (the ``WebClient`` option).
         chunk_size: The chunk size of resumable uploads, in bytes.
+        in_flight: How many of their chunks go at once.
         state_path: The file that keeps the codec's state between runs (None: it lives
             in memory).
     """
 
     retry_updates: bool
     chunk_size: int
+    in_flight: int
     state_path: str | os.PathLike[str] | None
 
     # -- the calls --------------------------------------------------------------------
@@ -129,6 +131,7 @@ class Sending(Offers):
                     fields=fields,
                     headers=plain_headers,
                     chunk_size=self.chunk_size,
+                    in_flight=self.in_flight,
                     progress=self.progress,
                 )
             else:

@@ -46,7 +46,7 @@ from .codecs.context import ContextCodec
 from .exceptions import ConfigurationError
 from .identity import ClientKey
 from .registry import CodecRegistry
-from .resumable import DEFAULT_CHUNK_SIZE, DEFAULT_RESUMABLE_FROM
+from .resumable import DEFAULT_CHUNK_SIZE, DEFAULT_IN_FLIGHT, DEFAULT_RESUMABLE_FROM
 from .spec import Spec
 
 __all__ = ["AsyncWebClient"]
@@ -59,9 +59,10 @@ class AsyncWebClient:
 
     Args:
         federated_model_id, uuid, url, codec, timeout, retries, headers, registry,
-        progress, retry_updates, codec_state, resumable_from, upload_chunk_size, verify,
-        cert: As for :class:`~fma_connect.clients.WebClient`, with the same defaults
-            (``verify=True`` checks against the system's CAs, as aiohttp does).
+        progress, retry_updates, codec_state, resumable_from, upload_chunk_size,
+        upload_in_flight, verify, cert: As for :class:`~fma_connect.clients.WebClient`,
+            with the same defaults (``verify=True`` checks against the system's CAs, as
+            aiohttp does).
         identity: As for :class:`~fma_connect.clients.WebClient`: each attempt is
             signed afresh, each update's payload signed (docs/SECURITY.md).
         session: An ``aiohttp.ClientSession`` to use (share one among many clients);
@@ -99,6 +100,7 @@ class AsyncWebClient:
         codec_state: str | os.PathLike[str] | None = None,
         resumable_from: int | None = DEFAULT_RESUMABLE_FROM,
         upload_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        upload_in_flight: int = DEFAULT_IN_FLIGHT,
         verify: Verify = True,
         cert: Cert | None = None,
         identity: ClientKey | None = None,
@@ -114,6 +116,7 @@ class AsyncWebClient:
             codec_state=codec_state,
             resumable_from=resumable_from,
             upload_chunk_size=upload_chunk_size,
+            upload_in_flight=upload_in_flight,
             read_timeout=read_timeout_of(timeout),
             clock=time.monotonic,
             identity=identity,

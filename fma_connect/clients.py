@@ -31,7 +31,7 @@ from .codecs.base import Codec, Tensors
 from .codecs.context import ContextCodec
 from .identity import ClientKey
 from .registry import CodecRegistry
-from .resumable import DEFAULT_CHUNK_SIZE, DEFAULT_RESUMABLE_FROM
+from .resumable import DEFAULT_CHUNK_SIZE, DEFAULT_IN_FLIGHT, DEFAULT_RESUMABLE_FROM
 from .spec import Spec
 
 __all__ = ["META_HEADER", "APIException", "Target", "WebClient"]
@@ -88,6 +88,10 @@ class WebClient:
         upload_chunk_size: The chunk size of resumable uploads (default 8 MiB, at least
             64 KiB; larger for payloads that would need more than 4096 chunks): the most a
             cut connection costs, and the grain at which unchanged bytes are not resent.
+        upload_in_flight: How many chunks of a resumable upload go at once, each on a
+            connection of its own (default 4, at most 16): on a distant service a round
+            trip per chunk is then not spent idle; 1 costs a server next to the client
+            the least CPU (docs/UPLOADS.md).
         identity: The client's Ed25519 key (:class:`~fma_connect.ClientKey`, needs
             ``fma-connect[identity]``), for a service that enrols clients (the reference
             server; docs/SECURITY.md): every request attempt is signed afresh (a retry is
@@ -116,6 +120,7 @@ class WebClient:
         codec_state: str | os.PathLike[str] | None = None,
         resumable_from: int | None = DEFAULT_RESUMABLE_FROM,
         upload_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        upload_in_flight: int = DEFAULT_IN_FLIGHT,
         verify: Verify = True,
         cert: Cert | None = None,
         identity: ClientKey | None = None,
@@ -131,6 +136,7 @@ class WebClient:
             codec_state=codec_state,
             resumable_from=resumable_from,
             upload_chunk_size=upload_chunk_size,
+            upload_in_flight=upload_in_flight,
             read_timeout=read_timeout_of(timeout),
             clock=_monotonic,
             identity=identity,

@@ -23,10 +23,11 @@ from .exceptions import APIError, DecodeError, TransportError
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_IN_FLIGHT",
     "DEFAULT_RESUMABLE_FROM",
-    "IN_FLIGHT",
     "MAX_CHUNK",
     "MAX_CHUNKS",
+    "MAX_IN_FLIGHT",
     "MIN_CHUNK",
     "RESUMABLE_HEADER",
     "upload_flow",
@@ -45,12 +46,14 @@ MAX_CHUNK = 64 << 20
 MAX_CHUNKS = 4096
 #: Completions that may find chunks missing or damaged before the upload gives up.
 _ROUNDS = 3
-#: Chunks in flight at once, each on a connection of its own: while the service checks
-#: and records one, the others arrive, and on a distant service a round trip per chunk
-#: is not spent idle. Measured (docs/PERFORMANCE.md): through a 1 Gbit/s link with a
-#: 50 ms round trip, 256 MiB went at 59 MB/s one at a time, 84-88 with two, 103 with
-#: four; on loopback, where the server's CPU bounds it, four cost about what one does.
-IN_FLIGHT = 4
+#: Chunks in flight at once by default, each on a connection of its own, and the most
+#: allowed: while the service checks and records one, the others arrive, and on a
+#: distant service a round trip per chunk is not spent idle. Measured
+#: (docs/PERFORMANCE.md): through a 1 Gbit/s link with a 50 ms round trip, 256 MiB went
+#: at 59 MB/s one at a time, 84-88 with two, 103 with four; next to the server, whose
+#: CPU then bounds the upload, one at a time cost it the least CPU.
+DEFAULT_IN_FLIGHT = 4
+MAX_IN_FLIGHT = 16
 _OCTETS = "application/octet-stream"
 _JSON = "application/json"
 
@@ -101,6 +104,7 @@ def upload_flow(
     fields: dict[str, Any],
     headers: dict[str, str],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    in_flight: int = DEFAULT_IN_FLIGHT,
     progress: Progress | None = None,
 ) -> Flow[Reply]:
     """Send ``payload`` as a resumable upload; return the completing reply.
@@ -109,14 +113,14 @@ def upload_flow(
 
     Args:
         call: Sends one request (the client protocol's ``call``: its errors and hints).
-        call_all: Sends several at once (the client protocol's ``call_all``): the chunks,
-            :data:`IN_FLIGHT` at a time.
+        call_all: Sends several at once (the client protocol's ``call_all``): the chunks.
         uploads_path: Where uploads start (the service's ``FMA-Resumable-Uploads``).
         payload: The encoded update's buffers.
         media_type: Its codec's media type.
         fields: The update fields (``federated_model``, ``base_aggregate``...).
         headers: The client's headers (its ``CLIENT-UUID``).
         chunk_size: The preferred chunk size.
+        in_flight: How many chunks go at once.
         progress: Called with ``(bytes the service holds, total)`` as chunks go out
             (from the thread that sends one, one call at a time); bytes it held
             already count from the start.
@@ -153,7 +157,7 @@ def upload_flow(
                 )
                 for index in state["missing"]
             ],
-            IN_FLIGHT,
+            in_flight,
         )
         try:
             return (

@@ -117,6 +117,8 @@ def test_default_url_can_come_from_the_environment() -> None:
         ({"uuid": f" {UUID}"}, "uuid must be a UUID string"),
         ({"uuid": UUID.replace("-", "_", 1).replace("-", "")}, "uuid must be a UUID string"),
         ({"progress": 5}, "progress must be a callable progress\\(bytes_done, .*got 5"),
+        ({"upload_in_flight": 0}, "upload_in_flight must be an integer from 1 to 16, got 0"),
+        ({"upload_in_flight": 2.0}, "upload_in_flight must be an integer from 1 to 16, got 2.0"),
         ({"registry": "json"}, "registry must be a CodecRegistry .*got 'json'"),
         ({"retry_updates": "no"}, "retry_updates must be True or False, got 'no'"),
         ({"session": "http://proxy"}, "session must be a requests.Session .*got 'http://proxy'"),

@@ -12,11 +12,14 @@ import asyncio
 import threading
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 
 from fma_connect import WebClient
 from fma_connect._messages import Reply, Request, Requests
 from fma_connect.exceptions import APIError
+from fma_connect.resumable import RESUMABLE_HEADER
 
 aio = pytest.importorskip("fma_connect.aio", reason="the asyncio client needs the aio extra")
 
@@ -169,3 +172,28 @@ def test_async_client_raises_the_earliest_error_and_starts_nothing_after_it(
         return started
 
     assert sorted(asyncio.run(run())) == ["chunks/0/", "chunks/1/", "chunks/2/"]
+
+
+def test_send_update_sends_its_chunks_upload_in_flight_at_once(monkeypatch: Any) -> None:
+    # The whole sending flow with a stand-in service: the width reaches the command.
+    client = WebClient(1, url=URL, uuid=UUID, codec="msgpack", resumable_from=1, upload_in_flight=3)
+    widths: list[int] = []
+
+    def one(command: Request | Requests) -> Any:
+        if isinstance(command, Requests):
+            widths.append(command.width)
+            return [_reply(request) for request in command.requests]
+        if command.method == "OPTIONS":
+            headers = {"Accept-Post": client.codec.media_type, RESUMABLE_HEADER: "uploads/"}
+            return Reply(200, headers, "OPTIONS", command.path, b"")
+        if command.path == "uploads/":  # the announcement: every chunk is missing
+            chunks = len(orjson.loads(bytes(command.body))["chunks"])
+            state = {"id": "u", "missing": list(range(chunks)), "received_bytes": 0}
+            return Reply(201, {}, "POST", command.path, orjson.dumps(state))
+        assert command.path == "uploads/u/complete/", command.path
+        return Reply(201, {}, "POST", command.path, b'{"id": 7}')
+
+    monkeypatch.setattr(client, "_execute", one)
+    stored = client.send_update({"w": np.zeros(1 << 16, np.float32)})
+    assert stored["id"] == 7
+    assert widths == [3]
