@@ -19,6 +19,7 @@ Needs the ``aio`` extra: ``pip install fma-connect[aio]``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid as uuid_module
@@ -37,6 +38,7 @@ except ImportError as exc:  # the optional extra is missing: say how to get it
 
 from . import settings
 from ._aio_transport import AsyncTransport
+from ._in_flight import in_tasks
 from ._messages import Close, Command, Flow, ReadBody, Reply, Request, Requests, Sleep
 from ._protocol import ClientProtocol, read_timeout_of
 from ._tls import Cert, Verify
@@ -308,7 +310,10 @@ class AsyncWebClient:
                 streamed.append(reply)
             return reply
         if isinstance(command, Requests):
-            return await self._execute_all(command, streamed)
+            sends = [
+                functools.partial(self._execute, request, streamed) for request in command.requests
+            ]
+            return await in_tasks(sends, command.width)
         if isinstance(command, ReadBody):
             streamed.remove(command.reply)  # released by the read, whatever happens
             return await self._transport.read_body_placed(
@@ -322,24 +327,3 @@ class AsyncWebClient:
             await asyncio.sleep(command.seconds)
             return None
         raise AssertionError(f"unknown protocol command {command!r}")
-
-    async def _execute_all(self, command: Requests, streamed: list[Reply]) -> list[Reply]:
-        """Send the requests from ``command.width`` tasks."""
-        replies: list[Any] = [None] * len(command.requests)
-        failed: list[tuple[int, Exception]] = []
-        waiting = iter(range(len(command.requests)))
-
-        async def send() -> None:
-            for index in waiting:  # shared: each index goes to one task
-                if failed:
-                    return
-                try:
-                    replies[index] = await self._execute(command.requests[index], streamed)
-                except Exception as exc:  # raised below, in the caller
-                    failed.append((index, exc))
-                    return
-
-        await asyncio.gather(*(send() for _ in range(min(command.width, len(command.requests)))))
-        if failed:
-            raise min(failed, key=lambda item: item[0])[1]
-        return replies

@@ -11,8 +11,8 @@ with one requests.Session (:class:`fma_connect._transport.Transport`).
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
 import time
 import uuid as uuid_module
 from collections.abc import Mapping
@@ -23,6 +23,7 @@ import numpy as np
 import requests
 
 from . import settings
+from ._in_flight import in_threads
 from ._messages import Close, Command, Flow, ReadBody, Reply, Request, Requests, Sleep, run_flow
 from ._protocol import META_HEADER, ClientProtocol, Target, read_timeout_of
 from ._tls import Cert, Verify
@@ -428,7 +429,8 @@ class WebClient:
                 response,
             )
         if isinstance(command, Requests):
-            return self._execute_all(command)
+            sends = [functools.partial(self._execute, request) for request in command.requests]
+            return in_threads(sends, command.width)
         if isinstance(command, ReadBody):
             raw: requests.Response = command.reply.raw
             return self._transport.read_body_placed(raw, command.place, command.progress)
@@ -439,43 +441,6 @@ class WebClient:
             time.sleep(command.seconds)
             return None
         raise AssertionError(f"unknown protocol command {command!r}")
-
-    def _execute_all(self, command: Requests) -> list[Reply]:
-        """Send the requests from ``command.width`` threads (requests' session takes
-        concurrent requests, each on a connection of its pool)."""
-        replies: list[Any] = [None] * len(command.requests)
-        failed: list[tuple[int, BaseException]] = []
-        guard = threading.Lock()
-        waiting = iter(range(len(command.requests)))
-
-        def send() -> None:
-            while True:
-                with guard:
-                    index = None if failed else next(waiting, None)
-                if index is None:
-                    return
-                try:
-                    replies[index] = self._execute(command.requests[index])
-                except BaseException as exc:  # raised below, in the caller
-                    with guard:
-                        failed.append((index, exc))
-
-        senders = [
-            threading.Thread(target=send, name="fma-send", daemon=True)
-            for _ in range(min(command.width, len(command.requests)))
-        ]
-        for sender in senders:
-            sender.start()
-        try:
-            for sender in senders:
-                sender.join()
-        except BaseException:  # interrupted: no request starts after those in flight
-            with guard:
-                failed.append((-1, RuntimeError("interrupted")))
-            raise
-        if failed:
-            raise min(failed, key=lambda item: item[0])[1]
-        return replies
 
     # -- the protocol's state, under the names tests and tools know -------------------
 

@@ -1,15 +1,17 @@
 """Both clients send a batch of requests (an upload's chunks) a few at once.
 
-The drivers are tested here with their one-request step replaced, so that how many run
-at once and what happens after an error are the test's to see; the chunks' bytes and
-progress through a real server are tested with the uploads (tests/server/test_uploads.py,
-tests/reliability/test_resumable.py).
+The runners (``fma_connect._in_flight``) are tested with calls that count how many run
+at once and fail on purpose; the whole sending flow with a stand-in service, for the
+width it is given. The chunks' bytes and progress through a real server are tested
+with the uploads (tests/server/test_uploads.py, tests/reliability/test_resumable.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -17,161 +19,93 @@ import orjson
 import pytest
 
 from fma_connect import WebClient
+from fma_connect._in_flight import in_tasks, in_threads
 from fma_connect._messages import Reply, Request, Requests
-from fma_connect.exceptions import APIError
 from fma_connect.resumable import RESUMABLE_HEADER
 
-aio = pytest.importorskip("fma_connect.aio", reason="the asyncio client needs the aio extra")
-
-URL = "http://127.0.0.1:9"  # never reached: the one-request step is replaced
+URL = "http://127.0.0.1:9"  # never reached: the client's one-request step is replaced
 UUID = "3f2b6c1e-8d4a-4f0b-9c1d-2e5a7b9c0d1f"
-WAIT = 10.0  # seconds a request waits for the others to start (a failure, not a pause)
+WAIT = 10.0  # seconds a call waits for the others to start (a failure, not a pause)
 
 
-def _requests(count: int) -> Requests:
-    return Requests(tuple(Request("PUT", f"chunks/{i}/") for i in range(count)), width=3)
+class _Refused(Exception):
+    pass
 
 
-def _reply(request: Request) -> Reply:
-    return Reply(204, {}, request.method, request.path, b"")
+class _Calls:
+    """Ten calls that each wait until three ran at once; some fail once all three ran."""
 
-
-class _Counting:
-    """Counts requests in flight; each waits until ``width`` were in flight once."""
-
-    def __init__(self, width: int) -> None:
-        self.width = width
+    def __init__(self, failing: tuple[int, ...] = ()) -> None:
+        self.failing = failing
         self.active = self.most = 0
-        self.started: list[str] = []
+        self.started: list[int] = []
         self.guard = threading.Lock()
-        self.full = threading.Event()
+        self.full = threading.Event()  # three ran at once
+        self.failed = threading.Event()  # the last failing call failed
 
-    def begin(self, request: Request) -> None:
+    def begin(self, index: int) -> None:
         with self.guard:
-            self.started.append(request.path)
+            self.started.append(index)
             self.active += 1
             self.most = max(self.most, self.active)
-            if self.active == self.width:
+            if self.active == 3:
                 self.full.set()
 
-    def end(self) -> None:
+    def end(self, index: int) -> int:
         with self.guard:
             self.active -= 1
+        if index in self.failing:
+            if index == self.failing[-1]:
+                self.failed.set()
+            raise _Refused(f"call {index} refused")
+        return index
+
+    def call(self, index: int) -> int:
+        self.begin(index)
+        assert self.full.wait(WAIT), "fewer than 3 calls ran at once"
+        if index == 0 and self.failing:  # still in flight when the others fail
+            assert self.failed.wait(WAIT)
+        return self.end(index)
+
+    def threaded(self) -> list[Callable[[], int]]:
+        return [functools.partial(self.call, i) for i in range(10)]
+
+    def awaited(self) -> list[Callable[[], Awaitable[int]]]:
+        async def call(index: int) -> int:
+            self.begin(index)
+            await asyncio.to_thread(self.full.wait, WAIT)
+            assert self.full.is_set(), "fewer than 3 calls ran at once"
+            if index == 0 and self.failing:
+                await asyncio.to_thread(self.failed.wait, WAIT)
+            return self.end(index)
+
+        return [functools.partial(call, i) for i in range(10)]
 
 
-def _failing(request: Request, *indices: int) -> None:
-    index = int(request.path.split("/")[1])
-    if index in indices:
-        raise APIError(409, {"detail": f"chunk {index} refused"})
+def test_threads_run_width_calls_at_once_and_answer_in_order() -> None:
+    calls = _Calls()
+    assert in_threads(calls.threaded(), 3) == list(range(10))
+    assert calls.most == 3
 
 
-def test_webclient_sends_width_at_once_and_answers_in_order(monkeypatch: Any) -> None:
-    client = WebClient(1, url=URL, uuid=UUID)
-    counting = _Counting(3)
-
-    def one(request: Request) -> Reply:
-        counting.begin(request)
-        try:
-            assert counting.full.wait(WAIT), "fewer than 3 requests ran at once"
-            return _reply(request)
-        finally:
-            counting.end()
-
-    monkeypatch.setattr(client, "_execute", one)
-    replies = client._execute_all(_requests(10))
-    assert [reply.url for reply in replies] == [f"chunks/{i}/" for i in range(10)]
-    assert counting.most == 3
+def test_threads_raise_the_earliest_error_and_start_nothing_after_it() -> None:
+    calls = _Calls(failing=(1, 2))
+    with pytest.raises(_Refused, match="call 1 refused"):
+        in_threads(calls.threaded(), 3)
+    assert sorted(calls.started) == [0, 1, 2]
 
 
-def test_webclient_raises_the_earliest_error_and_starts_nothing_after_it(
-    monkeypatch: Any,
-) -> None:
-    client = WebClient(1, url=URL, uuid=UUID)
-    counting = _Counting(3)
-    failed = threading.Event()
-
-    def one(request: Request) -> Reply:
-        counting.begin(request)
-        try:
-            assert counting.full.wait(WAIT), "fewer than 3 requests ran at once"
-            if request.path == "chunks/0/":  # still in flight when 1 and 2 fail
-                assert failed.wait(WAIT)
-            _failing(request, 1, 2)
-            return _reply(request)
-        except APIError:
-            if request.path == "chunks/2/":
-                failed.set()
-            raise
-        finally:
-            counting.end()
-
-    monkeypatch.setattr(client, "_execute", one)
-    with pytest.raises(APIError, match="chunk 1 refused"):
-        client._execute_all(_requests(10))
-    assert sorted(counting.started) == ["chunks/0/", "chunks/1/", "chunks/2/"]
+def test_tasks_run_width_calls_at_once_and_answer_in_order() -> None:
+    calls = _Calls()
+    assert asyncio.run(in_tasks(calls.awaited(), 3)) == list(range(10))
+    assert calls.most == 3
 
 
-def test_async_client_sends_width_at_once_and_answers_in_order(monkeypatch: Any) -> None:
-    async def run() -> tuple[list[Reply], int]:
-        client = aio.AsyncWebClient(1, url=URL, uuid=UUID)
-        active = most = 0
-        full = asyncio.Event()
-
-        async def one(request: Request, streamed: list[Reply]) -> Reply:
-            nonlocal active, most
-            active += 1
-            most = max(most, active)
-            if active == 3:
-                full.set()
-            try:
-                await asyncio.wait_for(full.wait(), WAIT)
-                return _reply(request)
-            finally:
-                active -= 1
-
-        monkeypatch.setattr(client, "_execute", one)
-        try:
-            return await client._execute_all(_requests(10), []), most
-        finally:
-            await client.aclose()
-
-    replies, most = asyncio.run(run())
-    assert [reply.url for reply in replies] == [f"chunks/{i}/" for i in range(10)]
-    assert most == 3
-
-
-def test_async_client_raises_the_earliest_error_and_starts_nothing_after_it(
-    monkeypatch: Any,
-) -> None:
-    async def run() -> list[str]:
-        client = aio.AsyncWebClient(1, url=URL, uuid=UUID)
-        started: list[str] = []
-        failed, full = asyncio.Event(), asyncio.Event()
-
-        async def one(request: Request, streamed: list[Reply]) -> Reply:
-            started.append(request.path)
-            if len(started) == 3:
-                full.set()
-            await asyncio.wait_for(full.wait(), WAIT)
-            if request.path == "chunks/0/":  # still in flight when 1 and 2 fail
-                await asyncio.wait_for(failed.wait(), WAIT)
-            try:
-                _failing(request, 1, 2)
-            except APIError:
-                if request.path == "chunks/2/":
-                    failed.set()
-                raise
-            return _reply(request)
-
-        monkeypatch.setattr(client, "_execute", one)
-        try:
-            with pytest.raises(APIError, match="chunk 1 refused"):
-                await client._execute_all(_requests(10), [])
-        finally:
-            await client.aclose()
-        return started
-
-    assert sorted(asyncio.run(run())) == ["chunks/0/", "chunks/1/", "chunks/2/"]
+def test_tasks_raise_the_earliest_error_and_start_nothing_after_it() -> None:
+    calls = _Calls(failing=(1, 2))
+    with pytest.raises(_Refused, match="call 1 refused"):
+        asyncio.run(in_tasks(calls.awaited(), 3))
+    assert sorted(calls.started) == [0, 1, 2]
 
 
 def test_send_update_sends_its_chunks_upload_in_flight_at_once(monkeypatch: Any) -> None:
@@ -182,7 +116,7 @@ def test_send_update_sends_its_chunks_upload_in_flight_at_once(monkeypatch: Any)
     def one(command: Request | Requests) -> Any:
         if isinstance(command, Requests):
             widths.append(command.width)
-            return [_reply(request) for request in command.requests]
+            return [Reply(204, {}, "PUT", put.path, b"") for put in command.requests]
         if command.method == "OPTIONS":
             headers = {"Accept-Post": client.codec.media_type, RESUMABLE_HEADER: "uploads/"}
             return Reply(200, headers, "OPTIONS", command.path, b"")
