@@ -90,12 +90,14 @@ def _handle(
             if method == b"POST":
                 pieces = _received(reader, scratch, length)
                 name = _STORE_NAME.fullmatch(target)
-                if name is None:
-                    for _ in pieces:
-                        pass
-                else:
-                    hashed = _hashed(pieces)
-                    store_durably(store / name.group(1).decode("ascii"), hashed)
+                try:
+                    if name is None:
+                        for _ in pieces:
+                            pass
+                    else:
+                        store_durably(store / name.group(1).decode("ascii"), _hashed(pieces))
+                except ConnectionError:  # the client went away inside the body
+                    return
                 conn.sendall(
                     b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(SINK_ANSWER), SINK_ANSWER)
