@@ -32,6 +32,7 @@ ROWS = (
     "server_ingest_asgi",
     "server_ingest_floor",
     "server_ingest_floor_durable",
+    "server_ingest_one_in_flight",
     "server_egress",
     "server_egress_into",
     "server_egress_preallocated",

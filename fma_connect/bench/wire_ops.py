@@ -83,13 +83,14 @@ class Models:
         self.model_id = 0
         self.client: WebClient | None = None
 
-    def fresh(self) -> WebClient:
-        """Create a model and a client of it; the client is :attr:`client` until :meth:`drop`."""
+    def fresh(self, **options: Any) -> WebClient:
+        """Create a model and a client of it (more ``WebClient`` ``options``); the client
+        is :attr:`client` until :meth:`drop`."""
         model = self.admin.create_model(
             "wire-bench", requirement="require_x_updates", requirement_args=[1]
         )
         self.model_id = int(model["id"])
-        self.client = WebClient(self.model_id, url=self.url, codec=_MSGPACK)
+        self.client = WebClient(self.model_id, url=self.url, codec=_MSGPACK, **options)
         self.client.register()
         return self.client
 
@@ -233,8 +234,8 @@ def op_client_download(spec: Spec) -> Spec:
 
 
 def op_server_ingest(spec: Spec) -> Spec:
-    """``send_update`` into ``fma-connect serve`` vs a durable write, the bare sink storing
-    the body (hashed, durably), bare and ASGI POSTs."""
+    """``send_update`` into ``fma-connect serve`` (and with one chunk in flight) vs a
+    durable write, the bare sink storing the body (hashed, durably), bare and ASGI POSTs."""
     weights, body = _payload(spec["size"])
     models = Models(spec)
     blobs = Path(spec["blobs"])
@@ -254,6 +255,13 @@ def op_server_ingest(spec: Spec) -> Spec:
         best = alternate(
             [
                 Contender("ours", ours, models.fresh, models.drop, spec["pid"]),
+                Contender(
+                    "one_in_flight",
+                    ours,
+                    lambda: models.fresh(upload_in_flight=1),
+                    models.drop,
+                    spec["pid"],
+                ),
                 Contender(
                     "durable", lambda: removals.append(durable_write(blobs, body)), None, remove
                 ),

@@ -178,6 +178,22 @@ def rows(results: Results) -> list[Row]:
     )
     floor.peaks = discard.peaks
     out.append(floor)
+    one = transfer(
+        "server_ingest_one_in_flight",
+        results,
+        "server_ingest",
+        "durable",
+        (
+            "server ingest, the client sending one chunk at a time (`upload_in_flight=1`)",
+            durable.peer,
+            "what chunks in flight (four by default) cost or save a server on the same "
+            "machine as its client",
+        ),
+        None,
+        ours_name="one_in_flight",
+    )
+    one.peaks = discard.peaks
+    out.append(one)
     least = transfer(
         "server_ingest_floor_durable",
         results,
