@@ -40,6 +40,7 @@ __all__ = [
     "ServerProcess",
     "running_server",
     "running_server_process",
+    "serving_in_thread",
 ]
 
 _READY_TIMEOUT = 30.0
@@ -80,6 +81,19 @@ def running_server(
     config = server_config(
         app, tls=tls, host="127.0.0.1", port=0, log_level="warning", lifespan="on"
     )
+    with serving_in_thread(config) as port:
+        scheme = "http" if tls is None else "https"
+        yield RunningServer(f"{scheme}://127.0.0.1:{port}", app.state.service.admin_token)
+
+
+@contextmanager
+def serving_in_thread(config: uvicorn.Config) -> Iterator[int]:
+    """Run a uvicorn server of ``config`` (one port, 0 for an ephemeral one) in a thread
+    for the block; yield the port it listens on.
+
+    Raises:
+        RuntimeError: the server did not start within 30 s.
+    """
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fma-test-server", daemon=True)
     thread.start()
@@ -90,10 +104,8 @@ def running_server(
             thread.join(5)
             raise RuntimeError("the test server did not start; see the log above")
         time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        scheme = "http" if tls is None else "https"
-        yield RunningServer(f"{scheme}://127.0.0.1:{port}", app.state.service.admin_token)
+        yield server.servers[0].sockets[0].getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(_READY_TIMEOUT)

@@ -11,13 +11,11 @@ import asyncio
 import hashlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -25,6 +23,7 @@ from starlette.routing import Route
 
 from fma_connect.server.bounds import Bounds
 from fma_connect.server.protocol import server_config
+from fma_connect.server.testing import serving_in_thread
 
 MAX_HEADER_BYTES = 8192
 
@@ -44,16 +43,8 @@ def url() -> Iterator[tuple[str, int]]:
     app = Starlette(routes=[Route("/digest", _digest, methods=["PUT"])])
     app.state.bounds = Bounds(max_header_bytes=MAX_HEADER_BYTES)
     config = server_config(app, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    yield "127.0.0.1", server.servers[0].sockets[0].getsockname()[1]
-    server.should_exit = True
-    thread.join(30)
+    with serving_in_thread(config) as port:
+        yield "127.0.0.1", port
 
 
 def _put(body_length: int, query: str = "") -> bytes:
