@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import anyio.to_thread
 
+from .file_writes import append_all
+
 if TYPE_CHECKING:
     from .upload_parts import UploadParts
 
@@ -83,7 +85,7 @@ class BlobWriter:
 
     def write(self, chunk: Any) -> None:
         """Append a bytes-like chunk."""
-        self.nbytes += self._file.write(chunk)
+        self.nbytes += append_all(self._file, chunk)
         if not self._sync_enabled:
             return
         if self.nbytes - self._synced_to >= SYNC_EVERY and not self._sync_running():
@@ -129,6 +131,11 @@ class BlobWriter:
             self._map = mmap.mmap(fd, nbytes)
         finally:
             os.close(fd)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux
+            # Small page-cache folios, for the reason writes are sliced (.file_writes):
+            # 1 GiB filled through a map took 2.8-3.3 s here without this advice,
+            # 0.85-0.99 s with it (2026-12-02).
+            self._map.madvise(mmap.MADV_NOHUGEPAGE)
         if self._sync_enabled:
             self._syncing = threading.Thread(
                 target=self._sync_behind, name="fma-blob-sync", daemon=True

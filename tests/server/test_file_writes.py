@@ -1,7 +1,9 @@
-"""Writes at an offset reach the file whole, however few bytes each system call takes."""
+"""Writes reach the file whole, however few bytes each system call takes, and no call
+is handed more than a slice (large page-cache folios are slow to come by)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from pathlib import Path
@@ -9,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from fma_connect.server.file_writes import write_all
+from fma_connect.server.blobs import BlobWriter
+from fma_connect.server.file_writes import WRITE_SLICE, append_all, write_all
 
 
 def _short_pwrite(most: int) -> Any:
@@ -60,3 +63,98 @@ def test_a_write_that_takes_no_byte_raises_instead_of_looping(
     monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: 0)
     with pytest.raises(OSError, match="took no byte"):
         write_all(-1, b"x", 7)
+
+
+def _payload(nbytes: int) -> bytes:
+    return (bytes(range(251)) * (nbytes // 251 + 1))[:nbytes]
+
+
+def test_a_large_write_goes_in_slices_at_their_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _payload(3 * WRITE_SLICE + 12345)
+    calls: list[tuple[int, int]] = []
+    real = os.pwrite
+
+    def pwrite(fd: int, piece: Any, offset: int) -> int:
+        calls.append((offset, memoryview(piece).nbytes))
+        return real(fd, piece, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    path = tmp_path / "upload.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        assert write_all(fd, memoryview(data), 10) == 10 + len(data)
+    finally:
+        os.close(fd)
+    assert calls == [
+        (10, WRITE_SLICE),
+        (10 + WRITE_SLICE, WRITE_SLICE),
+        (10 + 2 * WRITE_SLICE, WRITE_SLICE),
+        (10 + 3 * WRITE_SLICE, 12345),
+    ]
+    assert path.read_bytes() == bytes(10) + data
+
+
+class _Recording:
+    """A binary file (``into``, or none) that records the size of each write it is
+    handed."""
+
+    def __init__(self, into: Any = None) -> None:
+        self.sizes: list[int] = []
+        self.data = bytearray()
+        self._into = into
+
+    def write(self, piece: Any) -> int:
+        self.sizes.append(memoryview(piece).nbytes)
+        self.data += piece
+        return memoryview(piece).nbytes if self._into is None else self._into.write(piece)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._into, name)
+
+
+def test_appends_go_in_slices() -> None:
+    data = _payload(2 * WRITE_SLICE + 1)
+    file = _Recording()
+    assert append_all(file, data) == len(data)  # type: ignore[arg-type]
+    assert file.sizes == [WRITE_SLICE, WRITE_SLICE, 1]
+    assert file.data == data
+
+
+def test_a_blob_written_in_large_chunks_is_written_in_slices(tmp_path: Path) -> None:
+    data = _payload(5 * WRITE_SLICE // 2)
+    with BlobWriter(tmp_path) as writer:
+        recording = _Recording(writer._file)
+        writer._file = recording  # type: ignore[assignment]
+        writer.write(data)
+        writer.write(b"tail")
+        assert recording.sizes == [WRITE_SLICE, WRITE_SLICE, WRITE_SLICE // 2, 4]
+        assert writer.nbytes == len(data) + 4
+        name = writer.commit()
+    assert (tmp_path / name).read_bytes() == data + b"tail"
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of this process's mapping that holds ``address`` (Linux)."""
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    inside = False
+    for line in lines:
+        first = line.split()[0]
+        if "-" in first and not first.endswith(":"):
+            start, end = (int(part, 16) for part in first.split("-"))
+            inside = start <= address < end
+        elif inside and first == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's /proc")
+def test_a_blob_filled_through_its_map_asks_for_small_pages(tmp_path: Path) -> None:
+    with BlobWriter(tmp_path) as writer:
+        mapped = writer.map(4 * WRITE_SLICE)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        assert "nh" in _vm_flags(address)  # MADV_NOHUGEPAGE
+        mapped[:4] = b"data"
+        name = writer.commit()
+    assert (tmp_path / name).read_bytes()[:5] == b"data\0"
