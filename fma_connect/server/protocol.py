@@ -57,14 +57,14 @@ from uvicorn.server import ServerState
 
 from .bounds import Bounds, ConnectionLimiter, error_response, refusal
 
-__all__ = ["BoundedProtocol", "server_config"]
+__all__ = ["BODY_READ", "BoundedProtocol", "server_config"]
 
 #: Seconds a refused connection may take to send its head (it is answered 503 at once).
 _REFUSED_HEAD_TIMEOUT = 1.0
 #: Bytes of a request head beyond its method, target and headers ("HTTP/1.1", CRLFs).
 _HEAD_OVERHEAD = 14
 #: Bytes read at a time in a request body, and elsewhere (asyncio's own read size).
-_BODY_READ = 4 << 20
+BODY_READ = 4 << 20
 _READ = 256 << 10
 log = logging.getLogger("fma_connect.server")
 
@@ -309,7 +309,7 @@ def server_config(
 
     Protocol.bounds = bounds
     Protocol.limiter = ConnectionLimiter(bounds.max_connections, bounds.max_connections_per_client)
-    Protocol.reads = memoryview(bytearray(_BODY_READ))  # its pages are touched when used
+    Protocol.reads = memoryview(bytearray(BODY_READ))  # its pages are touched when used
     if "log_config" not in options:
         options["log_config"] = _log_config(options.get("log_level") or "info")
     if tls is not None:

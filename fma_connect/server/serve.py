@@ -23,6 +23,7 @@ from .bounds import (
 )
 from .database import DatabaseError
 from .datadir import DataDirError
+from .heap import keep_heap
 from .leases import DEFAULT_LEASE
 from .migrations import LATEST
 from .protocol import server_config
@@ -182,6 +183,7 @@ def serve(
     mutual = " (client certificates required)" if tls_client_ca is not None else ""
     print(f"listening on {scheme}://{shown}:{bound_port}{mutual}", flush=True)
     config = server_config(app, tls=tls, log_level=log_level, lifespan="on")
+    keep_heap()
     with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn after a clean stop
         uvicorn.Server(config).run(sockets=[sock])
     return 0
