@@ -52,7 +52,7 @@ __all__ = [
 
 #: The most bytes :func:`store_durably` hands one write call. Until 2026-12-02 the
 #: ceiling wrote 16 MiB slices, as the issue measured it; those take the page cache's
-#: slow path for large folios here (1 GiB: 2.1-3.3 s, against 0.22-0.40 s in 1 MiB
+#: slow path for large folios here (1 GiB: 2.1-2.3 s, against 0.22-0.49 s in 1 MiB
 #: writes; see :mod:`fma_connect.server.file_writes`, which slices the server's writes
 #: for the same reason), so the ceiling measured that path, not the disk.
 WRITE_SLICE = 1 << 20
