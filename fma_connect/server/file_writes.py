@@ -4,7 +4,7 @@
 hand the kernel at most :data:`WRITE_SLICE` bytes per call: on Linux 6.18 with ext4, a
 write that covers a whole aligned 2 MiB range makes the page cache allocate a 2 MiB
 folio, and on this project's VM those are slow to come by (most likely the blocks it
-has given back to its host). 1 GiB written in 2 MiB to 16 MiB writes took 0.8-3.3 s
+has given back to its host). 1 GiB written in 2 MiB to 16 MiB writes took 0.76-3.29 s
 there, in 256 KiB to 1.5 MiB writes 0.22-0.49 s (2026-12-02, docs/PERFORMANCE.md).
 """
 
@@ -15,13 +15,13 @@ import os
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["WRITE_SLICE", "append_all", "slices", "write_all"]
+__all__ = ["WRITE_SLICE", "append_all", "write_all"]
 
 #: Most bytes handed to one write call (see the module's docstring).
 WRITE_SLICE = 1 << 20
 
 
-def slices(data: Any) -> Iterator[memoryview]:
+def _slices(data: Any) -> Iterator[memoryview]:
     """Views of ``data`` (bytes-like), in order, of at most :data:`WRITE_SLICE` bytes."""
     view = memoryview(data).cast("B")
     for at in range(0, view.nbytes, WRITE_SLICE):
@@ -36,7 +36,7 @@ def write_all(fd: int, data: Any, at: int) -> int:
     signal, a file system's limit per call) is followed by another for the rest, so no
     byte is ever dropped unnoticed (an error raises ``OSError``).
     """
-    for piece in slices(data):
+    for piece in _slices(data):
         while piece.nbytes:
             done = os.pwrite(fd, piece, at)
             if not done:  # no file system does this for a regular file; never loop on it
@@ -50,6 +50,6 @@ def append_all(file: IO[bytes], data: Any) -> int:
     """Append every byte of ``data`` (bytes-like) to ``file`` (a buffered binary file,
     which writes each slice whole or raises); return how many bytes that was."""
     written = 0
-    for piece in slices(data):
+    for piece in _slices(data):
         written += file.write(piece)
     return written

@@ -26,8 +26,8 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: Free bytes kept at the top of the heap, and the size from which blocks are mapped
 #: (above a body piece, which is at most one read).
-TRIM_THRESHOLD = 64 << 20
-MMAP_THRESHOLD = 2 * BODY_READ
+_TRIM_THRESHOLD = 64 << 20
+_MMAP_THRESHOLD = 2 * BODY_READ
 #: The environment variables by which an operator sets these instead (glibc reads them).
 _OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
@@ -43,6 +43,6 @@ def keep_heap() -> bool:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
     )
