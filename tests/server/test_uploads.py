@@ -168,6 +168,25 @@ def test_hostile_chunks_are_refused_and_leave_the_upload_as_it_was(
     assert admin.list_updates(model_id) == []
 
 
+def test_chunks_from_anyone_but_the_uploads_client_are_refused(
+    server: RunningServer, model_id: int
+) -> None:
+    client, other = _client(server, model_id), _client(server, model_id)
+    body = _payload(4)
+    pieces = _chunks(body)
+    upload = Upload(server, client.uuid).open(_manifest(model_id, body)).json()["id"]
+    # Another registered client does not see the upload at all.
+    assert Upload(server, other.uuid).put(upload, 0, pieces[0]).status_code == 404
+    # A caller that is no registered client is refused.
+    stranger = Upload(server, "0" * 32).put(upload, 0, pieces[0])
+    assert stranger.status_code == 401 and stranger.json() == {"detail": "Invalid UUID"}
+    anonymous = requests.put(f"{server.url}{UPLOADS}{upload}/chunks/0/", data=pieces[0], timeout=30)
+    assert anonymous.status_code == 401, anonymous.text
+    protocol = Upload(server, client.uuid)
+    assert protocol.get(upload).json()["missing"] == list(range(len(pieces)))
+    assert protocol.put(upload, 0, pieces[0]).status_code == 204  # the client's own: taken
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
