@@ -192,7 +192,7 @@ def rows(results: Results) -> list[Row]:
         None,
         ours_name="one_in_flight",
     )
-    one.peaks = discard.peaks
+    one.peaks = f"server anon +{multiple(ingest['paths']['one_in_flight']['server_anon'], payload)}"
     out.append(one)
     least = transfer(
         "server_ingest_floor_durable",
