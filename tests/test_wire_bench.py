@@ -16,7 +16,9 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from fma_connect.bench.wire import bare_post, durable_write
+from fma_connect.bench import wire
+from fma_connect.bench.wire import Contender, alternate, bare_post, durable_write
+from fma_connect.bench.wire_budget import PASSES, ingest_budget, least_seconds
 from fma_connect.bench.wire_cli import _helper, main
 from fma_connect.bench.wire_report import COLUMNS
 
@@ -33,6 +35,7 @@ ROWS = (
     "server_ingest_floor",
     "server_ingest_floor_durable",
     "server_ingest_one_in_flight",
+    "server_ingest_budget",
     "server_egress",
     "server_egress_into",
     "server_egress_preallocated",
@@ -83,6 +86,7 @@ def test_quick_report_is_a_marked_smoke_run_with_the_table(quick_run: Path) -> N
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == len(ROWS)
     assert "### Where the client upload's time goes" in report
     assert "The msgpack codec's crc32 in the run's processes: " in report
+    assert "### The least CPU a server ingest needs here" in report
 
 
 def test_the_bare_sink_stores_a_body_whole_and_the_ceiling_writes_one(tmp_path: Path) -> None:
@@ -98,3 +102,30 @@ def test_the_bare_sink_stores_a_body_whole_and_the_ceiling_writes_one(tmp_path: 
     assert written.read_bytes() == body.tobytes()
     remove()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["floor.bin"]
+
+
+def test_each_timed_run_starts_after_its_setup_with_memory_primed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(wire, "prime_memory", lambda nbytes: events.append(f"prime {nbytes}"))
+    contender = Contender(
+        "a", lambda: events.append("run"), lambda: events.append("setup"), lambda: None
+    )
+    alternate([contender], 2, warmup=True, prime=123)
+    assert events == ["setup", "prime 123", "run"] * 3
+    events.clear()
+    alternate([contender], 1, warmup=False)  # no priming unless asked
+    assert events == ["setup", "run"]
+
+
+def test_the_ingest_budget_times_every_pass_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    arrays: list[np.ndarray] = [np.ones(1 << 18, np.float32), np.arange(1000, dtype=np.float64)]
+    body = np.random.default_rng(4).integers(0, 256, (3 << 20) + 7, np.uint8)
+    stages = ingest_budget(arrays, body, tmp_path)
+    assert set(stages) == set(PASSES)
+    assert all(seconds > 0 for seconds in stages.values()), stages
+    assert list(tmp_path.iterdir()) == []  # the durable write's file is gone
+    # Two BLAKE3 and two crc32 passes, one of each other, spread over the cores given.
+    even = dict.fromkeys(PASSES, 1.0)
+    assert least_seconds(even, 2) == pytest.approx((2 + 2 + 1 + 1 + 1) / 2)

@@ -3,7 +3,9 @@
 A comparison is a few :class:`Contender` s doing the same job by different paths;
 :func:`alternate` runs them in turns, rotating which goes first each round (A B, B A,
 A B, ...), so a drift of the machine (page cache, dirty pages being written back, another
-user's load) cannot favour one path, and keeps each one's best time. That makes a ratio
+user's load) cannot favour one path, and keeps each one's best time. Given ``prime``, it
+touches and frees that much memory before each timed run (:func:`prime_memory`), so each
+starts with as much memory at hand whatever ran before it. That makes a ratio
 of two figures from one run trustworthy on a shared machine, where the figures
 themselves are not. Timing and the client's peak memory come from :func:`.measure.timed`,
 a server's peak anonymous memory from :class:`fma_connect.bench.MemoryWatch`.
@@ -45,6 +47,7 @@ __all__ = [
     "durable_write",
     "hammer",
     "percentile",
+    "prime_memory",
     "response_head",
     "send_sliced",
     "store_durably",
@@ -118,7 +121,9 @@ def _watching(pid: int | None) -> Iterator[Any]:
         yield watch
 
 
-def alternate(contenders: Sequence[Contender], repeat: int, warmup: bool) -> dict[str, Best]:
+def alternate(
+    contenders: Sequence[Contender], repeat: int, warmup: bool, prime: int = 0
+) -> dict[str, Best]:
     """Run the contenders in turns, ``repeat`` timed runs each; return each one's best.
 
     Args:
@@ -126,22 +131,42 @@ def alternate(contenders: Sequence[Contender], repeat: int, warmup: bool) -> dic
         repeat: Timed runs of each.
         warmup: Run each once, untimed, first (first touches of memory, connections,
             the server's caches are then out of the figures, as in a long-running process).
+        prime: Before each timed run, after its setup, touch and free this many bytes of
+            memory (:func:`prime_memory`), so every run starts with as much memory at hand.
     """
     best = {c.name: Best() for c in contenders}
     if warmup:
         for contender in contenders:
-            _once(contender, None)
+            _once(contender, None, prime)
     for round_index in range(max(repeat, 1)):
         shift = round_index % len(contenders)
         for contender in [*contenders[shift:], *contenders[:shift]]:
-            _once(contender, best[contender.name])
+            _once(contender, best[contender.name], prime)
     return best
 
 
-def _once(contender: Contender, best: Best | None) -> None:
+def prime_memory(nbytes: int) -> None:
+    """Touch ``nbytes`` of new memory, then free it.
+
+    This project's VM (Firecracker, its kernel reporting free memory to the host) hands
+    free memory back to its host once more than 1 GiB of it is waiting
+    (``/sys/module/page_reporting/parameters/max_waiting_mib``); the next touch of a page
+    given back faults to the host. A 1 GiB write into the page cache took 0.22-0.31 s
+    with memory just freed, and 0.23-1.69 s without (six writes each, 2026-12-02). So
+    without this, whether a path finds memory at hand depends on what ran before it (a
+    deleted model's blob, a dropped buffer), and the scatter of a ceiling (0.57-2.5 s)
+    swamped the ratios.
+    """
+    block = np.ones(nbytes, np.uint8)  # mapped on its own, so given back when freed
+    del block
+
+
+def _once(contender: Contender, best: Best | None, prime: int) -> None:
     if contender.setup is not None:
         contender.setup()
     try:
+        if prime:
+            prime_memory(prime)
         with _watching(contender.watch_pid) as watch:
             figures, result = timed(contender.run, 1, warmup=False)
         if best is None:

@@ -48,6 +48,7 @@ from .wire import (
     bare_post,
     durable_write,
 )
+from .wire_budget import cores, least_budget
 
 __all__ = ["OPS", "Models", "crc32_implementation", "fresh_buffer", "run_op"]
 
@@ -145,6 +146,7 @@ def op_client_upload(spec: Spec) -> Spec:
             ],
             spec["repeat"],
             spec["warmup"],
+            prime=spec["size"],
         )
         profile = cProfile.Profile()
         profile.runcall(client.send_update, weights)
@@ -215,6 +217,7 @@ def op_client_download(spec: Spec) -> Spec:
             ],
             spec["repeat"],
             spec["warmup"],
+            prime=spec["size"],
         )
     conn.close()
     tensors = codec.decode(buffer.data)
@@ -235,7 +238,8 @@ def op_client_download(spec: Spec) -> Spec:
 
 def op_server_ingest(spec: Spec) -> Spec:
     """``send_update`` into ``fma-connect serve`` (and with one chunk in flight) vs a
-    durable write, the bare sink storing the body (hashed, durably), bare and ASGI POSTs."""
+    durable write, the bare sink storing the body (hashed, durably), bare and ASGI POSTs;
+    then the CPU the ingest's passes need (:func:`.wire_budget.least_budget`)."""
     weights, body = _payload(spec["size"])
     models = Models(spec)
     blobs = Path(spec["blobs"])
@@ -276,11 +280,19 @@ def op_server_ingest(spec: Spec) -> Spec:
             ],
             spec["repeat"],
             spec["warmup"],
+            prime=spec["size"],
         )
     finally:
         models.close()
+    budget = least_budget(list(weights.values()), body, blobs, spec["repeat"])
     payload = int(sum(a.nbytes for a in weights.values()))
-    return {"paths": _figures(best), "payload": payload, "wire": int(body.nbytes)}
+    return {
+        "paths": _figures(best),
+        "payload": payload,
+        "wire": int(body.nbytes),
+        "budget": budget,
+        "cores": cores(),
+    }
 
 
 def op_server_egress(spec: Spec) -> Spec:
@@ -312,6 +324,7 @@ def op_server_egress(spec: Spec) -> Spec:
             ],
             spec["repeat"],
             spec["warmup"],
+            prime=spec["size"],
         )
     finally:
         models.close()
@@ -402,6 +415,7 @@ def op_round_trip(spec: Spec) -> Spec:
             ],
             spec["repeat"],
             spec["warmup"],
+            prime=spec["size"],
         )
     finally:
         models.close()

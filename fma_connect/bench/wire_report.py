@@ -17,6 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .wire_breakdown import breakdown, table
+from .wire_budget import budget_row, budget_section
 from .wire_rows import Results, Row, multiple, small_rows, transfer
 
 __all__ = ["COLUMNS", "as_json", "render", "rows"]
@@ -209,6 +210,7 @@ def rows(results: Results) -> list[Row]:
         ours_name="floor",
     )
     out.append(least)
+    out.append(budget_row(results))
 
     # Each of our two receive paths is judged against the bare GET into the same kind
     # of memory, so that the ratio bounds the server and the client, not the first touch
@@ -384,7 +386,7 @@ def render(results: Results, *, judged: bool) -> str:
             if name != "ours"
         )
         parts.append(f"- {op}: {runs} (ratios of medians: {medians})")
-    parts += ["", *breakdown(results)]
+    parts += ["", *breakdown(results), *budget_section(results)]
     return "\n".join(parts) + "\n"
 
 
