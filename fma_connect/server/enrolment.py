@@ -44,7 +44,9 @@ class EnrolmentTokens:
         Raises:
             HTTPError: 404, the model or the client is gone.
         """
-        token = secrets.token_urlsafe(32)
+        # Hex, not base64url: a token that began with '-' (1 in 64 of those) is taken
+        # for an option when pasted after `--token` on a command line.
+        token = secrets.token_hex(32)
         expires = None if expires_in is None else self.clock() + expires_in
         with self.store.transaction() as conn:
             if conn.execute("SELECT id FROM models WHERE id = ?", (model_id,)).fetchone() is None:

@@ -6,6 +6,7 @@ and open models working as before."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -505,6 +506,17 @@ def test_admin_verify_reports_an_update_altered_on_disk(
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "FAIL update 1:" in out and "FAIL aggregate 1:" in out and "2 problem(s)" in out
+
+
+def test_enrolment_tokens_are_hex_so_a_command_line_takes_each_as_a_value(
+    server: RunningServer, admin: AdminClient
+) -> None:
+    # A base64url token begins with '-' one time in 64, and `--token -x...` then fails
+    # to parse (this file's CLI test failed so once).
+    model_id = _model(admin, "token")
+    tokens = [admin.enrolment_token(model_id)["token"] for _ in range(16)]
+    assert all(re.fullmatch("[0-9a-f]{64}", token) for token in tokens), tokens
+    assert len(set(tokens)) == len(tokens)
 
 
 def test_the_keys_commands_enrol_and_rotate(
