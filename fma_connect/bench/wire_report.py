@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .wire_breakdown import breakdown, table
-from .wire_budget import budget_row, budget_section
+from .wire_budget import INGEST_TARGET, budget_row, budget_section
 from .wire_rows import Results, Row, multiple, small_rows, transfer
 
 __all__ = ["COLUMNS", "as_json", "render", "rows"]
@@ -125,7 +125,7 @@ def rows(results: Results) -> list[Row]:
             "the server's cost over the disk (the socket, per-chunk writes and hashes, "
             "HTTP parsing, the database)",
         ),
-        0.8,
+        INGEST_TARGET,
     )
     durable.peaks = f"server anon +{multiple(anon, payload)} (<= 0.1x)"
     durable.peak_ok = anon <= 0.1 * payload
