@@ -27,7 +27,7 @@ import numpy as np
 
 from ..codecs import msgpack_numpy
 from ..server.mean import all_finite
-from .wire import Stages, durable_write, prime_memory, send_sliced
+from .wire import durable_write, prime_memory, send_sliced
 from .wire_breakdown import mbs, rate_text, table
 from .wire_rows import Results, Row
 
@@ -94,7 +94,7 @@ def _transfer(body: memoryview) -> None:
         thread.join()
 
 
-def ingest_budget(arrays: Sequence[np.ndarray], body: Any, directory: Path) -> Stages:
+def ingest_budget(arrays: Sequence[np.ndarray], body: Any, directory: Path) -> dict[str, float]:
     """CPU seconds of each stage an ingest must do once (:data:`PASSES` says how often).
 
     Args:
@@ -104,15 +104,13 @@ def ingest_budget(arrays: Sequence[np.ndarray], body: Any, directory: Path) -> S
     """
     view = memoryview(body).cast("B")
     removals: list[Callable[[], None]] = []
-    stages = Stages(
-        {
-            "BLAKE3, one pass": _cpu(lambda: _hash(view)),
-            "crc32, one pass": _cpu(lambda: msgpack_numpy.crc32(view)),
-            "finite check": _cpu(lambda: [all_finite(a) for a in arrays]),
-            "loopback transfer, both ends": _cpu(lambda: _transfer(view)),
-            "durable write": _cpu(lambda: removals.append(durable_write(directory, view))),
-        }
-    )
+    stages = {
+        "BLAKE3, one pass": _cpu(lambda: _hash(view)),
+        "crc32, one pass": _cpu(lambda: msgpack_numpy.crc32(view)),
+        "finite check": _cpu(lambda: [all_finite(a) for a in arrays]),
+        "loopback transfer, both ends": _cpu(lambda: _transfer(view)),
+        "durable write": _cpu(lambda: removals.append(durable_write(directory, view))),
+    }
     for remove in removals:
         remove()
     return stages
